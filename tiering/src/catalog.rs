@@ -1,0 +1,282 @@
+//! The catalog: where verified copies of each object live, kept in a NATS KV bucket on the hub.
+//!
+//! One key per object (`o.<bucket>.<base64url(name)>`); the value lists the tiers holding a
+//! verified copy of the object's current version (identified by its ingest digest). Every change
+//! is a compare-and-set on the key's revision, so concurrent roles never lose each other's
+//! updates. A tier drops an object only after the catalog durably records the destination copy
+//! (invariant 1): callers `record_copy` first, evict, then `record_eviction`.
+
+use std::collections::BTreeMap;
+
+use async_nats::jetstream::{self, kv};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Sha256Digest;
+use crate::error::Error;
+
+/// Where one verified copy lives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Location {
+    /// When the copy was verified (RFC 3339).
+    pub verified_at: String,
+    /// Tier-specific locator, e.g. the S3 manifest key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locator: Option<String>,
+}
+
+/// The catalog's record of one object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Object-store bucket.
+    pub bucket: String,
+    /// Object name.
+    pub name: String,
+    /// Uncompressed size in bytes.
+    pub size: u64,
+    /// Digest taken at ingest; identifies the version the locations hold.
+    pub digest: Sha256Digest,
+    /// Tier name → verified copy.
+    pub locations: BTreeMap<String, Location>,
+    /// Last change (RFC 3339).
+    pub updated_at: String,
+}
+
+impl Entry {
+    /// True when `tier` holds a verified copy of exactly this digest.
+    pub fn has(&self, tier: &str, digest: &Sha256Digest) -> bool {
+        &self.digest == digest && self.locations.contains_key(tier)
+    }
+}
+
+/// The catalog KV bucket.
+#[derive(Clone)]
+pub struct Catalog {
+    kv: kv::Store,
+}
+
+fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// The catalog key of an object.
+pub fn key(bucket: &str, name: &str) -> String {
+    format!("o.{bucket}.{}", URL_SAFE_NO_PAD.encode(name))
+}
+
+impl Catalog {
+    /// Opens the catalog, creating the KV bucket (with `replicas`) if needed.
+    pub async fn open(
+        js: &jetstream::Context,
+        bucket: &str,
+        replicas: usize,
+    ) -> Result<Self, Error> {
+        let err = |source: Box<dyn std::error::Error + Send + Sync>| Error::Catalog {
+            op: "open",
+            key: bucket.to_string(),
+            source,
+        };
+        let kv = match js.get_key_value(bucket).await {
+            Ok(kv) => kv,
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket: bucket.to_string(),
+                    description: "cim catalog: verified copies per object".into(),
+                    history: 5,
+                    num_replicas: replicas,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| err(Box::new(e)))?,
+        };
+        Ok(Self { kv })
+    }
+
+    /// The entry of an object, if any.
+    pub async fn get(&self, bucket: &str, name: &str) -> Result<Option<Entry>, Error> {
+        Ok(self.get_with_revision(bucket, name).await?.map(|(e, _)| e))
+    }
+
+    async fn get_with_revision(
+        &self,
+        bucket: &str,
+        name: &str,
+    ) -> Result<Option<(Entry, u64)>, Error> {
+        let key = key(bucket, name);
+        let entry = self
+            .kv
+            .entry(key.clone())
+            .await
+            .map_err(|e| Error::Catalog {
+                op: "read",
+                key: key.clone(),
+                source: Box::new(e),
+            })?;
+        let Some(entry) = entry else { return Ok(None) };
+        if entry.operation != kv::Operation::Put {
+            return Ok(None);
+        }
+        let value: Entry = serde_json::from_slice(&entry.value).map_err(|e| Error::Catalog {
+            op: "decode",
+            key: key.clone(),
+            source: Box::new(e),
+        })?;
+        Ok(Some((value, entry.revision)))
+    }
+
+    /// Records that `tier` holds a verified copy of the version with `digest`. A different
+    /// digest than the catalog knows means a new version: its entry starts afresh.
+    pub async fn record_copy(
+        &self,
+        bucket: &str,
+        name: &str,
+        size: u64,
+        digest: &Sha256Digest,
+        tier: &str,
+        locator: Option<String>,
+    ) -> Result<Entry, Error> {
+        self.modify(bucket, name, |current| {
+            let mut entry = match current {
+                Some(e) if &e.digest == digest => e,
+                _ => Entry {
+                    bucket: bucket.to_string(),
+                    name: name.to_string(),
+                    size,
+                    digest: *digest,
+                    locations: BTreeMap::new(),
+                    updated_at: String::new(),
+                },
+            };
+            entry.locations.insert(
+                tier.to_string(),
+                Location {
+                    verified_at: now(),
+                    locator: locator.clone(),
+                },
+            );
+            Some(entry)
+        })
+        .await
+        .map(|e| e.expect("record_copy always writes an entry"))
+    }
+
+    /// Records that `tier` no longer holds the version with `digest`.
+    pub async fn record_eviction(
+        &self,
+        bucket: &str,
+        name: &str,
+        digest: &Sha256Digest,
+        tier: &str,
+    ) -> Result<(), Error> {
+        self.modify(bucket, name, |current| {
+            let mut entry = current?;
+            if &entry.digest != digest || entry.locations.remove(tier).is_none() {
+                return None;
+            }
+            Some(entry)
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Compare-and-set loop: `change` maps the current entry to the new one (`None` = no write).
+    async fn modify<F>(&self, bucket: &str, name: &str, change: F) -> Result<Option<Entry>, Error>
+    where
+        F: Fn(Option<Entry>) -> Option<Entry>,
+    {
+        let key = key(bucket, name);
+        for _ in 0..16 {
+            let current = self.get_with_revision(bucket, name).await?;
+            let revision = current.as_ref().map(|(_, r)| *r);
+            let Some(mut next) = change(current.map(|(e, _)| e)) else {
+                return Ok(None);
+            };
+            next.updated_at = now();
+            let value = Bytes::from(serde_json::to_vec(&next).map_err(|e| Error::Catalog {
+                op: "encode",
+                key: key.clone(),
+                source: Box::new(e),
+            })?);
+            let written = match revision {
+                Some(revision) => self.kv.update(&key, value, revision).await.map_err(|e| {
+                    (
+                        e.kind() == kv::UpdateErrorKind::WrongLastRevision,
+                        e.to_string(),
+                    )
+                }),
+                None => self.kv.create(&key, value).await.map_err(|e| {
+                    (
+                        e.kind() == kv::CreateErrorKind::AlreadyExists,
+                        e.to_string(),
+                    )
+                }),
+            };
+            match written {
+                Ok(_) => return Ok(Some(next)),
+                Err((true, _)) => continue, // lost a race; re-read and retry
+                Err((false, message)) => {
+                    return Err(Error::Catalog {
+                        op: "write",
+                        key,
+                        source: message.into(),
+                    })
+                }
+            }
+        }
+        Err(Error::Catalog {
+            op: "write",
+            key,
+            source: "too many concurrent updates".into(),
+        })
+    }
+
+    /// Every entry (for operators and tests; the catalog is small relative to the data).
+    pub async fn entries(&self) -> Result<Vec<Entry>, Error> {
+        use futures::TryStreamExt;
+        let keys: Vec<String> = match self.kv.keys().await {
+            Ok(keys) => keys.try_collect().await.map_err(|e| Error::Catalog {
+                op: "list",
+                key: "*".into(),
+                source: Box::new(e),
+            })?,
+            Err(e) => {
+                return Err(Error::Catalog {
+                    op: "list",
+                    key: "*".into(),
+                    source: Box::new(e),
+                })
+            }
+        };
+        let mut out = Vec::new();
+        for key in keys {
+            let Some(entry) = self
+                .kv
+                .entry(key.clone())
+                .await
+                .map_err(|e| Error::Catalog {
+                    op: "read",
+                    key: key.clone(),
+                    source: Box::new(e),
+                })?
+            else {
+                continue;
+            };
+            if entry.operation != kv::Operation::Put {
+                continue;
+            }
+            let value: Entry =
+                serde_json::from_slice(&entry.value).map_err(|e| Error::Catalog {
+                    op: "decode",
+                    key: key.clone(),
+                    source: Box::new(e),
+                })?;
+            out.push(value);
+        }
+        out.sort_by(|a, b| (&a.bucket, &a.name).cmp(&(&b.bucket, &b.name)));
+        Ok(out)
+    }
+}

@@ -1,0 +1,76 @@
+//! Pieces both binaries (`cim-storage`, `cim-gateway`) share: logging, config loading,
+//! metrics endpoint, shutdown on SIGTERM/SIGINT.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use cim_policies::Config;
+use tokio_util::sync::CancellationToken;
+
+/// Logs to stderr; `RUST_LOG` overrides the default `info`.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Why a configuration file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a valid configuration (every problem is listed).
+    #[error(transparent)]
+    Invalid(#[from] cim_policies::ConfigError),
+}
+
+/// Reads and validates a configuration file.
+pub fn load_config(path: &Path) -> Result<Config, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(Config::from_toml_str(&text, &path.display().to_string())?)
+}
+
+/// Starts the Prometheus endpoint on `override_listen` or the configured `[metrics] listen`.
+pub fn serve_metrics(config: &Config, override_listen: Option<SocketAddr>) -> anyhow::Result<()> {
+    let listen = override_listen.unwrap_or(config.metrics.listen);
+    crate::metrics::install(listen)
+        .map_err(|e| anyhow::anyhow!("cannot serve metrics on {listen}: {e}"))?;
+    tracing::info!(%listen, "serving prometheus metrics on /metrics");
+    Ok(())
+}
+
+/// A token cancelled on SIGTERM or SIGINT, for graceful shutdown.
+pub fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let trigger = token.clone();
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("shutting down");
+        trigger.cancel();
+    });
+    token
+}

@@ -1,0 +1,157 @@
+//! The crate's one error type.
+//!
+//! Variants carry the bucket, object and tier they concern so a log line or CLI message names the
+//! offending thing (invariant 6), and keep their source. [`Error::is_transient`] tells a worker
+//! whether retrying later may help.
+
+/// Boxed source error from async-nats (its error kinds are generic; we keep them as sources).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Everything that can go wrong in the tiering layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Connecting to a NATS server (or reading its credentials) failed.
+    #[error("cannot connect to nats at {url}: {source}")]
+    Connect {
+        /// The URL(s) tried.
+        url: String,
+        /// Cause.
+        #[source]
+        source: BoxError,
+    },
+    /// A JetStream request about a bucket or object failed.
+    #[error("{op} failed for bucket {bucket:?}{} on tier {tier}: {source}", object_suffix(.object))]
+    JetStream {
+        /// What we were doing ("read object info", "purge", ...).
+        op: &'static str,
+        /// The tier's name from the configuration.
+        tier: String,
+        /// The object-store bucket.
+        bucket: String,
+        /// The object, when the operation concerned one.
+        object: Option<String>,
+        /// Cause.
+        #[source]
+        source: BoxError,
+    },
+    /// A copy did not match the digest or size recorded at ingest.
+    #[error(transparent)]
+    Integrity(Box<IntegrityFailure>),
+    /// An object is not (yet) where it must be before a step may proceed, e.g. not yet replicated.
+    #[error("object {object:?} in bucket {bucket:?} is not ready on tier {tier}: {reason}")]
+    NotReady {
+        /// The object-store bucket.
+        bucket: String,
+        /// The object's name.
+        object: String,
+        /// The tier we looked at.
+        tier: String,
+        /// Why it is not ready.
+        reason: String,
+    },
+    /// The catalog (a KV bucket) could not be read or written.
+    #[error("catalog {op} failed for key {key:?}: {source}")]
+    Catalog {
+        /// What we were doing.
+        op: &'static str,
+        /// The catalog key.
+        key: String,
+        /// Cause.
+        #[source]
+        source: BoxError,
+    },
+    /// The work queue could not be set up, published to or consumed from.
+    #[error("work queue {op} failed: {source}")]
+    Work {
+        /// What we were doing.
+        op: &'static str,
+        /// Cause.
+        #[source]
+        source: BoxError,
+    },
+    /// The configuration does not allow what was asked (unknown tier, wrong kind...).
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+/// A copy whose size or SHA-256 differs from what was recorded at ingest (invariant 2).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "integrity check failed for object {object:?} in bucket {bucket:?} on tier {tier}: {what} expected {expected}, got {actual}"
+)]
+pub struct IntegrityFailure {
+    /// The object-store bucket.
+    pub bucket: String,
+    /// The object's name.
+    pub object: String,
+    /// The tier holding the bad copy.
+    pub tier: String,
+    /// "sha-256" or "size".
+    pub what: &'static str,
+    /// The value recorded at ingest.
+    pub expected: String,
+    /// The value found.
+    pub actual: String,
+}
+
+impl From<IntegrityFailure> for Error {
+    fn from(failure: IntegrityFailure) -> Self {
+        Error::Integrity(Box::new(failure))
+    }
+}
+
+fn object_suffix(object: &Option<String>) -> String {
+    match object {
+        Some(name) => format!(", object {name:?}"),
+        None => String::new(),
+    }
+}
+
+impl Error {
+    /// True when the same operation may succeed later (network, leader election, replication lag).
+    /// Integrity failures and configuration mistakes are never transient.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Connect { .. }
+            | Error::JetStream { .. }
+            | Error::NotReady { .. }
+            | Error::Catalog { .. }
+            | Error::Work { .. } => true,
+            Error::Integrity(_) | Error::Config(_) => false,
+        }
+    }
+
+    /// Builds a [`Error::JetStream`] for an operation on an object.
+    pub fn object_op(
+        op: &'static str,
+        tier: &str,
+        bucket: &str,
+        object: &str,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        Error::JetStream {
+            op,
+            tier: tier.to_string(),
+            bucket: bucket.to_string(),
+            object: Some(object.to_string()),
+            source: source.into(),
+        }
+    }
+
+    /// Builds a [`Error::JetStream`] for an operation on a whole bucket.
+    pub fn bucket_op(
+        op: &'static str,
+        tier: &str,
+        bucket: &str,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        Error::JetStream {
+            op,
+            tier: tier.to_string(),
+            bucket: bucket.to_string(),
+            object: None,
+            source: source.into(),
+        }
+    }
+}

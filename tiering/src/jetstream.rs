@@ -1,0 +1,469 @@
+//! JetStream object-store tiers: connecting, listing, verified reads, sourcing and eviction.
+//!
+//! A tier is one JetStream domain (`leaf`, `hub`, ...) reached through a NATS connection. All
+//! JetStream API calls go through `$JS.<domain>.API`, so a tier can be reached directly or over a
+//! leafnode link.
+//!
+//! # Why the hub bucket *sources* the leaf bucket instead of mirroring it
+//! A mirror stream has no subjects and rejects writes, and a put addressed to a hub bucket that
+//! is only a mirror travels over the leafnode link into the *leaf's* bucket. Restore must write
+//! into the hub, and a fleet of leaves must feed one hub bucket; a stream with its own
+//! `$O.<bucket>.>` subjects plus `sources` does both. The price: leaf remotes must deny `$O.>`
+//! in both directions, or the hub stream captures every chunk a second time through leafnode
+//! interest and digests fail (see `docs/architecture.md`).
+//!
+//! # Why eviction purges instead of deleting
+//! An object-store `delete` writes a meta message (`deleted: true`) that sourcing copies to the
+//! hub — a policy eviction would then look like a user delete. Purges are not replicated by
+//! sources or mirrors, so eviction purges the object's meta subject (bounded by the sequence we
+//! verified, so a concurrent overwrite survives) and then its chunk subject. Meta goes first: a
+//! crash in between leaves orphaned chunks, never a visible object with missing chunks.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, object_store::ObjectInfo, object_store::ObjectStore, stream};
+use base64::engine::general_purpose::URL_SAFE;
+use base64::Engine;
+use futures::TryStreamExt;
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::digest::{Hasher, Sha256Digest};
+use crate::error::{Error, IntegrityFailure};
+
+/// Connects to NATS at `url` (a comma-separated list is fine), with an optional credentials file.
+pub async fn connect(
+    url: &str,
+    credentials_file: Option<&std::path::Path>,
+    name: &str,
+) -> Result<async_nats::Client, Error> {
+    let connect_err = |source: Box<dyn std::error::Error + Send + Sync>| Error::Connect {
+        url: url.to_string(),
+        source,
+    };
+    let mut options = async_nats::ConnectOptions::new()
+        .name(name)
+        .connection_timeout(Duration::from_secs(5))
+        .request_timeout(Some(Duration::from_secs(10)));
+    if let Some(path) = credentials_file {
+        options = options
+            .credentials_file(path)
+            .await
+            .map_err(|e| connect_err(format!("credentials file {}: {e}", path.display()).into()))?;
+    }
+    options
+        .connect(url)
+        .await
+        .map_err(|e| connect_err(Box::new(e)))
+}
+
+/// One JetStream domain holding object-store buckets.
+#[derive(Clone)]
+pub struct JetStreamTier {
+    name: String,
+    domain: String,
+    replicas: usize,
+    js: jetstream::Context,
+}
+
+/// Stream name of an object-store bucket.
+pub fn stream_name(bucket: &str) -> String {
+    format!("OBJ_{bucket}")
+}
+
+/// Meta subject of an object, exactly as async-nats and nats-server tools write it.
+pub fn meta_subject(bucket: &str, object: &str) -> String {
+    format!("$O.{bucket}.M.{}", URL_SAFE.encode(object))
+}
+
+/// Chunk subject of one stored version of an object.
+pub fn chunk_subject(bucket: &str, nuid: &str) -> String {
+    format!("$O.{bucket}.C.{nuid}")
+}
+
+impl JetStreamTier {
+    /// A tier over an existing client; API calls go to `$JS.<domain>.API`.
+    pub fn new(name: &str, domain: &str, replicas: usize, client: async_nats::Client) -> Self {
+        Self {
+            name: name.to_string(),
+            domain: domain.to_string(),
+            replicas,
+            js: jetstream::with_domain(client, domain),
+        }
+    }
+
+    /// The tier's name in the configuration.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The tier's JetStream domain.
+    pub fn domain(&self) -> &str {
+        &self.domain
+    }
+
+    /// The JetStream context (domain-scoped).
+    pub fn context(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// Names of every object-store bucket in this domain.
+    pub async fn bucket_names(&self) -> Result<Vec<String>, Error> {
+        let names: Vec<String> = self
+            .js
+            .stream_names()
+            .try_collect()
+            .await
+            .map_err(|e| Error::bucket_op("list streams", &self.name, "*", e))?;
+        let mut buckets: Vec<String> = names
+            .into_iter()
+            .filter_map(|n| n.strip_prefix("OBJ_").map(str::to_string))
+            .collect();
+        buckets.sort();
+        Ok(buckets)
+    }
+
+    /// The bucket, or `None` when its stream does not exist.
+    pub async fn bucket(&self, bucket: &str) -> Result<Option<ObjectStore>, Error> {
+        if !self.stream_exists(bucket).await? {
+            return Ok(None);
+        }
+        self.js
+            .get_object_store(bucket)
+            .await
+            .map(Some)
+            .map_err(|e| Error::bucket_op("open bucket", &self.name, bucket, e))
+    }
+
+    /// Whether the bucket's stream exists.
+    pub async fn stream_exists(&self, bucket: &str) -> Result<bool, Error> {
+        use jetstream::context::GetStreamErrorKind;
+        match self.js.get_stream(stream_name(bucket)).await {
+            Ok(_) => Ok(true),
+            Err(e) => match e.kind() {
+                GetStreamErrorKind::JetStream(js)
+                    if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    Ok(false)
+                }
+                _ => Err(Error::bucket_op("open bucket", &self.name, bucket, e)),
+            },
+        }
+    }
+
+    /// Every live (not deleted, not a link) object of a bucket; empty when the bucket is absent.
+    pub async fn list_objects(&self, bucket: &str) -> Result<Vec<ObjectInfo>, Error> {
+        let Some(store) = self.bucket(bucket).await? else {
+            return Ok(Vec::new());
+        };
+        let list = store
+            .list()
+            .await
+            .map_err(|e| Error::bucket_op("list objects", &self.name, bucket, e))?;
+        let infos: Vec<ObjectInfo> = list
+            .try_collect()
+            .await
+            .map_err(|e| Error::bucket_op("list objects", &self.name, bucket, e))?;
+        Ok(infos.into_iter().filter(is_live).collect())
+    }
+
+    /// Current info of an object; `None` when absent, deleted or a link.
+    pub async fn info(&self, bucket: &str, object: &str) -> Result<Option<ObjectInfo>, Error> {
+        let Some(store) = self.bucket(bucket).await? else {
+            return Ok(None);
+        };
+        match store.info(object).await {
+            Ok(info) if is_live(&info) => Ok(Some(info)),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == jetstream::object_store::InfoErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::object_op(
+                "read object info",
+                &self.name,
+                bucket,
+                object,
+                e,
+            )),
+        }
+    }
+
+    /// Opens a reader over the version `info` describes. The reader is async-nats' own; callers
+    /// that must prove integrity hash what they read (see [`JetStreamTier::read_verified`]).
+    pub async fn open(
+        &self,
+        bucket: &str,
+        info: &ObjectInfo,
+    ) -> Result<async_nats::jetstream::object_store::Object, Error> {
+        let store = self.bucket(bucket).await?.ok_or_else(|| Error::NotReady {
+            bucket: bucket.to_string(),
+            object: info.name.clone(),
+            tier: self.name.clone(),
+            reason: "bucket does not exist".into(),
+        })?;
+        let object = store
+            .get(&info.name)
+            .await
+            .map_err(|e| Error::object_op("open object", &self.name, bucket, &info.name, e))?;
+        if object.info.nuid != info.nuid {
+            return Err(Error::NotReady {
+                bucket: bucket.to_string(),
+                object: info.name.clone(),
+                tier: self.name.clone(),
+                reason: "object was overwritten while being read".into(),
+            });
+        }
+        Ok(object)
+    }
+
+    /// Reads the whole object, writing it to `out`, and checks size and SHA-256 against
+    /// `expected_size`/`expected` (the values taken at ingest). Returns the bytes read.
+    pub async fn read_verified<W: AsyncWrite + Unpin>(
+        &self,
+        bucket: &str,
+        info: &ObjectInfo,
+        expected_size: u64,
+        expected: &Sha256Digest,
+        out: &mut W,
+    ) -> Result<u64, Error> {
+        let mut reader = self.open(bucket, info).await?;
+        let mut hasher = Hasher::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = reader.read(&mut buf).await.map_err(|e| {
+                if e.kind() == std::io::ErrorKind::InvalidData {
+                    crate::metrics::integrity_failure(&self.name);
+                }
+                Error::object_op("read object", &self.name, bucket, &info.name, e)
+            })?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n])
+                .await
+                .map_err(|e| Error::object_op("write copy", &self.name, bucket, &info.name, e))?;
+        }
+        let (digest, size) = hasher.finish();
+        check_content(
+            &self.name,
+            bucket,
+            &info.name,
+            expected_size,
+            expected,
+            size,
+            &digest,
+        )?;
+        Ok(size)
+    }
+
+    /// Creates the bucket as a plain, writable object store with this tier's replica count,
+    /// or returns it if it exists.
+    pub async fn ensure_bucket(&self, bucket: &str) -> Result<ObjectStore, Error> {
+        if let Some(store) = self.bucket(bucket).await? {
+            return Ok(store);
+        }
+        self.js
+            .create_stream(bucket_stream_config(bucket, self.replicas, None))
+            .await
+            .map_err(|e| Error::bucket_op("create bucket", &self.name, bucket, e))?;
+        self.js
+            .get_object_store(bucket)
+            .await
+            .map_err(|e| Error::bucket_op("open bucket", &self.name, bucket, e))
+    }
+
+    /// Makes this tier's bucket *source* the same bucket of `from` (see the module docs for why
+    /// sourcing, not mirroring). Idempotent: creates the stream, or adds the source to an
+    /// existing writable bucket. Refuses a bucket that is a mirror.
+    pub async fn ensure_sourced_from(
+        &self,
+        bucket: &str,
+        from: &JetStreamTier,
+    ) -> Result<(), Error> {
+        let source = stream::Source {
+            name: stream_name(bucket),
+            external: Some(stream::External {
+                api_prefix: format!("$JS.{}.API", from.domain),
+                delivery_prefix: None,
+            }),
+            ..Default::default()
+        };
+        if self.stream_exists(bucket).await? {
+            let mut existing = self
+                .js
+                .get_stream(stream_name(bucket))
+                .await
+                .map_err(|e| Error::bucket_op("open bucket", &self.name, bucket, e))?;
+            {
+                let info = existing
+                    .info()
+                    .await
+                    .map_err(|e| Error::bucket_op("read stream info", &self.name, bucket, e))?;
+                let mut config = info.config.clone();
+                if config.mirror.is_some() {
+                    return Err(Error::Config(format!(
+                        "bucket {bucket:?} on tier {} is a mirror stream; it must be a writable stream with sources (see docs/architecture.md)",
+                        self.name
+                    )));
+                }
+                let sources = config.sources.get_or_insert_with(Vec::new);
+                let already = sources.iter().any(|s| {
+                    s.name == source.name
+                        && s.external.as_ref().map(|e| &e.api_prefix)
+                            == source.external.as_ref().map(|e| &e.api_prefix)
+                });
+                if already {
+                    return Ok(());
+                }
+                sources.push(source);
+                config.allow_rollup = true;
+                self.js
+                    .update_stream(config)
+                    .await
+                    .map_err(|e| Error::bucket_op("add stream source", &self.name, bucket, e))?;
+                tracing::info!(bucket, tier = %self.name, from = %from.name, "added source to existing bucket");
+            }
+        } else {
+            {
+                self.js
+                    .create_stream(bucket_stream_config(
+                        bucket,
+                        self.replicas,
+                        Some(vec![source]),
+                    ))
+                    .await
+                    .map_err(|e| {
+                        Error::bucket_op("create sourcing bucket", &self.name, bucket, e)
+                    })?;
+                tracing::info!(bucket, tier = %self.name, from = %from.name, "created bucket sourcing from leaf");
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the version `info` describes from this tier *without* writing a delete marker
+    /// (see the module docs). Succeeds without doing anything when the object has meanwhile
+    /// been overwritten or deleted by a user: that newer state is theirs and stays.
+    pub async fn evict(&self, bucket: &str, info: &ObjectInfo) -> Result<(), Error> {
+        let stream = self
+            .js
+            .get_stream(stream_name(bucket))
+            .await
+            .map_err(|e| Error::object_op("open stream", &self.name, bucket, &info.name, e))?;
+        let meta = meta_subject(bucket, &info.name);
+        let last = match stream.get_last_raw_message_by_subject(&meta).await {
+            Ok(message) => message,
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => return Ok(()),
+            Err(e) => {
+                return Err(Error::object_op(
+                    "read meta",
+                    &self.name,
+                    bucket,
+                    &info.name,
+                    e,
+                ));
+            }
+        };
+        let current: ObjectInfo = serde_json::from_slice(&last.payload)
+            .map_err(|e| Error::object_op("decode meta", &self.name, bucket, &info.name, e))?;
+        if current.nuid == info.nuid && !current.deleted {
+            // Only meta messages up to the one we verified; a newer put survives.
+            stream
+                .purge()
+                .filter(meta.clone())
+                .sequence(last.sequence + 1)
+                .await
+                .map_err(|e| Error::object_op("purge meta", &self.name, bucket, &info.name, e))?;
+        } else {
+            tracing::info!(bucket, object = %info.name, tier = %self.name, "object changed since it was verified; keeping the new version");
+        }
+        // The chunks of the verified version are ours to drop either way (a newer version has a new nuid).
+        stream
+            .purge()
+            .filter(chunk_subject(bucket, &info.nuid))
+            .await
+            .map_err(|e| Error::object_op("purge chunks", &self.name, bucket, &info.name, e))?;
+        Ok(())
+    }
+}
+
+/// Stream configuration of an object-store bucket, as async-nats creates it, optionally with sources.
+pub fn bucket_stream_config(
+    bucket: &str,
+    replicas: usize,
+    sources: Option<Vec<stream::Source>>,
+) -> stream::Config {
+    stream::Config {
+        name: stream_name(bucket),
+        subjects: vec![format!("$O.{bucket}.C.>"), format!("$O.{bucket}.M.>")],
+        num_replicas: replicas,
+        discard: stream::DiscardPolicy::New,
+        allow_rollup: true,
+        allow_direct: true,
+        sources,
+        ..Default::default()
+    }
+}
+
+/// True for objects the system moves: not deleted, not links.
+fn is_live(info: &ObjectInfo) -> bool {
+    !info.deleted
+        && info
+            .options
+            .as_ref()
+            .and_then(|o| o.link.as_ref())
+            .is_none()
+}
+
+/// The digest recorded at ingest, parsed.
+pub fn ingest_digest(tier: &str, bucket: &str, info: &ObjectInfo) -> Result<Sha256Digest, Error> {
+    let text = info.digest.as_deref().ok_or_else(|| IntegrityFailure {
+        bucket: bucket.to_string(),
+        object: info.name.clone(),
+        tier: tier.to_string(),
+        what: "sha-256",
+        expected: "a digest in the object's meta".into(),
+        actual: "none".into(),
+    })?;
+    let parsed = Sha256Digest::from_nats(text).map_err(|e| IntegrityFailure {
+        bucket: bucket.to_string(),
+        object: info.name.clone(),
+        tier: tier.to_string(),
+        what: "sha-256",
+        expected: "SHA-256=<base64url>".into(),
+        actual: e.value,
+    })?;
+    Ok(parsed)
+}
+
+/// Compares what was read with what was recorded at ingest; on mismatch counts and logs an
+/// integrity failure naming the object and returns [`Error::Integrity`].
+pub fn check_content(
+    tier: &str,
+    bucket: &str,
+    object: &str,
+    expected_size: u64,
+    expected: &Sha256Digest,
+    size: u64,
+    digest: &Sha256Digest,
+) -> Result<(), Error> {
+    let mismatch = if size != expected_size {
+        Some(("size", expected_size.to_string(), size.to_string()))
+    } else if digest != expected {
+        Some(("sha-256", expected.to_nats(), digest.to_nats()))
+    } else {
+        None
+    };
+    let Some((what, expected, actual)) = mismatch else {
+        return Ok(());
+    };
+    crate::metrics::integrity_failure(tier);
+    tracing::error!(bucket, object, tier, what, %expected, %actual, "integrity check failed");
+    Err(IntegrityFailure {
+        bucket: bucket.to_string(),
+        object: object.to_string(),
+        tier: tier.to_string(),
+        what,
+        expected,
+        actual,
+    }
+    .into())
+}

@@ -1,0 +1,30 @@
+//! Storage manager, catalog, JetStream tiers and leaf mirroring.
+//!
+//! # Layout
+//! - [`digest`]: the SHA-256 digest taken at ingest, in NATS and hex forms.
+//! - [`jetstream`]: JetStream object-store tiers — listing, verified reads, sourcing a leaf
+//!   bucket into the cluster, eviction by purge (never a user-visible delete).
+//! - [`catalog`]: where verified copies live, in a KV bucket, updated by compare-and-set.
+//! - [`work`]: the work-queue stream between the manager and the roles, and the worker loop.
+//! - [`manager`]: the storage manager: evaluates policies, queues work.
+//! - [`mirror`]: the mirror role: sets up sourcing, evicts verified leaf copies.
+//! - [`system`]: the connections one role holds.
+//! - [`metrics`]: every metric name, and the Prometheus endpoint.
+//! - [`cli`]: what both binaries share: logging, config loading, metrics endpoint, signals.
+//! - [`error`]: the crate's error type.
+//!
+//! The binary `cim-storage` (`src/main.rs`) runs `check-config`, `run` (manager) and `mirror`.
+
+pub mod catalog;
+pub mod cli;
+pub mod digest;
+pub mod error;
+pub mod jetstream;
+pub mod manager;
+pub mod metrics;
+pub mod mirror;
+pub mod system;
+pub mod work;
+
+pub use error::Error;
+pub use system::System;

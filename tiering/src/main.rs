@@ -1,0 +1,126 @@
+//! `cim-storage`: the storage manager and the leaf-mirroring role.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use cim_tiering::cli;
+use cim_tiering::manager::Manager;
+use cim_tiering::mirror::MirrorHandler;
+use cim_tiering::work::Role;
+use cim_tiering::System;
+use clap::{Parser, Subcommand};
+
+/// Storage manager and leaf mirroring for NATS JetStream object stores.
+#[derive(Parser)]
+#[command(name = "cim-storage", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a configuration file; print every problem with its location.
+    CheckConfig {
+        /// The TOML configuration file shared by all roles.
+        #[arg(long, env = "CIM_CONFIG")]
+        config: PathBuf,
+    },
+    /// Run the storage manager: evaluate policies every interval and queue work for the roles.
+    Run {
+        /// The TOML configuration file shared by all roles.
+        #[arg(long, env = "CIM_CONFIG")]
+        config: PathBuf,
+        /// Serve /metrics here instead of `[metrics] listen`.
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
+        /// Run one pass and exit (a dry run still queues work; use for cron-style operation).
+        #[arg(long)]
+        once: bool,
+    },
+    /// Run the mirror role: set up leaf → cluster sourcing and evict verified leaf copies.
+    Mirror {
+        /// The TOML configuration file shared by all roles.
+        #[arg(long, env = "CIM_CONFIG")]
+        config: PathBuf,
+        /// Serve /metrics here instead of `[metrics] listen`.
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::CheckConfig { config } = &cli.command {
+        return match cli::load_config(config) {
+            Ok(_) => {
+                println!("{}: ok", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    cli::init_tracing();
+    match run(cli.command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::CheckConfig { .. } => unreachable!("handled before logging starts"),
+        Command::Run {
+            config,
+            metrics_listen,
+            once,
+        } => {
+            let config = cli::load_config(&config)?;
+            if !once {
+                cli::serve_metrics(&config, metrics_listen)?;
+            }
+            let system = Arc::new(
+                System::connect(config, "cim-storage manager")
+                    .await
+                    .context("connecting")?,
+            );
+            let manager = Manager::new(system);
+            if once {
+                let report = manager.pass().await?;
+                println!("due {} queued {}", report.due, report.queued);
+                return Ok(());
+            }
+            manager.run(cli::shutdown_on_signal()).await;
+            Ok(())
+        }
+        Command::Mirror {
+            config,
+            metrics_listen,
+        } => {
+            let config = cli::load_config(&config)?;
+            cli::serve_metrics(&config, metrics_listen)?;
+            let system = Arc::new(
+                System::connect(config, "cim-storage mirror")
+                    .await
+                    .context("connecting")?,
+            );
+            let handler = Arc::new(MirrorHandler::new(system.clone()));
+            system
+                .work
+                .run_worker(Role::Mirror, handler, cli::shutdown_on_signal())
+                .await?;
+            Ok(())
+        }
+    }
+}
