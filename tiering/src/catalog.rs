@@ -280,3 +280,34 @@ impl Catalog {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_valid_kv_keys_for_any_name() {
+        for name in [
+            "plain",
+            "with space",
+            "a/b/c",
+            "dots.in.name",
+            "ünïcode",
+            ".hidden",
+        ] {
+            let k = key("bucket-1", name);
+            assert!(k.starts_with("o.bucket-1."));
+            assert!(
+                k.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_=./".contains(c)),
+                "{k}"
+            );
+            assert_eq!(
+                k.matches('.').count(),
+                2,
+                "name must not add key tokens: {k}"
+            );
+        }
+        assert_ne!(key("b", "x"), key("b", "y"));
+    }
+}

@@ -6,7 +6,10 @@
 
 use std::sync::Arc;
 
+use async_nats::jetstream::object_store::ObjectInfo;
 use tracing::Instrument;
+
+use crate::digest::Sha256Digest;
 
 use crate::error::Error;
 use crate::jetstream::{check_content, ingest_digest};
@@ -53,43 +56,44 @@ impl MirrorHandler {
         let digest = ingest_digest(leaf.name(), bucket, &leaf_info)?;
         let size = leaf_info.size as u64;
 
-        // The cluster copy must be the same version, read back in full and matching the ingest digest.
-        let not_ready = |reason: String| Error::NotReady {
-            bucket: bucket.to_string(),
-            object: name.to_string(),
-            tier: hub.name().to_string(),
-            reason,
-        };
-        let Some(hub_info) = hub.info(bucket, name).await? else {
-            return Err(not_ready("not replicated yet".into()));
-        };
-        if hub_info.nuid != leaf_info.nuid {
-            return Err(not_ready(format!(
-                "cluster holds version {} and the leaf {}; waiting for replication",
-                hub_info.nuid, leaf_info.nuid
-            )));
-        }
-        let hub_digest = ingest_digest(hub.name(), bucket, &hub_info)?;
-        check_content(
-            hub.name(),
-            bucket,
-            name,
-            size,
-            &digest,
-            hub_info.size as u64,
-            &hub_digest,
-        )?;
-        hub.read_verified(bucket, &hub_info, size, &digest, &mut tokio::io::sink())
-            .await?;
-
         let catalog = &self.system.catalog;
-        catalog
-            .record_copy(bucket, name, size, &digest, leaf.name(), None)
-            .await?;
-        catalog
-            .record_copy(bucket, name, size, &digest, hub.name(), None)
-            .await?;
-        metrics::transferred(leaf.name(), hub.name(), size);
+        match hub.info(bucket, name).await? {
+            Some(hub_info) => {
+                // The cluster copy must be this version, read back in full against the ingest digest.
+                self.verify_cluster_copy(job, &leaf_info, &hub_info, &digest)
+                    .await?;
+                catalog
+                    .record_copy(bucket, name, size, &digest, leaf.name(), None)
+                    .await?;
+                catalog
+                    .record_copy(bucket, name, size, &digest, hub.name(), None)
+                    .await?;
+                // The upload role may have moved the cluster copy on to S3 (and recorded that)
+                // between our read and our record; if so, undo our now-stale cluster entry.
+                if hub.info(bucket, name).await?.map(|i| i.nuid) != Some(leaf_info.nuid.clone()) {
+                    catalog
+                        .record_eviction(bucket, name, &digest, hub.name())
+                        .await?;
+                }
+                metrics::transferred(leaf.name(), hub.name(), size);
+            }
+            None => {
+                // Not on the cluster: either not replicated yet, or already moved further up
+                // (to S3) after a verified copy — the catalog knows which.
+                let elsewhere = catalog.get(bucket, name).await?.is_some_and(|entry| {
+                    entry.digest == digest && entry.locations.keys().any(|tier| tier != leaf.name())
+                });
+                if !elsewhere {
+                    return Err(Error::NotReady {
+                        bucket: bucket.to_string(),
+                        object: name.to_string(),
+                        tier: hub.name().to_string(),
+                        reason: "not replicated yet".into(),
+                    });
+                }
+                tracing::debug!("cluster copy already moved on to a verified tier");
+            }
+        }
 
         if job.action == cim_policies::Action::Move {
             leaf.evict(bucket, &leaf_info).await?;
@@ -99,6 +103,44 @@ impl MirrorHandler {
             metrics::evicted(leaf.name());
             tracing::info!(size, "evicted leaf copy after verified replication");
         }
+        Ok(())
+    }
+}
+
+impl MirrorHandler {
+    async fn verify_cluster_copy(
+        &self,
+        job: &ObjectMove,
+        leaf_info: &ObjectInfo,
+        hub_info: &ObjectInfo,
+        digest: &Sha256Digest,
+    ) -> Result<(), Error> {
+        let hub = self.system.jetstream_tier(&job.to)?;
+        let (bucket, name) = (job.bucket.as_str(), job.name.as_str());
+        if hub_info.nuid != leaf_info.nuid {
+            return Err(Error::NotReady {
+                bucket: bucket.to_string(),
+                object: name.to_string(),
+                tier: hub.name().to_string(),
+                reason: format!(
+                    "cluster holds version {} and the leaf {}; waiting for replication",
+                    hub_info.nuid, leaf_info.nuid
+                ),
+            });
+        }
+        let size = leaf_info.size as u64;
+        let hub_digest = ingest_digest(hub.name(), bucket, hub_info)?;
+        check_content(
+            hub.name(),
+            bucket,
+            name,
+            size,
+            digest,
+            hub_info.size as u64,
+            &hub_digest,
+        )?;
+        hub.read_verified(bucket, hub_info, size, digest, &mut tokio::io::sink())
+            .await?;
         Ok(())
     }
 }

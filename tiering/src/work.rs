@@ -416,3 +416,51 @@ async fn process<H: Handler>(
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn job(name: &str, nuid: &str) -> ObjectMove {
+        ObjectMove {
+            policy: "p".into(),
+            from: "hub".into(),
+            to: "s3".into(),
+            action: Action::Move,
+            bucket: "sensors".into(),
+            name: name.into(),
+            size: 3,
+            digest: Sha256Digest::of(b"abc"),
+            nuid: nuid.into(),
+        }
+    }
+
+    #[test]
+    fn items_route_to_their_role_and_round_trip_as_json() {
+        let upload = WorkItem::Upload(job("a b/c", "N1"));
+        assert_eq!(upload.role(), Role::Upload);
+        assert_eq!(upload.subject(), "cim.work.upload.sensors");
+        let evict = WorkItem::LeafEvict(job("x", "N1"));
+        assert_eq!(evict.subject(), "cim.work.mirror.sensors");
+        let json = serde_json::to_string(&upload).unwrap();
+        assert!(json.contains("\"kind\":\"upload\""), "{json}");
+        assert!(json.contains("\"action\":\"move\""), "{json}");
+        assert_eq!(serde_json::from_str::<WorkItem>(&json).unwrap(), upload);
+    }
+
+    #[test]
+    fn ids_identify_one_version_of_one_object() {
+        let a1 = WorkItem::Upload(job("a", "N1")).id();
+        assert_eq!(a1, WorkItem::Upload(job("a", "N1")).id());
+        assert_ne!(
+            a1,
+            WorkItem::Upload(job("a", "N2")).id(),
+            "a new version is new work"
+        );
+        assert_ne!(a1, WorkItem::Upload(job("b", "N1")).id());
+        assert_ne!(a1, WorkItem::LeafEvict(job("a", "N1")).id());
+        // Names with dots, spaces or slashes never leak into the id's structure.
+        assert!(!WorkItem::Upload(job("x.y z/w", "N")).id().contains(' '));
+    }
+}
