@@ -50,8 +50,16 @@ pub async fn connect(
             .await
             .map_err(|e| connect_err(format!("credentials file {}: {e}", path.display()).into()))?;
     }
+    // async-nats takes one URL per address; operators write a comma-separated list.
+    let addrs = url
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| u.parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| connect_err(Box::new(e)))?;
     options
-        .connect(url)
+        .connect(addrs.as_slice())
         .await
         .map_err(|e| connect_err(Box::new(e)))
 }

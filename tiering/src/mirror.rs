@@ -75,7 +75,6 @@ impl MirrorHandler {
                         .record_eviction(bucket, name, &digest, hub.name())
                         .await?;
                 }
-                metrics::transferred(leaf.name(), hub.name(), size);
             }
             None => {
                 // Not on the cluster: either not replicated yet, or already moved further up
@@ -94,6 +93,8 @@ impl MirrorHandler {
                 tracing::debug!("cluster copy already moved on to a verified tier");
             }
         }
+        // Either way the object made the leaf → cluster hop, verified.
+        metrics::transferred(leaf.name(), hub.name(), size);
 
         if job.action == cim_policies::Action::Move {
             leaf.evict(bucket, &leaf_info).await?;

@@ -1,0 +1,295 @@
+//! The crate's one error type.
+//!
+//! Every variant carries the names an operator needs to act on it (the S3 key, the object's bucket
+//! and name, the tier) as structured fields, and keeps the underlying error as its `source` so the
+//! whole chain can be logged. [`Error::is_transient`] is the single place that decides whether a
+//! retry can help; the upload and restore loops rely on it instead of matching on messages.
+
+use std::fmt;
+
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+
+/// A boxed error that can cross threads, used as the `source` of S3 and NATS failures.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Everything that can go wrong in the S3 tier.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An S3 request failed (network, service error, or reading a response body).
+    ///
+    /// When it comes from the AWS SDK the source is an [`S3Failure`], which records the HTTP
+    /// status, the service error code and whether a retry can help.
+    #[error("s3 {op} {key}: {source}")]
+    S3 {
+        /// The S3 operation, e.g. `"put_object"`.
+        op: &'static str,
+        /// The key (or key prefix, for listings) the operation was about.
+        key: String,
+        /// What went wrong.
+        #[source]
+        source: BoxError,
+    },
+
+    /// Content did not match the digest or size recorded at NATS ingest.
+    ///
+    /// Never retried blindly: the copy being checked is bad, and the good copy (if any) must be
+    /// kept. Raised together with the `cim_integrity_failures_total{tier}` metric and an error
+    /// log line naming the object.
+    #[error(
+        "integrity check failed for object {name:?} in bucket {bucket:?} on tier {tier}: \
+         {what} expected {expected}, got {actual}"
+    )]
+    Integrity {
+        /// The NATS object-store bucket of the object.
+        bucket: String,
+        /// The object's name.
+        name: String,
+        /// The tier whose copy is bad (`"s3"` on restore, the source tier on upload).
+        tier: String,
+        /// What was compared: `"sha-256"`, `"size"` or `"zstd"` (undecodable stored bytes).
+        what: String,
+        /// The value recorded at ingest.
+        expected: String,
+        /// The value found.
+        actual: String,
+    },
+
+    /// A manifest could not be parsed, or parsed but contradicts itself or its key.
+    #[error("invalid manifest {key}: {source}")]
+    Manifest {
+        /// The manifest's S3 key.
+        key: String,
+        /// The parse error, or a custom serde error describing the inconsistency.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// Local I/O failed (reading the content to upload, writing restored content).
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The tier configuration cannot work (unreadable credentials file, missing endpoint, ...).
+    #[error("s3 tier configuration: {message}")]
+    Config {
+        /// What is wrong and where.
+        message: String,
+    },
+
+    /// A failure in the NATS tiers, catalog or work queue, from `cim-tiering`; kept whole so its
+    /// structured fields (bucket, object, tier) and its transience survive (`?` converts it).
+    #[error(transparent)]
+    Tiering(#[from] cim_tiering::Error),
+
+    /// A NATS object-store operation failed (used by the upload and restore orchestration).
+    #[error("nats {op} {bucket}/{name}: {source}")]
+    Nats {
+        /// The operation, e.g. `"get"`.
+        op: String,
+        /// The object-store bucket.
+        bucket: String,
+        /// The object's name.
+        name: String,
+        /// What went wrong.
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl Error {
+    /// Whether retrying the same operation later may succeed.
+    ///
+    /// Transient: S3 timeouts, connection failures, 5xx, throttling (429, `SlowDown`), truncated
+    /// response bodies, local I/O errors and NATS failures (the cluster being briefly unreachable is
+    /// the common case; callers that need finer decisions match on the variant). `Tiering` errors
+    /// answer for themselves (`cim_tiering::Error::is_transient`). Not transient:
+    /// integrity failures (the copy is bad, retrying the same read gives the same answer), invalid
+    /// manifests, configuration errors, and S3 client errors such as 403 or 404.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::S3 { source, .. } => match source.downcast_ref::<S3Failure>() {
+                Some(failure) => failure.transient,
+                // Errors we did not classify (none today) are assumed retryable: the upload
+                // protocol is idempotent, so a retry is safe.
+                None => true,
+            },
+            Error::Io { .. } | Error::Nats { .. } => true,
+            Error::Tiering(e) => e.is_transient(),
+            Error::Integrity { .. } | Error::Manifest { .. } | Error::Config { .. } => false,
+        }
+    }
+
+    /// True when this is an S3 error for a missing key or bucket (HTTP 404).
+    pub fn is_not_found(&self) -> bool {
+        match self {
+            Error::S3 { source, .. } => source
+                .downcast_ref::<S3Failure>()
+                .is_some_and(|f| f.status == Some(404)),
+            _ => false,
+        }
+    }
+
+    /// Builds an [`Error::S3`] from an SDK error, classifying it (see [`S3Failure`]).
+    pub(crate) fn s3<E>(op: &'static str, key: impl Into<String>, err: SdkError<E>) -> Self
+    where
+        E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static,
+    {
+        Error::S3 {
+            op,
+            key: key.into(),
+            source: Box::new(S3Failure::from_sdk(&err)),
+        }
+    }
+
+    /// Builds an [`Error::S3`] for a failure reading a response body (always transient).
+    pub(crate) fn s3_body(
+        op: &'static str,
+        key: impl Into<String>,
+        err: &dyn fmt::Display,
+    ) -> Self {
+        Error::S3 {
+            op,
+            key: key.into(),
+            source: Box::new(S3Failure {
+                message: format!("reading response body: {err}"),
+                status: None,
+                code: None,
+                transient: true,
+            }),
+        }
+    }
+
+    /// Builds an [`Error::Io`].
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// Builds an [`Error::Config`].
+    pub(crate) fn config(message: impl Into<String>) -> Self {
+        Error::Config {
+            message: message.into(),
+        }
+    }
+}
+
+/// A classified S3 failure: the source of [`Error::S3`] for SDK errors.
+///
+/// The SDK's error types are generic per operation, so instead of boxing them (and losing the
+/// ability to classify them later) the conversion records what retry logic and operators need: the
+/// full error chain rendered with [`DisplayErrorContext`] (so the message shows the real cause,
+/// not just "service error"), the HTTP status and S3 error code when there was a response, and
+/// whether a retry may help.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct S3Failure {
+    /// The error and its whole cause chain.
+    pub message: String,
+    /// HTTP status of the response, if one was received.
+    pub status: Option<u16>,
+    /// S3 error code (`NoSuchKey`, `SlowDown`, ...), if the service sent one.
+    pub code: Option<String>,
+    /// Whether retrying may succeed.
+    pub transient: bool,
+}
+
+/// S3 error codes that mean "try again later" whatever the HTTP status says.
+const TRANSIENT_CODES: &[&str] = &[
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "InternalError",
+    "ServiceUnavailable",
+    "OperationAborted",
+];
+
+impl S3Failure {
+    fn from_sdk<E>(err: &SdkError<E>) -> Self
+    where
+        E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static,
+    {
+        let status = err.raw_response().map(|r| r.status().as_u16());
+        let code = err.code().map(str::to_string);
+        let transient = match err {
+            SdkError::TimeoutError(_) => true,
+            SdkError::DispatchFailure(failure) => !failure.is_user(),
+            // The response could not be read or parsed: usually a connection cut mid-body.
+            SdkError::ResponseError(_) => true,
+            SdkError::ServiceError(_) => {
+                matches!(status, Some(s) if s >= 500 || s == 429 || s == 408)
+                    || code
+                        .as_deref()
+                        .is_some_and(|c| TRANSIENT_CODES.contains(&c))
+            }
+            // ConstructionFailure and future variants: a bug or bad input, not the network.
+            _ => false,
+        };
+        S3Failure {
+            message: DisplayErrorContext(err).to_string(),
+            status,
+            code,
+            transient,
+        }
+    }
+}
+
+impl fmt::Display for S3Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for S3Failure {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integrity_message_names_the_object() {
+        let e = Error::Integrity {
+            bucket: "media".into(),
+            name: "a b/c.mp4".into(),
+            tier: "s3".into(),
+            what: "sha-256".into(),
+            expected: "SHA-256=x".into(),
+            actual: "SHA-256=y".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "integrity check failed for object \"a b/c.mp4\" in bucket \"media\" on tier s3: \
+             sha-256 expected SHA-256=x, got SHA-256=y"
+        );
+        assert!(!e.is_transient());
+    }
+
+    #[test]
+    fn transience_follows_the_classification() {
+        let s3 = |transient, status| Error::S3 {
+            op: "get_object",
+            key: "k".into(),
+            source: Box::new(S3Failure {
+                message: "boom".into(),
+                status,
+                code: None,
+                transient,
+            }),
+        };
+        assert!(s3(true, Some(503)).is_transient());
+        assert!(!s3(false, Some(403)).is_transient());
+        assert!(s3(false, Some(404)).is_not_found());
+        assert_eq!(s3(true, None).to_string(), "s3 get_object k: boom");
+        assert!(Error::io("x", std::io::Error::other("y")).is_transient());
+        assert!(!Error::config("bad").is_transient());
+    }
+}

@@ -1,0 +1,327 @@
+//! The self-describing S3 layout: key scheme and the per-object manifest.
+//!
+//! Pure functions and types, no I/O. The layout is specified for humans in `docs/s3-format.md`;
+//! this module is its executable form, and the two must change together.
+//!
+//! # Why this layout
+//!
+//! * **Self-describing.** With NATS gone, listing `P objects/` finds every bucket, listing
+//!   `P objects/<bucket>/` finds every object, and each manifest carries the name, size, digest,
+//!   NATS metadata and the blob key: S3 alone is enough to list and restore everything.
+//! * **Content-addressed blobs.** A blob's key is derived from the SHA-256 of the object's
+//!   uncompressed content only, so identical content is stored once whatever its name or bucket,
+//!   and re-uploading an object never overwrites a good blob with different bytes. Wasabi bills a
+//!   90-day minimum per stored object, so avoiding overwrites matters.
+//! * **Reversible, safe keys.** Object names may contain spaces, `/` or any unicode; the manifest
+//!   key carries the name as unpadded base64url, which is reversible and never contains `/`.
+//! * **Commit point.** The blob is written (and verified) first, the manifest last; an object
+//!   exists on S3 exactly when its manifest does.
+
+use std::collections::HashMap;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use cim_tiering::digest::Sha256Digest;
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+/// The manifest format version this crate writes and accepts.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Key of the content-addressed blob holding `digest`'s content, zstd-compressed.
+///
+/// `prefix` is the tier prefix: `""` or ending with `/`.
+/// Layout: `P blobs/sha256/<hex[0..2]>/<hex>.zst`; the two-digit fan-out keeps listings of one
+/// directory level small on stores that care.
+pub fn blob_key(prefix: &str, digest: &Sha256Digest) -> String {
+    let hex = digest.to_hex();
+    format!("{prefix}blobs/sha256/{}/{hex}.zst", &hex[..2])
+}
+
+/// Key of the manifest of object `name` in NATS bucket `bucket`.
+///
+/// Layout: `P objects/<bucket>/<base64url_nopad(name)>.json`.
+pub fn manifest_key(prefix: &str, bucket: &str, name: &str) -> String {
+    format!(
+        "{prefix}objects/{bucket}/{}.json",
+        URL_SAFE_NO_PAD.encode(name.as_bytes())
+    )
+}
+
+/// Listing prefix for the manifests of one bucket (`Some`), or of all buckets (`None`).
+///
+/// List `manifest_prefix(P, None)` with delimiter `/` to get one common prefix per bucket; list
+/// `manifest_prefix(P, Some(b))` to get every manifest of bucket `b`.
+pub fn manifest_prefix(prefix: &str, bucket: Option<&str>) -> String {
+    match bucket {
+        Some(bucket) => format!("{prefix}objects/{bucket}/"),
+        None => format!("{prefix}objects/"),
+    }
+}
+
+/// Recovers `(bucket, name)` from a manifest key, or `None` if `key` is not one.
+///
+/// The inverse of [`manifest_key`]: used when listing, so stray keys (a README someone dropped in,
+/// a half-typed `aws s3 cp`) are skipped rather than mistaken for objects.
+pub fn decode_manifest_key(prefix: &str, key: &str) -> Option<(String, String)> {
+    let rest = key.strip_prefix(prefix)?.strip_prefix("objects/")?;
+    let (bucket, file) = rest.split_once('/')?;
+    if bucket.is_empty() || file.contains('/') {
+        return None;
+    }
+    let encoded = file.strip_suffix(".json")?;
+    let bytes = URL_SAFE_NO_PAD.decode(encoded).ok()?;
+    let name = String::from_utf8(bytes).ok()?;
+    Some((bucket.to_string(), name))
+}
+
+/// The current time in RFC 3339 (UTC), for [`Manifest::uploaded_at`].
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_string())
+}
+
+/// How a blob's bytes are encoded on S3.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Compression {
+    /// One zstd frame of the whole content (`zstd -d` restores it).
+    Zstd,
+}
+
+impl Compression {
+    /// The name used in manifests and in the blob's `cim-compression` metadata.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+/// Everything needed to list and restore one object from S3 alone.
+///
+/// Stored as pretty JSON at [`manifest_key`]. Writing it is the commit point of an upload: it is
+/// only written after the blob it names has been verified, so a manifest's existence means the
+/// object is safely on S3.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Manifest {
+    /// Format version; always [`FORMAT_VERSION`].
+    pub format: u32,
+    /// NATS object-store bucket.
+    pub bucket: String,
+    /// Object name, verbatim.
+    pub name: String,
+    /// Size of the uncompressed content in bytes.
+    pub size: u64,
+    /// SHA-256 of the uncompressed content in NATS form (`SHA-256=<base64url>`), exactly as
+    /// recorded at ingest. The reference every copy is checked against.
+    pub digest: Sha256Digest,
+    /// The same digest as lowercase hex (what `sha256sum` prints).
+    pub sha256_hex: String,
+    /// Encoding of the blob.
+    pub compression: Compression,
+    /// Size of the blob on S3 (compressed bytes).
+    pub stored_size: u64,
+    /// Full S3 key of the blob, i.e. [`blob_key`] of the tier prefix and [`Manifest::digest`].
+    pub blob_key: String,
+    /// The NATS object description, if any.
+    pub description: Option<String>,
+    /// The NATS object metadata (user key/values).
+    #[serde(default)]
+    pub metadata: HashMap<String, String>,
+    /// The NATS object headers, if any.
+    #[serde(default)]
+    pub headers: Option<async_nats::HeaderMap>,
+    /// NATS modification time (RFC 3339), if known.
+    #[serde(default)]
+    pub modified: Option<String>,
+    /// When the manifest was written (RFC 3339).
+    pub uploaded_at: String,
+    /// Name of the tier the content was read from when uploading.
+    pub source_tier: String,
+    /// NATS object NUID at upload time (identifies the exact NATS version that was copied).
+    pub source_nuid: String,
+}
+
+impl Manifest {
+    /// Pretty JSON, as stored on S3.
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serialising plain data with string map keys cannot fail.
+        serde_json::to_vec_pretty(self).unwrap_or_default()
+    }
+
+    /// Parses and checks a manifest read from `key`.
+    ///
+    /// Beyond the JSON shape, rejects a manifest that lies: an unknown `format`, a `sha256_hex`
+    /// that disagrees with `digest`, or a `blob_key` that is not the blob key of `digest`. A
+    /// restore trusting such a manifest would fetch or verify against the wrong content.
+    pub fn from_json(key: &str, bytes: &[u8]) -> Result<Manifest, Error> {
+        let invalid = |message: String| Error::Manifest {
+            key: key.to_string(),
+            source: <serde_json::Error as serde::de::Error>::custom(message),
+        };
+        let manifest: Manifest =
+            serde_json::from_slice(bytes).map_err(|source| Error::Manifest {
+                key: key.to_string(),
+                source,
+            })?;
+        if manifest.format != FORMAT_VERSION {
+            return Err(invalid(format!(
+                "unsupported format {} (expected {FORMAT_VERSION})",
+                manifest.format
+            )));
+        }
+        let hex = manifest.digest.to_hex();
+        if manifest.sha256_hex != hex {
+            return Err(invalid(format!(
+                "sha256_hex {} does not match digest {} ({hex})",
+                manifest.sha256_hex, manifest.digest
+            )));
+        }
+        let expected_tail = blob_key("", &manifest.digest);
+        let blob_prefix = manifest.blob_key.strip_suffix(&expected_tail);
+        if !blob_prefix.is_some_and(|p| p.is_empty() || p.ends_with('/')) {
+            return Err(invalid(format!(
+                "blob_key {:?} is not the blob of digest {}",
+                manifest.blob_key, manifest.digest
+            )));
+        }
+        Ok(manifest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn sample() -> Manifest {
+        let digest = Sha256Digest::of(b"hello");
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Content-Type", "text/plain");
+        Manifest {
+            format: FORMAT_VERSION,
+            bucket: "media".into(),
+            name: "dir/ä b.txt".into(),
+            size: 5,
+            digest,
+            sha256_hex: digest.to_hex(),
+            compression: Compression::Zstd,
+            stored_size: 18,
+            blob_key: blob_key("t/", &digest),
+            description: Some("greeting".into()),
+            metadata: HashMap::from([("k".to_string(), "v".to_string())]),
+            headers: Some(headers),
+            modified: Some("2025-01-02T03:04:05Z".into()),
+            uploaded_at: "2025-01-02T03:04:06Z".into(),
+            source_tier: "hub".into(),
+            source_nuid: "NUID123".into(),
+        }
+    }
+
+    #[test]
+    fn blob_key_is_content_addressed() {
+        let d = Sha256Digest::of(b"hello");
+        assert_eq!(
+            blob_key("p/", &d),
+            "p/blobs/sha256/2c/2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824.zst"
+        );
+        assert_eq!(blob_key("", &d), blob_key("p/", &d)["p/".len()..]);
+    }
+
+    #[test]
+    fn manifest_keys_round_trip_awkward_names() {
+        for name in [
+            "a",
+            "with space",
+            "dir/sub/file",
+            "ünï/cödé 🚀",
+            "..",
+            "",
+            "x.json",
+        ] {
+            for prefix in ["", "t/", "deep/er/"] {
+                let key = manifest_key(prefix, "bkt", name);
+                assert!(key.starts_with(&manifest_prefix(prefix, Some("bkt"))));
+                assert!(key.starts_with(&manifest_prefix(prefix, None)));
+                let rest = &key[manifest_prefix(prefix, Some("bkt")).len()..];
+                assert!(!rest.contains('/'), "{key}");
+                assert_eq!(
+                    decode_manifest_key(prefix, &key),
+                    Some(("bkt".to_string(), name.to_string()))
+                );
+            }
+        }
+        assert_eq!(manifest_key("t/", "b", "hello"), "t/objects/b/aGVsbG8.json");
+    }
+
+    #[test]
+    fn decode_rejects_stray_keys() {
+        for key in [
+            "t/objects/b/README",
+            "t/objects/b/!!.json",
+            "t/objects/b/sub/aGVsbG8.json",
+            "t/objects//aGVsbG8.json",
+            "t/blobs/sha256/2c/x.zst",
+            "objects/b/aGVsbG8.json",
+            "t/objects/b/_w.json", // decodes to invalid utf-8
+        ] {
+            assert_eq!(decode_manifest_key("t/", key), None, "{key}");
+        }
+    }
+
+    #[test]
+    fn manifest_json_round_trips() {
+        let m = sample();
+        let json = m.to_json();
+        let text = String::from_utf8(json.clone()).unwrap();
+        assert!(
+            text.contains("\"digest\": \"SHA-256=LPJNul-wow4m6DsqxbninhsWHlwfp0JecwQzYpOLmCQ=\"")
+        );
+        assert!(text.contains("\"compression\": \"zstd\""));
+        assert!(text.contains("\"Content-Type\""));
+        assert_eq!(Manifest::from_json("k", &json).unwrap(), m);
+    }
+
+    #[test]
+    fn lying_manifests_are_rejected_naming_the_key() {
+        let check = |m: Manifest, needle: &str| {
+            let err = Manifest::from_json("t/objects/b/x.json", &m.to_json()).unwrap_err();
+            let msg = err.to_string();
+            assert!(matches!(err, Error::Manifest { .. }));
+            assert!(msg.contains("t/objects/b/x.json"), "{msg}");
+            assert!(msg.contains(needle), "{msg}");
+        };
+        let mut m = sample();
+        m.format = 2;
+        check(m, "format");
+        let mut m = sample();
+        m.sha256_hex = Sha256Digest::of(b"other").to_hex();
+        check(m, "sha256_hex");
+        let mut m = sample();
+        m.blob_key = blob_key("t/", &Sha256Digest::of(b"other"));
+        check(m, "blob_key");
+        let mut m = sample();
+        m.blob_key = format!("t/x{}", blob_key("", &m.digest));
+        check(m, "blob_key");
+        let err = Manifest::from_json("k", b"{not json").unwrap_err();
+        assert!(matches!(err, Error::Manifest { .. }));
+    }
+
+    #[test]
+    fn optional_fields_may_be_absent() {
+        let m = sample();
+        let mut v: serde_json::Value = serde_json::from_slice(&m.to_json()).unwrap();
+        let obj = v.as_object_mut().unwrap();
+        obj.remove("headers");
+        obj.remove("metadata");
+        obj.remove("modified");
+        obj.insert("description".into(), serde_json::Value::Null);
+        let parsed = Manifest::from_json("k", &serde_json::to_vec(&v).unwrap()).unwrap();
+        assert_eq!(parsed.headers, None);
+        assert!(parsed.metadata.is_empty());
+    }
+}

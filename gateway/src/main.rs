@@ -1,0 +1,223 @@
+//! `cim-gateway`: the S3 tier's roles — the upload worker, restore and listing from S3 alone.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context as _};
+use cim_gateway::restore::{Restored, Restorer};
+use cim_gateway::upload::{connect_s3_tiers, UploadHandler};
+use cim_policies::{Config, Route, Tier};
+use cim_tiering::work::Role;
+use cim_tiering::{cli, System};
+use clap::{Args, Parser, Subcommand};
+
+/// S3 tier of the NATS JetStream storage gateway.
+#[derive(Parser)]
+#[command(name = "cim-gateway", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct ConfigArg {
+    /// The TOML configuration file shared by all roles.
+    #[arg(long, env = "CIM_CONFIG")]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the upload role: move objects from the cluster to S3 as the manager queues them.
+    Upload {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Serve /metrics here instead of `[metrics] listen`.
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
+    },
+    /// Restore objects from S3 into a JetStream tier, verifying every byte first.
+    Restore {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The object-store bucket.
+        #[arg(long)]
+        bucket: String,
+        /// One object to restore.
+        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+        name: Option<String>,
+        /// Restore every object of the bucket.
+        #[arg(long)]
+        all: bool,
+        /// S3 tier to read from (default: the only S3 tier).
+        #[arg(long)]
+        from: Option<String>,
+        /// JetStream tier to write into (default: the tier that uploads to the S3 tier).
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// List what an S3 tier holds, from its manifests alone (no NATS needed).
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only this bucket.
+        #[arg(long)]
+        bucket: Option<String>,
+        /// S3 tier to read from (default: the only S3 tier).
+        #[arg(long)]
+        from: Option<String>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    cli::init_tracing();
+    match run(Cli::parse().command).await {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The S3 tier to use: the one named, or the only one.
+fn s3_tier_name(config: &Config, named: Option<String>) -> anyhow::Result<String> {
+    if let Some(name) = named {
+        return match config.tier(&name) {
+            Some(Tier::S3(_)) => Ok(name),
+            _ => bail!("--from {name:?} is not an s3 tier of the configuration"),
+        };
+    }
+    let s3: Vec<&String> = config
+        .tiers
+        .iter()
+        .filter(|(_, t)| matches!(t, Tier::S3(_)))
+        .map(|(n, _)| n)
+        .collect();
+    match s3.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => bail!("the configuration has no s3 tier"),
+        _ => bail!("the configuration has several s3 tiers; choose one with --from"),
+    }
+}
+
+/// The JetStream tier restores go to: the one named, or the source of the policies that upload
+/// to `s3_tier`.
+fn restore_target(config: &Config, s3_tier: &str, named: Option<String>) -> anyhow::Result<String> {
+    if let Some(name) = named {
+        return Ok(name);
+    }
+    let mut sources: Vec<&str> = config
+        .policies_on(Route::ClusterToS3)
+        .filter(|p| p.to == s3_tier)
+        .map(|p| p.from.as_str())
+        .collect();
+    sources.sort();
+    sources.dedup();
+    match sources.as_slice() {
+        [one] => Ok((*one).to_string()),
+        [] => bail!("no policy uploads to {s3_tier:?}; name the target tier with --to"),
+        _ => bail!("several tiers upload to {s3_tier:?}; name the target tier with --to"),
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Upload {
+            config,
+            metrics_listen,
+        } => {
+            let config = cli::load_config(&config.config)?;
+            cli::serve_metrics(&config, metrics_listen)?;
+            let system = Arc::new(
+                System::connect(config, "cim-gateway upload")
+                    .await
+                    .context("connecting to nats")?,
+            );
+            let stores = connect_s3_tiers(&system).await?;
+            let handler = Arc::new(UploadHandler::new(system.clone(), stores));
+            system
+                .work
+                .run_worker(Role::Upload, handler, cli::shutdown_on_signal())
+                .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Restore {
+            config,
+            bucket,
+            name,
+            all,
+            from,
+            to,
+        } => {
+            let config = cli::load_config(&config.config)?;
+            let s3_name = s3_tier_name(&config, from)?;
+            let target = restore_target(&config, &s3_name, to)?;
+            let Some(Tier::S3(s3_config)) = config.tier(&s3_name).cloned() else {
+                bail!("{s3_name:?} is not an s3 tier");
+            };
+            let system = Arc::new(
+                System::connect(config, "cim-gateway restore")
+                    .await
+                    .context("connecting to nats")?,
+            );
+            let store = cim_gateway::s3::S3Store::connect(&s3_config)
+                .await?
+                .with_tier_name(s3_name.as_str());
+            let restorer = Restorer::new(system, store, &target)?;
+            let results = if all {
+                restorer.restore_bucket(&bucket).await?
+            } else {
+                let name = name.context("--name or --all is required")?;
+                let outcome = restorer.restore(&bucket, &name).await;
+                vec![(name, outcome)]
+            };
+            let mut failed = 0;
+            for (name, outcome) in &results {
+                match outcome {
+                    Ok(Restored::Written) => println!("restored {bucket}/{name}"),
+                    Ok(Restored::AlreadyPresent) => println!("present  {bucket}/{name}"),
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("FAILED   {bucket}/{name}: {e}");
+                    }
+                }
+            }
+            println!(
+                "{} restored or present, {failed} failed",
+                results.len() - failed
+            );
+            Ok(if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::List {
+            config,
+            bucket,
+            from,
+        } => {
+            let config = cli::load_config(&config.config)?;
+            let s3_name = s3_tier_name(&config, from)?;
+            let Some(Tier::S3(s3_config)) = config.tier(&s3_name) else {
+                bail!("{s3_name:?} is not an s3 tier");
+            };
+            let store = cim_gateway::s3::S3Store::connect(s3_config).await?;
+            let buckets = match bucket {
+                Some(b) => vec![b],
+                None => store.list_buckets().await?,
+            };
+            for b in buckets {
+                for m in store.list_manifests(&b).await? {
+                    println!("{}\t{}\t{}\t{}", m.bucket, m.size, m.digest, m.name);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! The upload role (`cim-gateway upload`): cluster → S3.
+//!
+//! For each [`WorkItem::Upload`]: stream the object from the cluster's object store through
+//! SHA-256 and zstd into a content-addressed blob (multipart above the threshold), write the
+//! object's manifest, read the blob back and verify it against the ingest digest, record the S3
+//! location in the catalog, and only then — for `move` — evict the cluster copy.
+//!
+//! Every step is idempotent, so a redelivered item (after a crash or SIGKILL) resumes: a blob
+//! already complete is reused, a stale multipart upload of the same blob is aborted before a new
+//! one starts, and a catalog entry already naming S3 skips straight to eviction.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use cim_policies::{Action, Tier};
+use cim_tiering::jetstream::ingest_digest;
+use cim_tiering::work::{Handler, ObjectMove, Retryable, WorkItem};
+use cim_tiering::{metrics, System};
+use tracing::Instrument;
+
+use crate::format::{self, Compression, Manifest, FORMAT_VERSION};
+use crate::s3::{Origin, S3Store, UploadOptions};
+use crate::Error;
+
+impl Retryable for Error {
+    fn is_transient(&self) -> bool {
+        Error::is_transient(self)
+    }
+}
+
+/// Connects to every S3 tier of the configuration, keyed by tier name.
+pub async fn connect_s3_tiers(system: &System) -> Result<BTreeMap<String, S3Store>, Error> {
+    let mut stores = BTreeMap::new();
+    for (name, tier) in &system.config.tiers {
+        if let Tier::S3(s3) = tier {
+            stores.insert(
+                name.clone(),
+                S3Store::connect(s3).await?.with_tier_name(name.as_str()),
+            );
+        }
+    }
+    Ok(stores)
+}
+
+/// Handles [`WorkItem::Upload`].
+pub struct UploadHandler {
+    system: Arc<System>,
+    stores: BTreeMap<String, S3Store>,
+    options: UploadOptions,
+}
+
+impl UploadHandler {
+    /// A handler over the role's connections.
+    pub fn new(system: Arc<System>, stores: BTreeMap<String, S3Store>) -> Self {
+        let options = UploadOptions::from(&system.config.upload);
+        Self {
+            system,
+            stores,
+            options,
+        }
+    }
+
+    fn store(&self, tier: &str) -> Result<&S3Store, Error> {
+        self.stores.get(tier).ok_or_else(|| Error::Config {
+            message: format!("no s3 tier named {tier:?}"),
+        })
+    }
+
+    async fn upload(&self, job: &ObjectMove) -> Result<(), Error> {
+        let hub = self.system.jetstream_tier(&job.from)?;
+        let store = self.store(&job.to)?;
+        let catalog = &self.system.catalog;
+        let (bucket, name) = (job.bucket.as_str(), job.name.as_str());
+
+        let Some(info) = hub.info(bucket, name).await? else {
+            tracing::debug!("object no longer on the cluster; nothing to do");
+            return Ok(());
+        };
+        if info.nuid != job.nuid {
+            tracing::info!("object changed since dispatch; the manager will re-evaluate it");
+            return Ok(());
+        }
+        let digest = ingest_digest(hub.name(), bucket, &info)?;
+        let size = info.size as u64;
+        let manifest_key = format::manifest_key(store.prefix(), bucket, name);
+
+        let recorded = catalog
+            .get(bucket, name)
+            .await?
+            .is_some_and(|entry| entry.has(&job.to, &digest));
+        let manifest_present = recorded
+            && store
+                .get_manifest(bucket, name)
+                .await?
+                .is_some_and(|m| m.digest == digest);
+
+        if !manifest_present {
+            let reader = hub.open(bucket, &info).await?;
+            let blob = store
+                .upload_blob(
+                    reader,
+                    size,
+                    &digest,
+                    &Origin {
+                        bucket,
+                        name,
+                        tier: hub.name(),
+                    },
+                    &self.options,
+                )
+                .await?;
+            let manifest = Manifest {
+                format: FORMAT_VERSION,
+                bucket: bucket.to_string(),
+                name: name.to_string(),
+                size,
+                digest,
+                sha256_hex: digest.to_hex(),
+                compression: Compression::Zstd,
+                stored_size: blob.stored_size,
+                blob_key: blob.key.clone(),
+                description: info.description.clone(),
+                metadata: info.metadata.clone(),
+                headers: info.headers.clone(),
+                modified: info.modified.and_then(|m| {
+                    m.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                }),
+                uploaded_at: format::now_rfc3339(),
+                source_tier: hub.name().to_string(),
+                source_nuid: info.nuid.clone(),
+            };
+            // Read the blob back before anything depends on it (invariant 1), then commit.
+            store.verify(&manifest).await?;
+            store.put_manifest(&manifest).await?;
+            catalog
+                .record_copy(bucket, name, size, &digest, &job.to, Some(manifest_key))
+                .await?;
+            metrics::transferred(hub.name(), &job.to, size);
+            tracing::info!(
+                size,
+                stored = blob.stored_size,
+                reused = blob.reused,
+                "uploaded and verified"
+            );
+        }
+
+        if job.action == Action::Move {
+            hub.evict(bucket, &info).await?;
+            catalog
+                .record_eviction(bucket, name, &digest, hub.name())
+                .await?;
+            metrics::evicted(hub.name());
+            tracing::info!("evicted cluster copy after verified upload");
+        }
+        Ok(())
+    }
+}
+
+impl Handler for UploadHandler {
+    type Error = Error;
+
+    async fn handle(&self, item: WorkItem) -> Result<(), Error> {
+        match &item {
+            WorkItem::Upload(job) => {
+                let span = tracing::info_span!("upload", bucket = %job.bucket, object = %job.name, from = %job.from, to = %job.to, size = job.size);
+                self.upload(job).instrument(span).await
+            }
+            other => Err(Error::Config {
+                message: format!("{:?} items belong to the mirror role", other.role()),
+            }),
+        }
+    }
+}
