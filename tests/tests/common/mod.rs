@@ -1,0 +1,221 @@
+//! Helpers shared by the end-to-end tests: sample data, role processes, tier inspection.
+#![allow(dead_code, clippy::unwrap_used, missing_docs)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, object_store};
+use cim_tests::{cim_bin, free_port, RoleProcess, Topology};
+use cim_tiering::catalog::{Catalog, Entry};
+use futures::TryStreamExt;
+use tokio::io::AsyncReadExt;
+
+/// Deterministic, poorly compressible content (xorshift), so compression cannot hide bugs.
+pub fn content(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// The three long-running roles, each its own OS process with its own metrics port.
+pub struct Roles {
+    pub manager: RoleProcess,
+    pub mirror: RoleProcess,
+    pub upload: RoleProcess,
+    pub manager_metrics: u16,
+    pub mirror_metrics: u16,
+    pub upload_metrics: u16,
+    config: PathBuf,
+    dir: PathBuf,
+}
+
+pub fn spawn_role(bin: &str, sub: &str, config: &Path, metrics: u16, log: &Path) -> RoleProcess {
+    let listen = format!("127.0.0.1:{metrics}");
+    RoleProcess::spawn(
+        &cim_bin(bin),
+        &[
+            sub,
+            "--config",
+            config.to_str().unwrap(),
+            "--metrics-listen",
+            &listen,
+        ],
+        log,
+    )
+    .unwrap()
+}
+
+impl Roles {
+    pub fn start(topology: &Topology, config: &Path) -> Roles {
+        let dir = topology.dir().to_path_buf();
+        let (manager_metrics, mirror_metrics, upload_metrics) =
+            (free_port(), free_port(), free_port());
+        Roles {
+            manager: spawn_role(
+                "cim-storage",
+                "run",
+                config,
+                manager_metrics,
+                &dir.join("manager.log"),
+            ),
+            mirror: spawn_role(
+                "cim-storage",
+                "mirror",
+                config,
+                mirror_metrics,
+                &dir.join("mirror.log"),
+            ),
+            upload: spawn_role(
+                "cim-gateway",
+                "upload",
+                config,
+                upload_metrics,
+                &dir.join("upload.log"),
+            ),
+            manager_metrics,
+            mirror_metrics,
+            upload_metrics,
+            config: config.to_path_buf(),
+            dir,
+        }
+    }
+
+    /// Starts the upload role again (after a kill), on the same metrics port.
+    pub fn restart_upload(&mut self) {
+        self.upload = spawn_role(
+            "cim-gateway",
+            "upload",
+            &self.config,
+            self.upload_metrics,
+            &self.dir.join("upload-2.log"),
+        );
+    }
+
+    pub fn logs(&self) -> String {
+        format!(
+            "--- manager ---\n{}\n--- mirror ---\n{}\n--- upload ---\n{}",
+            tail(&self.manager.log()),
+            tail(&self.mirror.log()),
+            tail(&self.upload.log())
+        )
+    }
+
+    pub fn stop(&mut self) {
+        for role in [&mut self.manager, &mut self.mirror, &mut self.upload] {
+            let _ = role.sigterm_and_wait(Duration::from_secs(10));
+        }
+    }
+}
+
+fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(60)..].join("\n")
+}
+
+/// Fetches a role's /metrics text.
+pub async fn scrape(port: u16) -> String {
+    reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Value of the sample whose line starts with `series` (name plus labels as rendered).
+pub fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// Object-store contexts on both NATS sides.
+pub struct Tiers {
+    pub leaf: jetstream::Context,
+    pub hub: jetstream::Context,
+    pub catalog: Catalog,
+}
+
+impl Tiers {
+    pub async fn connect(topology: &Topology) -> Tiers {
+        let leaf = jetstream::new(topology.leaf.connect().await.unwrap());
+        let hub_client = topology.hub.connect().await.unwrap();
+        let hub = jetstream::new(hub_client);
+        let catalog = Catalog::open(&hub, "cim_catalog", 3).await.unwrap();
+        Tiers { leaf, hub, catalog }
+    }
+
+    pub async fn put_leaf(
+        &self,
+        bucket: &str,
+        name: &str,
+        data: &[u8],
+    ) -> object_store::ObjectInfo {
+        let store = match self.leaf.get_object_store(bucket).await {
+            Ok(store) => store,
+            Err(_) => self
+                .leaf
+                .create_object_store(object_store::Config {
+                    bucket: bucket.to_string(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap(),
+        };
+        let mut reader = data;
+        store.put(name, &mut reader).await.unwrap()
+    }
+
+    pub async fn names(js: &jetstream::Context, bucket: &str) -> Vec<String> {
+        let Ok(store) = js.get_object_store(bucket).await else {
+            return Vec::new();
+        };
+        let Ok(list) = store.list().await else {
+            return Vec::new();
+        };
+        let infos: Vec<object_store::ObjectInfo> = list.try_collect().await.unwrap_or_default();
+        let mut names: Vec<String> = infos
+            .into_iter()
+            .filter(|i| !i.deleted)
+            .map(|i| i.name)
+            .collect();
+        names.sort();
+        names
+    }
+
+    pub async fn read(
+        js: &jetstream::Context,
+        bucket: &str,
+        name: &str,
+    ) -> (Vec<u8>, object_store::ObjectInfo) {
+        let store = js.get_object_store(bucket).await.unwrap();
+        let mut object = store.get(name).await.unwrap();
+        let mut data = Vec::new();
+        object.read_to_end(&mut data).await.unwrap();
+        (data, object.info().clone())
+    }
+
+    pub async fn catalog_locations(&self, bucket: &str) -> BTreeMap<String, Vec<String>> {
+        let entries: Vec<Entry> = self.catalog.entries().await.unwrap_or_default();
+        entries
+            .into_iter()
+            .filter(|e| e.bucket == bucket)
+            .map(|e| (e.name, e.locations.into_keys().collect()))
+            .collect()
+    }
+}
