@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
 use cim_gateway::restore::{Restored, Restorer};
-use cim_gateway::upload::{connect_s3_tiers, UploadHandler};
+use cim_gateway::upload::{connect_s3_tiers, sweep_stale_uploads, UploadHandler};
 use cim_policies::{Config, Route, Tier};
 use cim_tiering::work::Role;
 use cim_tiering::{cli, System};
@@ -139,6 +139,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     .context("connecting to nats")?,
             );
             let stores = connect_s3_tiers(&system).await?;
+            sweep_stale_uploads(&stores).await;
             let handler = Arc::new(UploadHandler::new(system.clone(), stores));
             system
                 .work

@@ -309,7 +309,7 @@ impl S3Store {
         if opts.reuse_existing {
             if let Some(stored_size) = self.existing_blob(&key, &hex, expected_size).await? {
                 tracing::debug!(stored_size, "blob already stored; reusing it");
-                metrics::counter!("cim_s3_blobs_reused_total").increment(1);
+                cim_tiering::metrics::s3_blob(true);
                 return Ok(BlobUpload {
                     key,
                     stored_size,
@@ -346,7 +346,7 @@ impl S3Store {
             let part_size = usize_of(opts.effective_part_size(expected_size));
             upload.multipart(encoder, first, part_size).await?
         };
-        metrics::counter!("cim_s3_blobs_uploaded_total").increment(1);
+        cim_tiering::metrics::s3_blob(false);
         tracing::info!(stored_size, "blob uploaded");
         Ok(BlobUpload {
             key,
@@ -850,7 +850,7 @@ impl BlobWrite<'_> {
             .send()
             .await
             .map_err(|e| Error::s3("put_object", self.key, e))?;
-        metrics::counter!("cim_s3_bytes_uploaded_total").increment(len);
+        cim_tiering::metrics::s3_sent(len, false);
         Ok(len)
     }
 
@@ -1040,8 +1040,7 @@ async fn upload_part(
         .send()
         .await
         .map_err(|e| Error::s3("upload_part", &key, e))?;
-    metrics::counter!("cim_s3_parts_uploaded_total").increment(1);
-    metrics::counter!("cim_s3_bytes_uploaded_total").increment(len);
+    cim_tiering::metrics::s3_sent(len, true);
     tracing::trace!(part_number, len, "part uploaded");
     let part = CompletedPart::builder()
         .part_number(part_number)

@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use cim_policies::{Action, Tier};
 use cim_tiering::jetstream::ingest_digest;
@@ -28,6 +29,11 @@ impl Retryable for Error {
     }
 }
 
+/// Multipart uploads older than this are leftovers of a dead uploader whose object was never
+/// retried (e.g. deleted meanwhile); the upload role aborts them at start-up. Far above the
+/// longest plausible upload.
+pub const STALE_MULTIPART_AGE: Duration = Duration::from_secs(24 * 3600);
+
 /// Connects to every S3 tier of the configuration, keyed by tier name.
 pub async fn connect_s3_tiers(system: &System) -> Result<BTreeMap<String, S3Store>, Error> {
     let mut stores = BTreeMap::new();
@@ -40,6 +46,20 @@ pub async fn connect_s3_tiers(system: &System) -> Result<BTreeMap<String, S3Stor
         }
     }
     Ok(stores)
+}
+
+/// Aborts multipart uploads left behind longer than [`STALE_MULTIPART_AGE`] on every store.
+/// Best effort: a failure is logged, not fatal (the per-blob cleanup still runs on retry).
+pub async fn sweep_stale_uploads(stores: &BTreeMap<String, S3Store>) {
+    for (name, store) in stores {
+        match store.abort_stale_uploads(STALE_MULTIPART_AGE).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(tier = %name, aborted = n, "aborted stale multipart uploads"),
+            Err(e) => {
+                tracing::warn!(tier = %name, error = %e, "could not sweep stale multipart uploads")
+            }
+        }
+    }
 }
 
 /// Handles [`WorkItem::Upload`].
@@ -73,6 +93,10 @@ impl UploadHandler {
         let (bucket, name) = (job.bucket.as_str(), job.name.as_str());
 
         let Some(info) = hub.info(bucket, name).await? else {
+            // Gone: a user delete, or our own eviction interrupted after its meta purge.
+            if job.action == Action::Move {
+                hub.purge_chunks(bucket, name, &job.nuid).await?;
+            }
             tracing::debug!("object no longer on the cluster; nothing to do");
             return Ok(());
         };

@@ -384,11 +384,26 @@ impl JetStreamTier {
             tracing::info!(bucket, object = %info.name, tier = %self.name, "object changed since it was verified; keeping the new version");
         }
         // The chunks of the verified version are ours to drop either way (a newer version has a new nuid).
+        self.purge_chunks(bucket, &info.name, &info.nuid).await
+    }
+
+    /// Purges the chunks of version `nuid` of an object whose meta is already gone from this
+    /// tier. Finishes an eviction interrupted between its two purges (a crash there leaves
+    /// unreachable chunks); harmless otherwise, since chunks without meta are never readable.
+    pub async fn purge_chunks(&self, bucket: &str, object: &str, nuid: &str) -> Result<(), Error> {
+        if nuid.is_empty() || !self.stream_exists(bucket).await? {
+            return Ok(());
+        }
+        let stream = self
+            .js
+            .get_stream(stream_name(bucket))
+            .await
+            .map_err(|e| Error::object_op("open stream", &self.name, bucket, object, e))?;
         stream
             .purge()
-            .filter(chunk_subject(bucket, &info.nuid))
+            .filter(chunk_subject(bucket, nuid))
             .await
-            .map_err(|e| Error::object_op("purge chunks", &self.name, bucket, &info.name, e))?;
+            .map_err(|e| Error::object_op("purge chunks", &self.name, bucket, object, e))?;
         Ok(())
     }
 }

@@ -37,7 +37,7 @@ enum Command {
         /// Serve /metrics here instead of `[metrics] listen`.
         #[arg(long)]
         metrics_listen: Option<SocketAddr>,
-        /// Run one pass and exit (a dry run still queues work; use for cron-style operation).
+        /// Run one evaluation pass (queueing its work) and exit.
         #[arg(long)]
         once: bool,
     },

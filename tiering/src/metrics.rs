@@ -30,6 +30,15 @@ pub const WORK_ITEMS: &str = "cim_work_items_total";
 /// Objects restored from S3 into a JetStream tier.
 pub const RESTORED_OBJECTS: &str = "cim_restore_objects_total";
 
+/// Blobs uploaded to S3 (new content).
+pub const S3_BLOBS_UPLOADED: &str = "cim_s3_blobs_uploaded_total";
+/// Uploads that found their content-addressed blob already stored and reused it.
+pub const S3_BLOBS_REUSED: &str = "cim_s3_blobs_reused_total";
+/// Multipart parts uploaded to S3.
+pub const S3_PARTS_UPLOADED: &str = "cim_s3_parts_uploaded_total";
+/// Compressed bytes sent to S3 (single puts and parts).
+pub const S3_BYTES_UPLOADED: &str = "cim_s3_bytes_uploaded_total";
+
 /// Serves `/metrics` in Prometheus text format on `listen`. Needs a running Tokio runtime.
 pub fn install(listen: SocketAddr) -> Result<(), metrics_exporter_prometheus::BuildError> {
     metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -64,6 +73,17 @@ fn describe() {
     describe_gauge!(WORK_BACKLOG, "work items queued or in flight, by role");
     describe_counter!(WORK_ITEMS, "work items handled, by role and outcome");
     describe_counter!(RESTORED_OBJECTS, "objects restored from s3");
+    describe_counter!(S3_BLOBS_UPLOADED, "blobs uploaded to s3");
+    describe_counter!(
+        S3_BLOBS_REUSED,
+        "uploads that reused an already stored blob"
+    );
+    describe_counter!(S3_PARTS_UPLOADED, "multipart parts uploaded to s3");
+    describe_counter!(
+        S3_BYTES_UPLOADED,
+        Unit::Bytes,
+        "compressed bytes sent to s3"
+    );
 }
 
 /// One object moved and verified from `from` to `to`.
@@ -111,4 +131,22 @@ pub fn work_item(role: Role, outcome: &'static str) {
 /// An object restored into `tier`.
 pub fn restored(tier: &str) {
     counter!(RESTORED_OBJECTS, "tier" => tier.to_string()).increment(1);
+}
+
+/// A blob was uploaded (`reused` = found already stored, nothing sent).
+pub fn s3_blob(reused: bool) {
+    counter!(if reused {
+        S3_BLOBS_REUSED
+    } else {
+        S3_BLOBS_UPLOADED
+    })
+    .increment(1);
+}
+
+/// Compressed bytes sent to S3; `part` when they were a multipart part.
+pub fn s3_sent(bytes: u64, part: bool) {
+    counter!(S3_BYTES_UPLOADED).increment(bytes);
+    if part {
+        counter!(S3_PARTS_UPLOADED).increment(1);
+    }
 }

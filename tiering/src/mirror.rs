@@ -44,6 +44,10 @@ impl MirrorHandler {
         let name = job.name.as_str();
 
         let Some(leaf_info) = leaf.info(bucket, name).await? else {
+            // Gone: a user delete, or our own eviction interrupted after its meta purge.
+            if job.action == cim_policies::Action::Move {
+                leaf.purge_chunks(bucket, name, &job.nuid).await?;
+            }
             tracing::debug!("already gone from the leaf");
             return Ok(());
         };

@@ -405,7 +405,9 @@ async fn process<H: Handler>(
         }
         Err(e) if e.is_transient() => {
             metrics::work_item(role, "retry");
-            let delay = Duration::from_secs(1 << delivered.clamp(0, 6) as u32);
+            // 1, 2, 4, then every 8 s: most transient failures (replication lag, a leader
+            // election) clear within seconds, and max_deliver bounds the total.
+            let delay = Duration::from_secs(1u64 << (delivered - 1).clamp(0, 3));
             tracing::warn!(error = %e, retry_in = ?delay, "work failed; will retry");
             let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
         }
