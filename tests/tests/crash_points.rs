@@ -1,0 +1,109 @@
+//! Crash points inside a move, reproduced by leaving the system in the state a SIGKILL at that
+//! line would leave, then letting the role handle the redelivered work item.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
+use cim_gateway::upload::UploadHandler;
+use cim_policies::{Action, Config};
+use cim_tests::Topology;
+use cim_tiering::jetstream::{chunk_subject, meta_subject, stream_name};
+use cim_tiering::work::{Handler, ObjectMove, WorkItem};
+use cim_tiering::System;
+use common::content;
+
+async fn system(topology: &Topology) -> Arc<System> {
+    let text = topology.config_toml("");
+    let config = Config::from_toml_str(&text, "test.toml").unwrap();
+    Arc::new(System::connect(config, "crash-test").await.unwrap())
+}
+
+async fn has_messages(system: &System, bucket: &str, subject: &str) -> bool {
+    let hub = system.jetstream_tier("hub").unwrap();
+    let stream = hub.context().get_stream(stream_name(bucket)).await.unwrap();
+    match stream.get_last_raw_message_by_subject(subject).await {
+        Ok(_) => true,
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => false,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// SIGKILL between an eviction's meta purge and its chunk purge: the object is invisible but its
+/// chunks remain. The redelivered item must find the S3 copy recorded and drop the chunks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upload_killed_between_meta_and_chunk_purge_leaves_no_orphans() {
+    let topology = Topology::start().await.unwrap();
+    let system = system(&topology).await;
+    let hub = system.jetstream_tier("hub").unwrap().clone();
+    let store = hub.ensure_bucket("crash").await.unwrap();
+    let data = content(40, 3 * 1024 * 1024);
+    let info = store.put("obj", &mut &data[..]).await.unwrap();
+
+    let stores = cim_gateway::upload::connect_s3_tiers(&system)
+        .await
+        .unwrap();
+    let handler = UploadHandler::new(system.clone(), stores);
+    let job = |action| ObjectMove {
+        policy: "p".into(),
+        from: "hub".into(),
+        to: "s3".into(),
+        action,
+        bucket: "crash".into(),
+        name: "obj".into(),
+        size: data.len() as u64,
+        digest: cim_tiering::digest::Sha256Digest::of(&data),
+        nuid: info.nuid.clone(),
+    };
+    // A copy first: S3 holds a verified copy, recorded in the catalog; the hub keeps its own.
+    handler
+        .handle(WorkItem::Upload(job(Action::Copy)))
+        .await
+        .unwrap();
+    let entry = system.catalog.get("crash", "obj").await.unwrap().unwrap();
+    let tiers: Vec<&str> = entry.locations.keys().map(String::as_str).collect();
+    assert_eq!(
+        tiers,
+        ["s3"],
+        "the hub copy is not recorded by the upload role"
+    );
+
+    // The state a kill right after the meta purge leaves behind.
+    let stream = hub
+        .context()
+        .get_stream(stream_name("crash"))
+        .await
+        .unwrap();
+    stream
+        .purge()
+        .filter(meta_subject("crash", "obj"))
+        .await
+        .unwrap();
+    assert!(hub.info("crash", "obj").await.unwrap().is_none());
+    assert!(has_messages(&system, "crash", &chunk_subject("crash", &info.nuid)).await);
+
+    // Redelivery of the move.
+    handler
+        .handle(WorkItem::Upload(job(Action::Move)))
+        .await
+        .unwrap();
+    assert!(
+        !has_messages(&system, "crash", &chunk_subject("crash", &info.nuid)).await,
+        "orphaned chunks must be purged"
+    );
+    // And the S3 copy is intact.
+    let s3: BTreeMap<_, _> = cim_gateway::upload::connect_s3_tiers(&system)
+        .await
+        .unwrap();
+    let manifest = s3["s3"]
+        .get_manifest("crash", "obj")
+        .await
+        .unwrap()
+        .unwrap();
+    let mut out = Vec::new();
+    s3["s3"].read_verified(&manifest, &mut out).await.unwrap();
+    assert!(out == data);
+}
