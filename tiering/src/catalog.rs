@@ -15,7 +15,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Sha256Digest;
-use crate::error::Error;
+use crate::error::{BoxError, Error};
 
 /// Where one verified copy lives.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,25 +106,27 @@ impl Catalog {
         bucket: &str,
         name: &str,
     ) -> Result<Option<(Entry, u64)>, Error> {
-        let key = key(bucket, name);
+        self.read_key(&key(bucket, name)).await
+    }
+
+    /// The live entry under `key` and its revision; `None` when absent or deleted.
+    async fn read_key(&self, key: &str) -> Result<Option<(Entry, u64)>, Error> {
+        let err = |op, source: BoxError| Error::Catalog {
+            op,
+            key: key.to_string(),
+            source,
+        };
         let entry = self
             .kv
-            .entry(key.clone())
+            .entry(key)
             .await
-            .map_err(|e| Error::Catalog {
-                op: "read",
-                key: key.clone(),
-                source: Box::new(e),
-            })?;
+            .map_err(|e| err("read", Box::new(e)))?;
         let Some(entry) = entry else { return Ok(None) };
         if entry.operation != kv::Operation::Put {
             return Ok(None);
         }
-        let value: Entry = serde_json::from_slice(&entry.value).map_err(|e| Error::Catalog {
-            op: "decode",
-            key: key.clone(),
-            source: Box::new(e),
-        })?;
+        let value: Entry =
+            serde_json::from_slice(&entry.value).map_err(|e| err("decode", Box::new(e)))?;
         Ok(Some((value, entry.revision)))
     }
 
@@ -237,44 +239,24 @@ impl Catalog {
     /// Every entry (for operators and tests; the catalog is small relative to the data).
     pub async fn entries(&self) -> Result<Vec<Entry>, Error> {
         use futures::TryStreamExt;
-        let keys: Vec<String> = match self.kv.keys().await {
-            Ok(keys) => keys.try_collect().await.map_err(|e| Error::Catalog {
-                op: "list",
-                key: "*".into(),
-                source: Box::new(e),
-            })?,
-            Err(e) => {
-                return Err(Error::Catalog {
-                    op: "list",
-                    key: "*".into(),
-                    source: Box::new(e),
-                })
-            }
+        let list_err = |e: Box<dyn std::error::Error + Send + Sync>| Error::Catalog {
+            op: "list",
+            key: "*".into(),
+            source: e,
         };
+        let keys: Vec<String> = self
+            .kv
+            .keys()
+            .await
+            .map_err(|e| list_err(Box::new(e)))?
+            .try_collect()
+            .await
+            .map_err(|e| list_err(Box::new(e)))?;
         let mut out = Vec::new();
         for key in keys {
-            let Some(entry) = self
-                .kv
-                .entry(key.clone())
-                .await
-                .map_err(|e| Error::Catalog {
-                    op: "read",
-                    key: key.clone(),
-                    source: Box::new(e),
-                })?
-            else {
-                continue;
-            };
-            if entry.operation != kv::Operation::Put {
-                continue;
+            if let Some((entry, _)) = self.read_key(&key).await? {
+                out.push(entry);
             }
-            let value: Entry =
-                serde_json::from_slice(&entry.value).map_err(|e| Error::Catalog {
-                    op: "decode",
-                    key: key.clone(),
-                    source: Box::new(e),
-                })?;
-            out.push(value);
         }
         out.sort_by(|a, b| (&a.bucket, &a.name).cmp(&(&b.bucket, &b.name)));
         Ok(out)

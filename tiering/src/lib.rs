@@ -8,6 +8,7 @@
 //! - [`work`]: the work-queue stream between the manager and the roles, and the worker loop.
 //! - [`manager`]: the storage manager: evaluates policies, queues work.
 //! - [`mirror`]: the mirror role: sets up sourcing, evicts verified leaf copies.
+//! - [`retry`]: the one retry helper (jittered backoff, attempt and deadline bounds).
 //! - [`system`]: the connections one role holds.
 //! - [`metrics`]: every metric name, and the Prometheus endpoint.
 //! - [`cli`]: what both binaries share: logging, config loading, metrics endpoint, signals.
@@ -23,6 +24,7 @@ pub mod jetstream;
 pub mod manager;
 pub mod metrics;
 pub mod mirror;
+pub mod retry;
 pub mod system;
 pub mod work;
 

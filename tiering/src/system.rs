@@ -8,6 +8,7 @@ use cim_policies::{Config, Tier};
 use crate::catalog::Catalog;
 use crate::error::Error;
 use crate::jetstream::{connect, JetStreamTier};
+use crate::retry::{retry, Backoff};
 use crate::work::WorkQueue;
 
 /// Everything a role needs to talk to the rest of the system, built from the configuration.
@@ -33,9 +34,15 @@ impl System {
         )
         .await?;
         let control_js = jetstream::new(control.clone());
-        let catalog =
-            Catalog::open(&control_js, &config.catalog.bucket, config.nats.replicas).await?;
-        let work = WorkQueue::open(control_js, &config.work, config.nats.replicas).await?;
+        // Roles start together and race to create these; the cluster may still be electing.
+        let catalog = retry("open catalog", Backoff::STARTUP, || {
+            Catalog::open(&control_js, &config.catalog.bucket, config.nats.replicas)
+        })
+        .await?;
+        let work = retry("open work queue", Backoff::STARTUP, || {
+            WorkQueue::open(control_js.clone(), &config.work, config.nats.replicas)
+        })
+        .await?;
 
         let mut clients: BTreeMap<String, async_nats::Client> = BTreeMap::new();
         clients.insert(config.nats.url.clone(), control);

@@ -31,6 +31,7 @@ use tracing::Instrument;
 use crate::digest::Sha256Digest;
 use crate::error::Error;
 use crate::metrics;
+use crate::retry::{retry, Backoff};
 
 /// Subject prefix of the work-queue stream.
 pub const SUBJECT_PREFIX: &str = "cim.work";
@@ -279,7 +280,10 @@ impl WorkQueue {
         handler: Arc<H>,
         shutdown: CancellationToken,
     ) -> Result<(), Error> {
-        let consumer = self.consumer(role).await?;
+        let consumer = retry("create work consumer", Backoff::STARTUP, || {
+            self.consumer(role)
+        })
+        .await?;
         let permits = Arc::new(Semaphore::new(self.config.concurrency));
         let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
         let tracker = TaskTracker::new();
