@@ -93,9 +93,13 @@ impl UploadHandler {
         let (bucket, name) = (job.bucket.as_str(), job.name.as_str());
 
         let Some(info) = hub.info(bucket, name).await? else {
-            // Gone: a user delete, or our own eviction interrupted after its meta purge.
+            // Gone: a user delete, or our own eviction interrupted after its meta purge. Finish
+            // that eviction: drop its chunks and make sure the catalog no longer places it here.
             if job.action == Action::Move {
                 hub.purge_chunks(bucket, name, &job.nuid).await?;
+                catalog
+                    .record_eviction(bucket, name, &job.digest, hub.name())
+                    .await?;
             }
             tracing::debug!("object no longer on the cluster; nothing to do");
             return Ok(());

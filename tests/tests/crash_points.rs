@@ -33,7 +33,8 @@ async fn has_messages(system: &System, bucket: &str, subject: &str) -> bool {
 }
 
 /// SIGKILL between an eviction's meta purge and its chunk purge: the object is invisible but its
-/// chunks remain. The redelivered item must find the S3 copy recorded and drop the chunks.
+/// chunks remain, and the catalog still places it on the cluster. The redelivered item must drop
+/// the chunks and correct the catalog.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn upload_killed_between_meta_and_chunk_purge_leaves_no_orphans() {
     let topology = Topology::start().await.unwrap();
@@ -71,6 +72,14 @@ async fn upload_killed_between_meta_and_chunk_purge_leaves_no_orphans() {
         "the hub copy is not recorded by the upload role"
     );
 
+    // The mirror role had recorded the cluster copy when it evicted the leaf copy.
+    let digest = cim_tiering::digest::Sha256Digest::of(&data);
+    system
+        .catalog
+        .record_copy("crash", "obj", data.len() as u64, &digest, "hub", None)
+        .await
+        .unwrap();
+
     // The state a kill right after the meta purge leaves behind.
     let stream = hub
         .context()
@@ -94,6 +103,10 @@ async fn upload_killed_between_meta_and_chunk_purge_leaves_no_orphans() {
         !has_messages(&system, "crash", &chunk_subject("crash", &info.nuid)).await,
         "orphaned chunks must be purged"
     );
+    // The catalog no longer places the object on the cluster.
+    let entry = system.catalog.get("crash", "obj").await.unwrap().unwrap();
+    let tiers: Vec<&str> = entry.locations.keys().map(String::as_str).collect();
+    assert_eq!(tiers, ["s3"]);
     // And the S3 copy is intact.
     let s3: BTreeMap<_, _> = cim_gateway::upload::connect_s3_tiers(&system)
         .await

@@ -44,9 +44,14 @@ impl MirrorHandler {
         let name = job.name.as_str();
 
         let Some(leaf_info) = leaf.info(bucket, name).await? else {
-            // Gone: a user delete, or our own eviction interrupted after its meta purge.
+            // Gone: a user delete, or our own eviction interrupted after its meta purge. Finish
+            // that eviction: drop its chunks and make sure the catalog no longer places it here.
             if job.action == cim_policies::Action::Move {
                 leaf.purge_chunks(bucket, name, &job.nuid).await?;
+                self.system
+                    .catalog
+                    .record_eviction(bucket, name, &job.digest, leaf.name())
+                    .await?;
             }
             tracing::debug!("already gone from the leaf");
             return Ok(());
