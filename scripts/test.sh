@@ -19,4 +19,13 @@ cargo build --workspace --bins --locked
 
 echo "== tests"
 # Each end-to-end test starts 5 servers and 3 roles; two at a time fit 2 cores.
-cargo test --workspace --locked -- --test-threads "${CIM_TEST_THREADS:-2}"
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace --locked -- --test-threads "${CIM_TEST_THREADS:-2}" 2>&1 | tee "$log" || status=$?
+
+# cargo prints one summary per test binary (the last is often a crate's empty doc tests);
+# close with the totals.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
