@@ -120,3 +120,47 @@ async fn upload_killed_between_meta_and_chunk_purge_leaves_no_orphans() {
     s3["s3"].read_verified(&manifest, &mut out).await.unwrap();
     assert!(out == data);
 }
+
+/// A reader whose chunks vanish underneath it (purged by an eviction, or a lagging replica
+/// answering for an object already moved on) must fail within the idle timeout as a transient
+/// error, never hang its worker forever nor raise an integrity alarm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_whose_chunks_vanish_fails_transiently_instead_of_hanging() {
+    let topology = Topology::start().await.unwrap();
+    let system = system(&topology).await;
+    let hub = system.jetstream_tier("hub").unwrap().clone();
+    let store = hub.ensure_bucket("vanish").await.unwrap();
+    let data = content(41, 1024 * 1024);
+    let info = store.put("obj", &mut &data[..]).await.unwrap();
+    let stream = hub
+        .context()
+        .get_stream(stream_name("vanish"))
+        .await
+        .unwrap();
+    stream
+        .purge()
+        .filter(chunk_subject("vanish", &info.nuid))
+        .await
+        .unwrap();
+
+    let digest = cim_tiering::digest::Sha256Digest::of(&data);
+    let bound = cim_tiering::jetstream::READ_IDLE_TIMEOUT * 3;
+    let result = tokio::time::timeout(
+        bound,
+        hub.read_verified(
+            "vanish",
+            &info,
+            data.len() as u64,
+            &digest,
+            &mut tokio::io::sink(),
+        ),
+    )
+    .await
+    .expect("the read must not hang");
+    let err = result.expect_err("chunks are gone");
+    assert!(err.is_transient(), "{err}");
+    assert!(
+        !matches!(err, cim_tiering::Error::Integrity(_)),
+        "missing chunks are not corruption: {err}"
+    );
+}

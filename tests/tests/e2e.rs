@@ -446,3 +446,77 @@ async fn cim_tests_s3_store(topology: &Topology) -> cim_gateway::s3::S3Store {
     };
     cim_gateway::s3::S3Store::connect(&tier).await.unwrap()
 }
+
+/// Invariant 5: with the NATS side gone (bucket, catalog and work queue deleted), S3 alone lists
+/// and restores everything, by name too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn disaster_recovery_from_s3_alone() {
+    let topology = Topology::start().await.unwrap();
+    let config = topology.write_config(MOVE_ALL);
+    let tiers = Tiers::connect(&topology).await;
+    let objects = [
+        ("a", content(50, 10_000)),
+        ("nested/b c", content(51, 6 * 1024 * 1024)),
+    ];
+    for (name, data) in &objects {
+        tiers.put_leaf(BUCKET, name, data).await;
+    }
+    let mut roles = Roles::start(&topology, &config);
+    let names: Vec<&str> = objects.iter().map(|(n, _)| *n).collect();
+    wait_all_in_s3(&tiers, &roles, &names, Duration::from_secs(120)).await;
+    roles.stop();
+
+    // Lose every bit of NATS-side state the system keeps on the hub.
+    tiers
+        .hub
+        .delete_stream(format!("OBJ_{BUCKET}"))
+        .await
+        .unwrap();
+    tiers.hub.delete_key_value("cim_catalog").await.unwrap();
+    tiers.hub.delete_stream("CIM_WORK").await.unwrap();
+
+    let one = Command::new(cim_bin("cim-gateway"))
+        .args([
+            "restore",
+            "--config",
+            config.to_str().unwrap(),
+            "--bucket",
+            BUCKET,
+            "--name",
+            "nested/b c",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        one.status.success(),
+        "{}",
+        String::from_utf8_lossy(&one.stderr)
+    );
+    assert_eq!(Tiers::names(&tiers.hub, BUCKET).await, vec!["nested/b c"]);
+
+    let out = restore(&config, BUCKET);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (name, data) in &objects {
+        assert!(
+            Tiers::read(&tiers.hub, BUCKET, name).await.0 == *data,
+            "{name}"
+        );
+    }
+    let missing = Command::new(cim_bin("cim-gateway"))
+        .args([
+            "restore",
+            "--config",
+            config.to_str().unwrap(),
+            "--bucket",
+            "nope",
+            "--all",
+        ])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("\"nope\""));
+}

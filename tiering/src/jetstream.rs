@@ -19,6 +19,7 @@
 //! verified, so a concurrent overwrite survives) and then its chunk subject. Meta goes first: a
 //! crash in between leaves orphaned chunks, never a visible object with missing chunks.
 
+use std::pin::Pin;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, object_store::ObjectInfo, object_store::ObjectStore, stream};
@@ -26,6 +27,7 @@ use base64::engine::general_purpose::URL_SAFE;
 use base64::Engine;
 use futures::TryStreamExt;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_io_timeout::TimeoutReader;
 
 use crate::digest::{Hasher, Sha256Digest};
 use crate::error::{Error, IntegrityFailure};
@@ -72,6 +74,15 @@ pub struct JetStreamTier {
     replicas: usize,
     js: jetstream::Context,
 }
+
+/// Longest a read of a stored object may wait for its next chunk. A healthy cluster streams
+/// chunks continuously and elects a new stream leader within seconds; a reader whose chunks were
+/// purged underneath it (the object moved on) would otherwise wait forever.
+pub const READ_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A reader over one stored version of an object, failing with `TimedOut` when no chunk arrives
+/// for [`READ_IDLE_TIMEOUT`].
+pub type ObjectReader = Pin<Box<TimeoutReader<async_nats::jetstream::object_store::Object>>>;
 
 /// Stream name of an object-store bucket.
 pub fn stream_name(bucket: &str) -> String {
@@ -195,11 +206,7 @@ impl JetStreamTier {
 
     /// Opens a reader over the version `info` describes. The reader is async-nats' own; callers
     /// that must prove integrity hash what they read (see [`JetStreamTier::read_verified`]).
-    pub async fn open(
-        &self,
-        bucket: &str,
-        info: &ObjectInfo,
-    ) -> Result<async_nats::jetstream::object_store::Object, Error> {
+    pub async fn open(&self, bucket: &str, info: &ObjectInfo) -> Result<ObjectReader, Error> {
         let store = self.bucket(bucket).await?.ok_or_else(|| Error::NotReady {
             bucket: bucket.to_string(),
             object: info.name.clone(),
@@ -218,7 +225,9 @@ impl JetStreamTier {
                 reason: "object was overwritten while being read".into(),
             });
         }
-        Ok(object)
+        let mut reader = TimeoutReader::new(object);
+        reader.set_timeout(Some(READ_IDLE_TIMEOUT));
+        Ok(Box::pin(reader))
     }
 
     /// Reads the whole object, writing it to `out`, and checks size and SHA-256 against
@@ -231,35 +240,73 @@ impl JetStreamTier {
         expected: &Sha256Digest,
         out: &mut W,
     ) -> Result<u64, Error> {
-        let mut reader = self.open(bucket, info).await?;
+        let read = self.read_all(bucket, info, out).await;
+        if let Ok((digest, size)) = &read {
+            if *size == expected_size && digest == expected {
+                return Ok(*size);
+            }
+        }
+        // A copy evicted or overwritten while we read it is gone, not corrupt: say so (and
+        // retry later) instead of raising a false integrity alarm.
+        let current = self.info(bucket, &info.name).await?;
+        if current.map(|i| i.nuid) != Some(info.nuid.clone()) {
+            return Err(Error::NotReady {
+                bucket: bucket.to_string(),
+                object: info.name.clone(),
+                tier: self.name.clone(),
+                reason: "removed or replaced while being read".into(),
+            });
+        }
+        match read {
+            Ok((digest, size)) => {
+                check_content(
+                    &self.name,
+                    bucket,
+                    &info.name,
+                    expected_size,
+                    expected,
+                    size,
+                    &digest,
+                )?;
+                Ok(size)
+            }
+            Err((error, corrupt)) => {
+                if corrupt {
+                    crate::metrics::integrity_failure(&self.name);
+                    tracing::error!(bucket, object = %info.name, tier = %self.name, error = %error, "stored chunks do not match the object's digest");
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Reads the whole object into `out`, hashing it. On failure, also says whether async-nats
+    /// found the stored chunks contradicting the object's digest.
+    async fn read_all<W: AsyncWrite + Unpin>(
+        &self,
+        bucket: &str,
+        info: &ObjectInfo,
+        out: &mut W,
+    ) -> Result<(Sha256Digest, u64), (Error, bool)> {
+        let mut reader = self.open(bucket, info).await.map_err(|e| (e, false))?;
         let mut hasher = Hasher::new();
         let mut buf = vec![0u8; 256 * 1024];
         loop {
             let n = reader.read(&mut buf).await.map_err(|e| {
-                if e.kind() == std::io::ErrorKind::InvalidData {
-                    crate::metrics::integrity_failure(&self.name);
-                }
-                Error::object_op("read object", &self.name, bucket, &info.name, e)
+                let corrupt = e.kind() == std::io::ErrorKind::InvalidData;
+                let error = Error::object_op("read object", &self.name, bucket, &info.name, e);
+                (error, corrupt)
             })?;
             if n == 0 {
                 break;
             }
             hasher.update(&buf[..n]);
-            out.write_all(&buf[..n])
-                .await
-                .map_err(|e| Error::object_op("write copy", &self.name, bucket, &info.name, e))?;
+            out.write_all(&buf[..n]).await.map_err(|e| {
+                let error = Error::object_op("write copy", &self.name, bucket, &info.name, e);
+                (error, false)
+            })?;
         }
-        let (digest, size) = hasher.finish();
-        check_content(
-            &self.name,
-            bucket,
-            &info.name,
-            expected_size,
-            expected,
-            size,
-            &digest,
-        )?;
-        Ok(size)
+        Ok(hasher.finish())
     }
 
     /// Creates the bucket as a plain, writable object store with this tier's replica count,
