@@ -87,9 +87,14 @@ impl MirrorHandler {
             }
             None => {
                 // Not on the cluster: either not replicated yet, or already moved further up
-                // (to S3) after a verified copy — the catalog knows which.
+                // (to S3) after a verified copy — the catalog knows which. The cluster itself
+                // does not count: we just saw it does not hold the object, whatever the catalog says.
                 let elsewhere = catalog.get(bucket, name).await?.is_some_and(|entry| {
-                    entry.digest == digest && entry.locations.keys().any(|tier| tier != leaf.name())
+                    entry.digest == digest
+                        && entry
+                            .locations
+                            .keys()
+                            .any(|tier| tier != leaf.name() && tier != hub.name())
                 });
                 if !elsewhere {
                     return Err(Error::NotReady {
@@ -115,9 +120,7 @@ impl MirrorHandler {
         }
         Ok(())
     }
-}
 
-impl MirrorHandler {
     async fn verify_cluster_copy(
         &self,
         job: &ObjectMove,
