@@ -71,16 +71,16 @@ async fn wait_all_in_s3(tiers: &Tiers, roles: &Roles, names: &[&str], timeout: D
             .iter()
             .all(|n| catalog.get(n).is_some_and(|l| l == &vec!["s3".to_string()]));
         only_s3
-            && Tiers::names(&tiers.leaf, BUCKET).await.is_empty()
-            && Tiers::names(&tiers.hub, BUCKET).await.is_empty()
+            && Tiers::names(&tiers.leaf_tier, BUCKET).await.is_empty()
+            && Tiers::names(&tiers.hub_tier, BUCKET).await.is_empty()
     })
     .await;
     if let Err(e) = result {
         panic!(
             "{e:#}\ncatalog: {:?}\nleaf: {:?}\nhub: {:?}\n{}",
             tiers.catalog_locations(BUCKET).await,
-            Tiers::names(&tiers.leaf, BUCKET).await,
-            Tiers::names(&tiers.hub, BUCKET).await,
+            Tiers::names(&tiers.leaf_tier, BUCKET).await,
+            Tiers::names(&tiers.hub_tier, BUCKET).await,
             roles.logs()
         );
     }
@@ -185,7 +185,7 @@ async fn objects_move_through_every_tier_and_restore_identically() {
         );
     }
     // The restore wrote into the hub's own stream, not over the leafnode link into the leaf.
-    assert!(Tiers::names(&tiers.leaf, BUCKET).await.is_empty());
+    assert!(Tiers::names(&tiers.leaf_tier, BUCKET).await.is_empty());
     let catalog = tiers.catalog_locations(BUCKET).await;
     for name in &names {
         assert_eq!(
@@ -243,7 +243,7 @@ async fn a_tampered_s3_copy_is_refused_and_the_others_restore() {
         "the error must name the object: {stderr}"
     );
     assert_eq!(
-        Tiers::names(&tiers.hub, BUCKET).await,
+        Tiers::names(&tiers.hub_tier, BUCKET).await,
         vec!["good-1", "good-2"]
     );
     for (name, data) in [&objects[0], &objects[2]] {
@@ -339,12 +339,12 @@ after = "0s"
     let evicted = wait_until(
         "leaf copy of sensors/a evicted",
         Duration::from_secs(60),
-        || async { Tiers::names(&tiers.leaf, "sensors").await.is_empty() },
+        || async { Tiers::names(&tiers.leaf_tier, "sensors").await.is_empty() },
     )
     .await;
     evicted.unwrap_or_else(|e| panic!("{e:#}\n{}", roles.logs()));
     let logs_on_hub = wait_until("logs/b on the hub", Duration::from_secs(60), || async {
-        Tiers::names(&tiers.hub, "logs").await == vec!["b".to_string()]
+        Tiers::names(&tiers.hub_tier, "logs").await == vec!["b".to_string()]
     })
     .await;
     logs_on_hub.unwrap_or_else(|e| panic!("{e:#}\n{}", roles.logs()));
@@ -356,7 +356,7 @@ after = "0s"
     // Keep evaluating for a few passes: the copy policy never evicts.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
-        Tiers::names(&tiers.leaf, "logs").await,
+        Tiers::names(&tiers.leaf_tier, "logs").await,
         vec!["b".to_string()]
     );
     assert_eq!(Tiers::read(&tiers.hub, "logs", "b").await.0, b);
@@ -367,7 +367,7 @@ after = "0s"
     wait_until(
         "user delete replicated",
         Duration::from_secs(30),
-        || async { Tiers::names(&tiers.hub, "logs").await.is_empty() },
+        || async { Tiers::names(&tiers.hub_tier, "logs").await.is_empty() },
     )
     .await
     .unwrap();
@@ -492,7 +492,10 @@ async fn disaster_recovery_from_s3_alone() {
         "{}",
         String::from_utf8_lossy(&one.stderr)
     );
-    assert_eq!(Tiers::names(&tiers.hub, BUCKET).await, vec!["nested/b c"]);
+    assert_eq!(
+        Tiers::names(&tiers.hub_tier, BUCKET).await,
+        vec!["nested/b c"]
+    );
 
     let out = restore(&config, BUCKET);
     assert!(

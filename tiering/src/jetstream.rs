@@ -170,38 +170,76 @@ impl JetStreamTier {
     }
 
     /// Every live (not deleted, not a link) object of a bucket; empty when the bucket is absent.
+    ///
+    /// Lists the bucket's meta subjects from stream info, then reads each subject's last
+    /// message from the stream leader. Not async-nats' `list()`: its ordered consumer waits
+    /// forever for a message that an eviction purged after the listing started.
     pub async fn list_objects(&self, bucket: &str) -> Result<Vec<ObjectInfo>, Error> {
-        let Some(store) = self.bucket(bucket).await? else {
+        let Some(stream) = self.stream(bucket).await? else {
             return Ok(Vec::new());
         };
-        let list = store
-            .list()
+        let subjects: Vec<(String, usize)> = stream
+            .info_with_subjects(format!("$O.{bucket}.M.>"))
             .await
-            .map_err(|e| Error::bucket_op("list objects", &self.name, bucket, e))?;
-        let infos: Vec<ObjectInfo> = list
+            .map_err(|e| Error::bucket_op("list objects", &self.name, bucket, e))?
             .try_collect()
             .await
             .map_err(|e| Error::bucket_op("list objects", &self.name, bucket, e))?;
-        Ok(infos.into_iter().filter(is_live).collect())
+        let mut infos = Vec::with_capacity(subjects.len());
+        for (subject, _) in subjects {
+            if let Some(info) = self.last_meta(&stream, bucket, &subject).await? {
+                infos.push(info);
+            }
+        }
+        infos.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(infos)
     }
 
-    /// Current info of an object; `None` when absent, deleted or a link.
+    /// Current info of an object; `None` when absent, deleted or a link. Read from the stream
+    /// leader, so a lagging replica never answers for an object already moved on.
     pub async fn info(&self, bucket: &str, object: &str) -> Result<Option<ObjectInfo>, Error> {
-        let Some(store) = self.bucket(bucket).await? else {
+        let Some(stream) = self.stream(bucket).await? else {
             return Ok(None);
         };
-        match store.info(object).await {
-            Ok(info) if is_live(&info) => Ok(Some(info)),
-            Ok(_) => Ok(None),
-            Err(e) if e.kind() == jetstream::object_store::InfoErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::object_op(
-                "read object info",
+        self.last_meta(&stream, bucket, &meta_subject(bucket, object))
+            .await
+    }
+
+    /// The bucket's stream, or `None` when it does not exist.
+    async fn stream(&self, bucket: &str) -> Result<Option<stream::Stream>, Error> {
+        if !self.stream_exists(bucket).await? {
+            return Ok(None);
+        }
+        self.js
+            .get_stream(stream_name(bucket))
+            .await
+            .map(Some)
+            .map_err(|e| Error::bucket_op("open bucket", &self.name, bucket, e))
+    }
+
+    /// The live object whose latest meta message is on `subject`, if any.
+    async fn last_meta(
+        &self,
+        stream: &stream::Stream,
+        bucket: &str,
+        subject: &str,
+    ) -> Result<Option<ObjectInfo>, Error> {
+        let message = match stream.get_last_raw_message_by_subject(subject).await {
+            Ok(message) => message,
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {
+                return Ok(None)
+            }
+            Err(e) => return Err(Error::bucket_op("read object meta", &self.name, bucket, e)),
+        };
+        let info: ObjectInfo = serde_json::from_slice(&message.payload).map_err(|e| {
+            Error::bucket_op(
+                "decode object meta",
                 &self.name,
                 bucket,
-                object,
-                e,
-            )),
-        }
+                format!("{subject}: {e}"),
+            )
+        })?;
+        Ok(is_live(&info).then_some(info))
     }
 
     /// Opens a reader over the version `info` describes. The reader is async-nats' own; callers

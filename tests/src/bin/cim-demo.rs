@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use async_nats::jetstream::{self, object_store};
 use cim_tests::{cim_bin, free_port, RoleProcess, Topology};
-use futures::TryStreamExt;
+use cim_tiering::jetstream::JetStreamTier;
 use tokio::io::AsyncReadExt;
 
 const BUCKET: &str = "sensors";
@@ -50,19 +50,12 @@ fn sample(seed: u64, len: usize) -> Vec<u8> {
     out
 }
 
-async fn names(js: &jetstream::Context, bucket: &str) -> Vec<String> {
-    let Ok(store) = js.get_object_store(bucket).await else {
-        return Vec::new();
-    };
-    let Ok(list) = store.list().await else {
-        return Vec::new();
-    };
-    let infos: Vec<object_store::ObjectInfo> = list.try_collect().await.unwrap_or_default();
-    infos
-        .into_iter()
-        .filter(|i| !i.deleted)
-        .map(|i| i.name)
-        .collect()
+/// Live object names, through the product's listing (safe while evictions purge).
+async fn names(tier: &JetStreamTier, bucket: &str) -> Vec<String> {
+    match tier.list_objects(bucket).await {
+        Ok(infos) => infos.into_iter().map(|i| i.name).collect(),
+        Err(_) => Vec::new(),
+    }
 }
 
 fn s3_listing(config: &std::path::Path) -> anyhow::Result<Vec<String>> {
@@ -123,8 +116,12 @@ async fn main() -> anyhow::Result<()> {
         println!("   {name:8} http://127.0.0.1:{port}/metrics");
     }
 
-    let leaf = jetstream::new(topology.leaf.connect().await?);
-    let hub = jetstream::new(topology.hub.connect().await?);
+    let leaf_client = topology.leaf.connect().await?;
+    let hub_client = topology.hub.connect().await?;
+    let leaf = jetstream::new(leaf_client.clone());
+    let hub = jetstream::new(hub_client.clone());
+    let leaf_tier = JetStreamTier::new("leaf", "leaf", 1, leaf_client);
+    let hub_tier = JetStreamTier::new("hub", "hub", 3, hub_client);
     let store = leaf
         .create_object_store(object_store::Config {
             bucket: BUCKET.into(),
@@ -156,8 +153,8 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let mut last = String::new();
     loop {
-        let on_leaf = names(&leaf, BUCKET).await;
-        let on_hub = names(&hub, BUCKET).await;
+        let on_leaf = names(&leaf_tier, BUCKET).await;
+        let on_hub = names(&hub_tier, BUCKET).await;
         let on_s3 = s3_listing(&config)?;
         let mut table = BTreeMap::new();
         for (name, _) in &objects {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, object_store};
 use cim_tests::{cim_bin, free_port, RoleProcess, Topology};
 use cim_tiering::catalog::{Catalog, Entry};
-use futures::TryStreamExt;
+use cim_tiering::jetstream::JetStreamTier;
 use tokio::io::AsyncReadExt;
 
 /// Deterministic, poorly compressible content (xorshift), so compression cannot hide bugs.
@@ -148,16 +148,27 @@ pub fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64>
 pub struct Tiers {
     pub leaf: jetstream::Context,
     pub hub: jetstream::Context,
+    /// The same tiers through the product's own listing (never hangs on concurrent purges,
+    /// unlike async-nats' `list()`).
+    pub leaf_tier: JetStreamTier,
+    pub hub_tier: JetStreamTier,
     pub catalog: Catalog,
 }
 
 impl Tiers {
     pub async fn connect(topology: &Topology) -> Tiers {
-        let leaf = jetstream::new(topology.leaf.connect().await.unwrap());
+        let leaf_client = topology.leaf.connect().await.unwrap();
         let hub_client = topology.hub.connect().await.unwrap();
-        let hub = jetstream::new(hub_client);
+        let leaf = jetstream::new(leaf_client.clone());
+        let hub = jetstream::new(hub_client.clone());
         let catalog = Catalog::open(&hub, "cim_catalog", 3).await.unwrap();
-        Tiers { leaf, hub, catalog }
+        Tiers {
+            leaf,
+            hub,
+            leaf_tier: JetStreamTier::new("leaf", "leaf", 1, leaf_client),
+            hub_tier: JetStreamTier::new("hub", "hub", 3, hub_client),
+            catalog,
+        }
     }
 
     pub async fn put_leaf(
@@ -181,21 +192,13 @@ impl Tiers {
         store.put(name, &mut reader).await.unwrap()
     }
 
-    pub async fn names(js: &jetstream::Context, bucket: &str) -> Vec<String> {
-        let Ok(store) = js.get_object_store(bucket).await else {
-            return Vec::new();
-        };
-        let Ok(list) = store.list().await else {
-            return Vec::new();
-        };
-        let infos: Vec<object_store::ObjectInfo> = list.try_collect().await.unwrap_or_default();
-        let mut names: Vec<String> = infos
-            .into_iter()
-            .filter(|i| !i.deleted)
-            .map(|i| i.name)
-            .collect();
-        names.sort();
-        names
+    /// Live object names; a listing error (a leader election, say) shows up as one
+    /// `<error: ...>` entry, so polling conditions read it as "not yet" instead of panicking.
+    pub async fn names(tier: &JetStreamTier, bucket: &str) -> Vec<String> {
+        match tier.list_objects(bucket).await {
+            Ok(infos) => infos.into_iter().map(|i| i.name).collect(),
+            Err(e) => vec![format!("<error: {e}>")],
+        }
     }
 
     pub async fn read(
