@@ -5,6 +5,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -84,6 +85,21 @@ async fn wait_all_in_s3(tiers: &Tiers, roles: &Roles, names: &[&str], timeout: D
             roles.logs()
         );
     }
+}
+
+/// Puts `objects` on the leaf under [`MOVE_ALL`], runs the roles until every object is only in
+/// S3, and stops them; returns the config and the tier handles.
+async fn moved_to_s3(topology: &Topology, objects: &[(&str, Vec<u8>)]) -> (PathBuf, Tiers) {
+    let config = topology.write_config(MOVE_ALL);
+    let tiers = Tiers::connect(topology).await;
+    for (name, data) in objects {
+        tiers.put_leaf(BUCKET, name, data).await;
+    }
+    let mut roles = Roles::start(topology, &config);
+    let names: Vec<&str> = objects.iter().map(|(n, _)| *n).collect();
+    wait_all_in_s3(&tiers, &roles, &names, Duration::from_secs(120)).await;
+    roles.stop();
+    (config, tiers)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -204,20 +220,12 @@ async fn objects_move_through_every_tier_and_restore_identically() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_tampered_s3_copy_is_refused_and_the_others_restore() {
     let topology = Topology::start().await.unwrap();
-    let config = topology.write_config(MOVE_ALL);
-    let tiers = Tiers::connect(&topology).await;
     let objects = [
         ("good-1", content(10, 300_000)),
         ("tampered", content(11, 300_000)),
         ("good-2", content(12, 7 * 1024 * 1024)),
     ];
-    for (name, data) in &objects {
-        tiers.put_leaf(BUCKET, name, data).await;
-    }
-    let mut roles = Roles::start(&topology, &config);
-    let names: Vec<&str> = objects.iter().map(|(n, _)| *n).collect();
-    wait_all_in_s3(&tiers, &roles, &names, Duration::from_secs(120)).await;
-    roles.stop();
+    let (config, tiers) = moved_to_s3(&topology, &objects).await;
 
     // Behind the system's back: rewrite the tampered object's blob with other (valid zstd) bytes.
     let s3 = topology.s3.client().await;
@@ -452,19 +460,11 @@ async fn cim_tests_s3_store(topology: &Topology) -> cim_gateway::s3::S3Store {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn disaster_recovery_from_s3_alone() {
     let topology = Topology::start().await.unwrap();
-    let config = topology.write_config(MOVE_ALL);
-    let tiers = Tiers::connect(&topology).await;
     let objects = [
         ("a", content(50, 10_000)),
         ("nested/b c", content(51, 6 * 1024 * 1024)),
     ];
-    for (name, data) in &objects {
-        tiers.put_leaf(BUCKET, name, data).await;
-    }
-    let mut roles = Roles::start(&topology, &config);
-    let names: Vec<&str> = objects.iter().map(|(n, _)| *n).collect();
-    wait_all_in_s3(&tiers, &roles, &names, Duration::from_secs(120)).await;
-    roles.stop();
+    let (config, tiers) = moved_to_s3(&topology, &objects).await;
 
     // Lose every bit of NATS-side state the system keeps on the hub.
     tiers
