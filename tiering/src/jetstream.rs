@@ -155,18 +155,7 @@ impl JetStreamTier {
 
     /// Whether the bucket's stream exists.
     pub async fn stream_exists(&self, bucket: &str) -> Result<bool, Error> {
-        use jetstream::context::GetStreamErrorKind;
-        match self.js.get_stream(stream_name(bucket)).await {
-            Ok(_) => Ok(true),
-            Err(e) => match e.kind() {
-                GetStreamErrorKind::JetStream(js)
-                    if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
-                {
-                    Ok(false)
-                }
-                _ => Err(Error::bucket_op("open bucket", &self.name, bucket, e)),
-            },
-        }
+        Ok(self.stream(bucket).await?.is_some())
     }
 
     /// Every live (not deleted, not a link) object of a bucket; empty when the bucket is absent.
@@ -205,16 +194,20 @@ impl JetStreamTier {
             .await
     }
 
-    /// The bucket's stream, or `None` when it does not exist.
+    /// The bucket's stream (with its info as of now), or `None` when it does not exist.
     async fn stream(&self, bucket: &str) -> Result<Option<stream::Stream>, Error> {
-        if !self.stream_exists(bucket).await? {
-            return Ok(None);
+        use jetstream::context::GetStreamErrorKind;
+        match self.js.get_stream(stream_name(bucket)).await {
+            Ok(stream) => Ok(Some(stream)),
+            Err(e) => match e.kind() {
+                GetStreamErrorKind::JetStream(js)
+                    if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    Ok(None)
+                }
+                _ => Err(Error::bucket_op("open bucket", &self.name, bucket, e)),
+            },
         }
-        self.js
-            .get_stream(stream_name(bucket))
-            .await
-            .map(Some)
-            .map_err(|e| Error::bucket_op("open bucket", &self.name, bucket, e))
     }
 
     /// The live object whose latest meta message is on `subject`, if any.
@@ -379,56 +372,41 @@ impl JetStreamTier {
             }),
             ..Default::default()
         };
-        if self.stream_exists(bucket).await? {
-            let mut existing = self
-                .js
-                .get_stream(stream_name(bucket))
+        let Some(existing) = self.stream(bucket).await? else {
+            self.js
+                .create_stream(bucket_stream_config(
+                    bucket,
+                    self.replicas,
+                    Some(vec![source]),
+                ))
                 .await
-                .map_err(|e| Error::bucket_op("open bucket", &self.name, bucket, e))?;
-            {
-                let info = existing
-                    .info()
-                    .await
-                    .map_err(|e| Error::bucket_op("read stream info", &self.name, bucket, e))?;
-                let mut config = info.config.clone();
-                if config.mirror.is_some() {
-                    return Err(Error::Config(format!(
-                        "bucket {bucket:?} on tier {} is a mirror stream; it must be a writable stream with sources (see docs/architecture.md)",
-                        self.name
-                    )));
-                }
-                let sources = config.sources.get_or_insert_with(Vec::new);
-                let already = sources.iter().any(|s| {
-                    s.name == source.name
-                        && s.external.as_ref().map(|e| &e.api_prefix)
-                            == source.external.as_ref().map(|e| &e.api_prefix)
-                });
-                if already {
-                    return Ok(());
-                }
-                sources.push(source);
-                config.allow_rollup = true;
-                self.js
-                    .update_stream(config)
-                    .await
-                    .map_err(|e| Error::bucket_op("add stream source", &self.name, bucket, e))?;
-                tracing::info!(bucket, tier = %self.name, from = %from.name, "added source to existing bucket");
-            }
-        } else {
-            {
-                self.js
-                    .create_stream(bucket_stream_config(
-                        bucket,
-                        self.replicas,
-                        Some(vec![source]),
-                    ))
-                    .await
-                    .map_err(|e| {
-                        Error::bucket_op("create sourcing bucket", &self.name, bucket, e)
-                    })?;
-                tracing::info!(bucket, tier = %self.name, from = %from.name, "created bucket sourcing from leaf");
-            }
+                .map_err(|e| Error::bucket_op("create sourcing bucket", &self.name, bucket, e))?;
+            tracing::info!(bucket, tier = %self.name, from = %from.name, "created bucket sourcing from leaf");
+            return Ok(());
+        };
+        let mut config = existing.cached_info().config.clone();
+        if config.mirror.is_some() {
+            return Err(Error::Config(format!(
+                "bucket {bucket:?} on tier {} is a mirror stream; it must be a writable stream with sources (see docs/architecture.md)",
+                self.name
+            )));
         }
+        let sources = config.sources.get_or_insert_with(Vec::new);
+        let already = sources.iter().any(|s| {
+            s.name == source.name
+                && s.external.as_ref().map(|e| &e.api_prefix)
+                    == source.external.as_ref().map(|e| &e.api_prefix)
+        });
+        if already {
+            return Ok(());
+        }
+        sources.push(source);
+        config.allow_rollup = true;
+        self.js
+            .update_stream(config)
+            .await
+            .map_err(|e| Error::bucket_op("add stream source", &self.name, bucket, e))?;
+        tracing::info!(bucket, tier = %self.name, from = %from.name, "added source to existing bucket");
         Ok(())
     }
 
@@ -476,14 +454,12 @@ impl JetStreamTier {
     /// tier. Finishes an eviction interrupted between its two purges (a crash there leaves
     /// unreachable chunks); harmless otherwise, since chunks without meta are never readable.
     pub async fn purge_chunks(&self, bucket: &str, object: &str, nuid: &str) -> Result<(), Error> {
-        if nuid.is_empty() || !self.stream_exists(bucket).await? {
+        if nuid.is_empty() {
             return Ok(());
         }
-        let stream = self
-            .js
-            .get_stream(stream_name(bucket))
-            .await
-            .map_err(|e| Error::object_op("open stream", &self.name, bucket, object, e))?;
+        let Some(stream) = self.stream(bucket).await? else {
+            return Ok(());
+        };
         stream
             .purge()
             .filter(chunk_subject(bucket, nuid))

@@ -10,9 +10,8 @@ use async_nats::jetstream::object_store::ObjectInfo;
 use tracing::Instrument;
 
 use crate::digest::Sha256Digest;
-
 use crate::error::Error;
-use crate::jetstream::{check_content, ingest_digest};
+use crate::jetstream::ingest_digest;
 use crate::metrics;
 use crate::system::System;
 use crate::work::{Handler, ObjectMove, WorkItem};
@@ -141,17 +140,9 @@ impl MirrorHandler {
                 ),
             });
         }
+        // The same nuid is the same meta message; what counts is the content, read back in
+        // full and checked against the leaf's ingest size and digest.
         let size = leaf_info.size as u64;
-        let hub_digest = ingest_digest(hub.name(), bucket, hub_info)?;
-        check_content(
-            hub.name(),
-            bucket,
-            name,
-            size,
-            digest,
-            hub_info.size as u64,
-            &hub_digest,
-        )?;
         hub.read_verified(bucket, hub_info, size, digest, &mut tokio::io::sink())
             .await?;
         Ok(())
