@@ -39,7 +39,7 @@ pub struct Restorer {
 }
 
 impl Restorer {
-    /// A restorer from `store` into the JetStream tier named `target`.
+    /// A restorer from `store` into the JetStream tier named `target`; creates the staging dir.
     pub fn new(system: Arc<System>, store: S3Store, target: &str) -> Result<Self, Error> {
         let target = system.jetstream_tier(target)?.clone();
         let staging_dir = system
@@ -48,6 +48,8 @@ impl Restorer {
             .staging_dir
             .clone()
             .unwrap_or_else(std::env::temp_dir);
+        std::fs::create_dir_all(&staging_dir)
+            .map_err(|e| Error::io(format!("create staging dir {}", staging_dir.display()), e))?;
         Ok(Self {
             system,
             store,
@@ -103,12 +105,6 @@ impl Restorer {
         }
 
         // 1. S3 → staging file, verified. Nothing in NATS is touched if this fails.
-        std::fs::create_dir_all(&self.staging_dir).map_err(|e| {
-            Error::io(
-                format!("create staging dir {}", self.staging_dir.display()),
-                e,
-            )
-        })?;
         let staging = tempfile::NamedTempFile::new_in(&self.staging_dir).map_err(|e| {
             Error::io(
                 format!("create staging file in {}", self.staging_dir.display()),
