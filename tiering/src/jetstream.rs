@@ -84,6 +84,27 @@ pub const READ_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 /// for [`READ_IDLE_TIMEOUT`].
 pub type ObjectReader = Pin<Box<TimeoutReader<async_nats::jetstream::object_store::Object>>>;
 
+/// One version of an object as a tier's stream holds it: the meta message's content plus where
+/// and when this tier's server stored it.
+#[derive(Debug, Clone)]
+pub struct StoredObject {
+    /// The object's meta: name, nuid, size, ingest digest, and the writer's own `modified`.
+    pub info: ObjectInfo,
+    /// Stream sequence of the meta message on this tier. It orders the versions of an object
+    /// on one tier; the writers' clocks do not (devices disagree, and may say 1970).
+    pub seq: u64,
+    /// When this tier's server stored the meta message. Policy ages are measured from it, never
+    /// from `info.modified`, which the writing client sets.
+    pub stored_at: time::OffsetDateTime,
+}
+
+impl StoredObject {
+    /// How long ago this tier stored the version (zero if the server's clock is behind ours).
+    pub fn age(&self, now: time::OffsetDateTime) -> Duration {
+        (now - self.stored_at).try_into().unwrap_or(Duration::ZERO)
+    }
+}
+
 /// Stream name of an object-store bucket.
 pub fn stream_name(bucket: &str) -> String {
     format!("OBJ_{bucket}")
@@ -163,7 +184,7 @@ impl JetStreamTier {
     /// Lists the bucket's meta subjects from stream info, then reads each subject's last
     /// message from the stream leader. Not async-nats' `list()`: its ordered consumer waits
     /// forever for a message that an eviction purged after the listing started.
-    pub async fn list_objects(&self, bucket: &str) -> Result<Vec<ObjectInfo>, Error> {
+    pub async fn list_objects(&self, bucket: &str) -> Result<Vec<StoredObject>, Error> {
         let Some(stream) = self.stream(bucket).await? else {
             return Ok(Vec::new());
         };
@@ -176,17 +197,22 @@ impl JetStreamTier {
             .map_err(|e| Error::bucket_op("list objects", &self.name, bucket, e))?;
         let mut infos = Vec::with_capacity(subjects.len());
         for (subject, _) in subjects {
-            if let Some(info) = self.last_meta(&stream, bucket, &subject).await? {
-                infos.push(info);
+            if let Some(version) = self.last_meta(&stream, bucket, &subject).await? {
+                infos.push(version);
             }
         }
-        infos.sort_by(|a, b| a.name.cmp(&b.name));
+        infos.sort_by(|a, b| a.info.name.cmp(&b.info.name));
         Ok(infos)
     }
 
     /// Current info of an object; `None` when absent, deleted or a link. Read from the stream
     /// leader, so a lagging replica never answers for an object already moved on.
     pub async fn info(&self, bucket: &str, object: &str) -> Result<Option<ObjectInfo>, Error> {
+        Ok(self.version(bucket, object).await?.map(|v| v.info))
+    }
+
+    /// Like [`JetStreamTier::info`], with the meta message's stream sequence and stored time.
+    pub async fn version(&self, bucket: &str, object: &str) -> Result<Option<StoredObject>, Error> {
         let Some(stream) = self.stream(bucket).await? else {
             return Ok(None);
         };
@@ -216,7 +242,7 @@ impl JetStreamTier {
         stream: &stream::Stream,
         bucket: &str,
         subject: &str,
-    ) -> Result<Option<ObjectInfo>, Error> {
+    ) -> Result<Option<StoredObject>, Error> {
         let message = match stream.get_last_raw_message_by_subject(subject).await {
             Ok(message) => message,
             Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {
@@ -232,7 +258,11 @@ impl JetStreamTier {
                 format!("{subject}: {e}"),
             )
         })?;
-        Ok(is_live(&info).then_some(info))
+        Ok(is_live(&info).then_some(StoredObject {
+            info,
+            seq: message.sequence,
+            stored_at: message.time,
+        }))
     }
 
     /// Opens a reader over the version `info` describes. The reader is async-nats' own; callers

@@ -5,7 +5,6 @@
 //! repeat: queued items are de-duplicated by id, and handlers re-check state before acting.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_nats::jetstream::object_store::ObjectInfo;
 use cim_policies::{Action, Policy, Route};
@@ -32,13 +31,6 @@ pub struct Manager {
     system: Arc<System>,
 }
 
-fn age_of(info: &ObjectInfo) -> Duration {
-    let Some(modified) = info.modified else {
-        return Duration::ZERO;
-    };
-    let age = time::OffsetDateTime::now_utc() - modified;
-    age.try_into().unwrap_or(Duration::ZERO)
-}
 
 impl Manager {
     /// A manager over the role's connections.
@@ -97,6 +89,7 @@ impl Manager {
 
     async fn leaf_to_cluster(&self, policy: &Policy, report: &mut PassReport) -> Result<(), Error> {
         let leaf = self.system.jetstream_tier(&policy.from)?;
+        let now = time::OffsetDateTime::now_utc();
         let mut due = 0u64;
         for bucket in leaf.bucket_names().await? {
             if !policy.matches_bucket(&bucket) {
@@ -116,10 +109,12 @@ impl Manager {
             if policy.action != Action::Move {
                 continue;
             }
-            for info in leaf.list_objects(&bucket).await? {
-                if !policy.is_due(age_of(&info)) {
+            for version in leaf.list_objects(&bucket).await? {
+                // Age from when the tier stored it: the writer's clock may say anything.
+                if !policy.is_due(version.age(now)) {
                     continue;
                 }
+                let info = version.info;
                 due += 1;
                 let job = self.object_move(policy, leaf.name(), &bucket, &info)?;
                 self.queue(WorkItem::LeafEvict(job), report).await?;
@@ -132,15 +127,17 @@ impl Manager {
 
     async fn cluster_to_s3(&self, policy: &Policy, report: &mut PassReport) -> Result<(), Error> {
         let hub = self.system.jetstream_tier(&policy.from)?;
+        let now = time::OffsetDateTime::now_utc();
         let mut due = 0u64;
         for bucket in hub.bucket_names().await? {
             if !policy.matches_bucket(&bucket) {
                 continue;
             }
-            for info in hub.list_objects(&bucket).await? {
-                if !policy.is_due(age_of(&info)) {
+            for version in hub.list_objects(&bucket).await? {
+                if !policy.is_due(version.age(now)) {
                     continue;
                 }
+                let info = version.info;
                 let job = self.object_move(policy, hub.name(), &bucket, &info)?;
                 // A copy that is already in S3 needs nothing more; a move still needs eviction.
                 if policy.action == Action::Copy {
