@@ -70,6 +70,19 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+    /// An object's meta message does not decode: nothing can move the object until a writer
+    /// replaces it. Never transient.
+    #[error("meta message of object {object:?} in bucket {bucket:?} on tier {tier} does not decode: {reason}")]
+    BadMeta {
+        /// The tier's name from the configuration.
+        tier: String,
+        /// The object-store bucket.
+        bucket: String,
+        /// The object's name (the raw meta subject if even that does not decode).
+        object: String,
+        /// The decoder's complaint.
+        reason: String,
+    },
     /// The configuration does not allow what was asked (unknown tier, wrong kind...).
     #[error("configuration: {0}")]
     Config(String),
@@ -118,7 +131,7 @@ impl Error {
             | Error::NotReady { .. }
             | Error::Catalog { .. }
             | Error::Work { .. } => true,
-            Error::Integrity(_) | Error::Config(_) => false,
+            Error::Integrity(_) | Error::BadMeta { .. } | Error::Config(_) => false,
         }
     }
 

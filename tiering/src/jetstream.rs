@@ -105,6 +105,15 @@ impl StoredObject {
     }
 }
 
+/// A bucket's live objects, plus the meta messages that could not be decoded.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// Live objects (not deleted, not links), sorted by name.
+    pub objects: Vec<StoredObject>,
+    /// One [`Error::BadMeta`] per object whose meta message does not decode.
+    pub unreadable: Vec<Error>,
+}
+
 /// Stream name of an object-store bucket.
 pub fn stream_name(bucket: &str) -> String {
     format!("OBJ_{bucket}")
@@ -113,6 +122,16 @@ pub fn stream_name(bucket: &str) -> String {
 /// Meta subject of an object, exactly as async-nats and nats-server tools write it.
 pub fn meta_subject(bucket: &str, object: &str) -> String {
     format!("$O.{bucket}.M.{}", URL_SAFE.encode(object))
+}
+
+/// The object name a meta subject encodes, for messages about it; the raw subject if it does
+/// not decode.
+fn object_of_meta_subject(bucket: &str, subject: &str) -> String {
+    subject
+        .strip_prefix(&format!("$O.{bucket}.M."))
+        .and_then(|encoded| URL_SAFE.decode(encoded).ok())
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .unwrap_or_else(|| subject.to_string())
 }
 
 /// Chunk subject of one stored version of an object.
@@ -184,9 +203,12 @@ impl JetStreamTier {
     /// Lists the bucket's meta subjects from stream info, then reads each subject's last
     /// message from the stream leader. Not async-nats' `list()`: its ordered consumer waits
     /// forever for a message that an eviction purged after the listing started.
-    pub async fn list_objects(&self, bucket: &str) -> Result<Vec<StoredObject>, Error> {
+    ///
+    /// A meta message that does not decode is reported in [`Listing::unreadable`] and the
+    /// listing goes on: one bad object never hides the others.
+    pub async fn list_objects(&self, bucket: &str) -> Result<Listing, Error> {
         let Some(stream) = self.stream(bucket).await? else {
-            return Ok(Vec::new());
+            return Ok(Listing::default());
         };
         let subjects: Vec<(String, usize)> = stream
             .info_with_subjects(format!("$O.{bucket}.M.>"))
@@ -195,14 +217,17 @@ impl JetStreamTier {
             .try_collect()
             .await
             .map_err(|e| Error::bucket_op("list objects", &self.name, bucket, e))?;
-        let mut infos = Vec::with_capacity(subjects.len());
+        let mut listing = Listing::default();
         for (subject, _) in subjects {
-            if let Some(version) = self.last_meta(&stream, bucket, &subject).await? {
-                infos.push(version);
+            match self.last_meta(&stream, bucket, &subject).await {
+                Ok(Some(version)) => listing.objects.push(version),
+                Ok(None) => {}
+                Err(e @ Error::BadMeta { .. }) => listing.unreadable.push(e),
+                Err(e) => return Err(e),
             }
         }
-        infos.sort_by(|a, b| a.info.name.cmp(&b.info.name));
-        Ok(infos)
+        listing.objects.sort_by(|a, b| a.info.name.cmp(&b.info.name));
+        Ok(listing)
     }
 
     /// Current info of an object; `None` when absent, deleted or a link. Read from the stream
@@ -250,14 +275,13 @@ impl JetStreamTier {
             }
             Err(e) => return Err(Error::bucket_op("read object meta", &self.name, bucket, e)),
         };
-        let info: ObjectInfo = serde_json::from_slice(&message.payload).map_err(|e| {
-            Error::bucket_op(
-                "decode object meta",
-                &self.name,
-                bucket,
-                format!("{subject}: {e}"),
-            )
-        })?;
+        let info: ObjectInfo =
+            serde_json::from_slice(&message.payload).map_err(|e| Error::BadMeta {
+                tier: self.name.clone(),
+                bucket: bucket.to_string(),
+                object: object_of_meta_subject(bucket, subject),
+                reason: e.to_string(),
+            })?;
         Ok(is_live(&info).then_some(StoredObject {
             info,
             seq: message.sequence,

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::error::Error;
-use crate::jetstream::ingest_digest;
+use crate::jetstream::{ingest_digest, JetStreamTier};
 use crate::metrics;
 use crate::system::System;
 use crate::work::{ObjectMove, WorkItem};
@@ -24,6 +24,8 @@ pub struct PassReport {
     pub due: usize,
     /// Items newly queued (not de-duplicated).
     pub queued: usize,
+    /// Tiers, buckets or objects passed over because of an error (see [`Manager::pass`]).
+    pub skipped: usize,
 }
 
 /// The storage manager.
@@ -55,26 +57,136 @@ impl Manager {
         }
     }
 
-    /// One evaluation of every policy.
+    /// One evaluation of every policy. Failures are isolated: an unavailable tier skips its
+    /// policy, an unavailable bucket (a stream without quorum, say) skips that bucket, and a bad
+    /// object (meta that does not decode, no usable digest) skips that object; each is counted
+    /// in `cim_manager_skipped_total{policy, reason}` and logged once per pass, and the pass goes
+    /// on with everything else.
     pub async fn pass(&self) -> Result<PassReport, Error> {
         let mut report = PassReport::default();
+        let now = time::OffsetDateTime::now_utc();
         for policy in &self.system.config.policies {
             let span = tracing::info_span!("policy", policy = %policy.name, from = %policy.from, to = %policy.to);
-            match self.system.config.route(policy) {
-                Route::LeafToCluster => {
-                    self.leaf_to_cluster(policy, &mut report)
-                        .instrument(span)
-                        .await?
-                }
-                Route::ClusterToS3 => {
-                    self.cluster_to_s3(policy, &mut report)
-                        .instrument(span)
-                        .await?
-                }
-            }
+            self.evaluate(policy, now, &mut report)
+                .instrument(span)
+                .await?;
         }
         metrics::manager_pass();
         Ok(report)
+    }
+
+    /// One policy over every bucket of its source tier.
+    async fn evaluate(
+        &self,
+        policy: &Policy,
+        now: time::OffsetDateTime,
+        report: &mut PassReport,
+    ) -> Result<(), Error> {
+        let tier = self.system.jetstream_tier(&policy.from)?;
+        let buckets = match tier.bucket_names().await {
+            Ok(buckets) => buckets,
+            Err(e) => {
+                skipped(policy, Skip::TierUnavailable, &e, report);
+                return Ok(());
+            }
+        };
+        let mut due = 0u64;
+        for bucket in buckets.iter().filter(|b| policy.matches_bucket(b)) {
+            if let Err((reason, e)) = self
+                .evaluate_bucket(policy, tier, bucket, now, &mut due, report)
+                .await
+            {
+                skipped(policy, reason, &e, report);
+            }
+        }
+        report.due += due as usize;
+        metrics::manager_backlog(&policy.from, &policy.to, due);
+        Ok(())
+    }
+
+    async fn evaluate_bucket(
+        &self,
+        policy: &Policy,
+        tier: &JetStreamTier,
+        bucket: &str,
+        now: time::OffsetDateTime,
+        due: &mut u64,
+        report: &mut PassReport,
+    ) -> Result<(), (Skip, Error)> {
+        let route = self.system.config.route(policy);
+        if route == Route::LeafToCluster {
+            let source = WorkItem::EnsureSource {
+                policy: policy.name.clone(),
+                from: policy.from.clone(),
+                to: policy.to.clone(),
+                bucket: bucket.to_string(),
+            };
+            self.queue(source, report)
+                .await
+                .map_err(|e| (Skip::QueueUnavailable, e))?;
+            // Replication is continuous; only `move` has per-object work (eviction).
+            if policy.action != Action::Move {
+                return Ok(());
+            }
+        }
+        let listing = tier
+            .list_objects(bucket)
+            .await
+            .map_err(|e| (Skip::BucketUnavailable, e))?;
+        for e in &listing.unreadable {
+            skipped(policy, Skip::UndecodableMeta, e, report);
+        }
+        for version in listing.objects {
+            // Age from when the tier stored it: the writer's clock may say anything.
+            if !policy.is_due(version.age(now)) {
+                continue;
+            }
+            if let Err((reason, e)) = self
+                .evaluate_object(policy, route, tier, bucket, &version.info, due, report)
+                .await
+            {
+                skipped(policy, reason, &e, report);
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn evaluate_object(
+        &self,
+        policy: &Policy,
+        route: Route,
+        tier: &JetStreamTier,
+        bucket: &str,
+        info: &ObjectInfo,
+        due: &mut u64,
+        report: &mut PassReport,
+    ) -> Result<(), (Skip, Error)> {
+        let job = self
+            .object_move(policy, tier.name(), bucket, info)
+            .map_err(|e| (Skip::MissingDigest, e))?;
+        let item = match route {
+            Route::LeafToCluster => WorkItem::LeafEvict(job),
+            Route::ClusterToS3 => {
+                // A copy that is already in S3 needs nothing more; a move still needs eviction.
+                if policy.action == Action::Copy {
+                    let entry = self
+                        .system
+                        .catalog
+                        .get(bucket, &info.name)
+                        .await
+                        .map_err(|e| (Skip::CatalogUnavailable, e))?;
+                    if entry.is_some_and(|e| e.has(&policy.to, &job.digest)) {
+                        return Ok(());
+                    }
+                }
+                WorkItem::Upload(job)
+            }
+        };
+        *due += 1;
+        self.queue(item, report)
+            .await
+            .map_err(|e| (Skip::QueueUnavailable, e))
     }
 
     async fn queue(&self, item: WorkItem, report: &mut PassReport) -> Result<(), Error> {
@@ -84,74 +196,6 @@ impl Manager {
             metrics::dispatched(role);
             tracing::debug!(id = %item.id(), "queued");
         }
-        Ok(())
-    }
-
-    async fn leaf_to_cluster(&self, policy: &Policy, report: &mut PassReport) -> Result<(), Error> {
-        let leaf = self.system.jetstream_tier(&policy.from)?;
-        let now = time::OffsetDateTime::now_utc();
-        let mut due = 0u64;
-        for bucket in leaf.bucket_names().await? {
-            if !policy.matches_bucket(&bucket) {
-                continue;
-            }
-            self.queue(
-                WorkItem::EnsureSource {
-                    policy: policy.name.clone(),
-                    from: policy.from.clone(),
-                    to: policy.to.clone(),
-                    bucket: bucket.clone(),
-                },
-                report,
-            )
-            .await?;
-            // Replication is continuous; only `move` has per-object work (eviction).
-            if policy.action != Action::Move {
-                continue;
-            }
-            for version in leaf.list_objects(&bucket).await? {
-                // Age from when the tier stored it: the writer's clock may say anything.
-                if !policy.is_due(version.age(now)) {
-                    continue;
-                }
-                let info = version.info;
-                due += 1;
-                let job = self.object_move(policy, leaf.name(), &bucket, &info)?;
-                self.queue(WorkItem::LeafEvict(job), report).await?;
-            }
-        }
-        report.due += due as usize;
-        metrics::manager_backlog(&policy.from, &policy.to, due);
-        Ok(())
-    }
-
-    async fn cluster_to_s3(&self, policy: &Policy, report: &mut PassReport) -> Result<(), Error> {
-        let hub = self.system.jetstream_tier(&policy.from)?;
-        let now = time::OffsetDateTime::now_utc();
-        let mut due = 0u64;
-        for bucket in hub.bucket_names().await? {
-            if !policy.matches_bucket(&bucket) {
-                continue;
-            }
-            for version in hub.list_objects(&bucket).await? {
-                if !policy.is_due(version.age(now)) {
-                    continue;
-                }
-                let info = version.info;
-                let job = self.object_move(policy, hub.name(), &bucket, &info)?;
-                // A copy that is already in S3 needs nothing more; a move still needs eviction.
-                if policy.action == Action::Copy {
-                    let entry = self.system.catalog.get(&bucket, &info.name).await?;
-                    if entry.is_some_and(|e| e.has(&policy.to, &job.digest)) {
-                        continue;
-                    }
-                }
-                due += 1;
-                self.queue(WorkItem::Upload(job), report).await?;
-            }
-        }
-        report.due += due as usize;
-        metrics::manager_backlog(&policy.from, &policy.to, due);
         Ok(())
     }
 
@@ -174,4 +218,42 @@ impl Manager {
             nuid: info.nuid.clone(),
         })
     }
+}
+
+/// Why the manager passed over a tier, bucket or object in one pass: the `reason` label of
+/// `cim_manager_skipped_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Skip {
+    /// The source tier could not list its buckets.
+    TierUnavailable,
+    /// A bucket's stream could not be read (e.g. it lost quorum).
+    BucketUnavailable,
+    /// An object's meta message does not decode.
+    UndecodableMeta,
+    /// An object has no usable ingest digest (missing or malformed).
+    MissingDigest,
+    /// The catalog could not be read for an object.
+    CatalogUnavailable,
+    /// The work queue refused an item.
+    QueueUnavailable,
+}
+
+impl Skip {
+    fn as_str(self) -> &'static str {
+        match self {
+            Skip::TierUnavailable => "tier_unavailable",
+            Skip::BucketUnavailable => "bucket_unavailable",
+            Skip::UndecodableMeta => "undecodable_meta",
+            Skip::MissingDigest => "missing_digest",
+            Skip::CatalogUnavailable => "catalog_unavailable",
+            Skip::QueueUnavailable => "queue_unavailable",
+        }
+    }
+}
+
+/// Counts and logs one skip; the error names the tier, bucket and object where there is one.
+fn skipped(policy: &Policy, reason: Skip, error: &Error, report: &mut PassReport) {
+    report.skipped += 1;
+    metrics::manager_skipped(&policy.name, reason.as_str());
+    tracing::warn!(policy = %policy.name, reason = reason.as_str(), error = %error, "skipped this pass");
 }

@@ -21,6 +21,8 @@ pub const INTEGRITY_FAILURES: &str = "cim_integrity_failures_total";
 pub const MANAGER_BACKLOG: &str = "cim_manager_backlog_objects";
 /// Items the manager queued (not counting de-duplicated ones), by role.
 pub const MANAGER_DISPATCHED: &str = "cim_manager_dispatched_total";
+/// Tiers, buckets or objects the manager passed over because of an error, by policy and reason.
+pub const MANAGER_SKIPPED: &str = "cim_manager_skipped_total";
 /// Completed manager evaluation passes.
 pub const MANAGER_PASSES: &str = "cim_manager_passes_total";
 /// Work items queued or in flight, by role.
@@ -69,6 +71,10 @@ fn describe() {
         "objects due for a move in the last manager pass"
     );
     describe_counter!(MANAGER_DISPATCHED, "work items queued by the manager");
+    describe_counter!(
+        MANAGER_SKIPPED,
+        "tiers, buckets or objects a manager pass passed over, by policy and reason"
+    );
     describe_counter!(MANAGER_PASSES, "completed manager evaluation passes");
     describe_gauge!(WORK_BACKLOG, "work items queued or in flight, by role");
     describe_counter!(WORK_ITEMS, "work items handled, by role and outcome");
@@ -106,6 +112,11 @@ pub fn integrity_failure(tier: &str) {
 /// The manager's view of due objects for a tier pair.
 pub fn manager_backlog(from: &str, to: &str, objects: u64) {
     gauge!(MANAGER_BACKLOG, "from" => from.to_string(), "to" => to.to_string()).set(objects as f64);
+}
+
+/// The manager passed over a tier, bucket or object of `policy` this pass, for `reason`.
+pub fn manager_skipped(policy: &str, reason: &'static str) {
+    counter!(MANAGER_SKIPPED, "policy" => policy.to_string(), "reason" => reason).increment(1);
 }
 
 /// The manager queued an item for `role`.

@@ -53,7 +53,7 @@ fn sample(seed: u64, len: usize) -> Vec<u8> {
 /// Live object names, through the product's listing (safe while evictions purge).
 async fn names(tier: &JetStreamTier, bucket: &str) -> Vec<String> {
     match tier.list_objects(bucket).await {
-        Ok(versions) => versions.into_iter().map(|v| v.info.name).collect(),
+        Ok(listing) => listing.objects.into_iter().map(|v| v.info.name).collect(),
         Err(_) => Vec::new(),
     }
 }

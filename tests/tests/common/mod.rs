@@ -196,7 +196,7 @@ impl Tiers {
     /// `<error: ...>` entry, so polling conditions read it as "not yet" instead of panicking.
     pub async fn names(tier: &JetStreamTier, bucket: &str) -> Vec<String> {
         match tier.list_objects(bucket).await {
-            Ok(versions) => versions.into_iter().map(|v| v.info.name).collect(),
+            Ok(listing) => listing.objects.into_iter().map(|v| v.info.name).collect(),
             Err(e) => vec![format!("<error: {e}>")],
         }
     }
