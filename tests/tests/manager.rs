@@ -120,11 +120,7 @@ async fn one_bad_object_or_bucket_never_stops_the_rest() {
     // Each problem is counted with its reason and named in the manager's log.
     let metrics = scrape(roles.manager_metrics).await;
     for reason in ["bucket_unavailable", "undecodable_meta", "missing_digest"] {
-        let skipped = sample(
-            &metrics,
-            "cim_manager_skipped_total",
-            &[("reason", reason)],
-        );
+        let skipped = sample(&metrics, "cim_manager_skipped_total", &[("reason", reason)]);
         assert!(
             skipped.is_some_and(|n| n >= 1.0),
             "no skip counted for reason {reason}:\n{metrics}"
@@ -132,6 +128,9 @@ async fn one_bad_object_or_bucket_never_stops_the_rest() {
     }
     let log = roles.manager.log();
     for needle in [lost, "garbage", "no-digest"] {
-        assert!(log.contains(needle), "manager log never names {needle}:\n{log}");
+        assert!(
+            log.contains(needle),
+            "manager log never names {needle}:\n{log}"
+        );
     }
 }
