@@ -95,19 +95,24 @@ after = "1s"
     .await;
     first.unwrap_or_else(|e| panic!("{e:#}\n{}", roles.logs()));
     let after = manager_passes(&roles).await;
-    wait_until("two more manager passes", Duration::from_secs(30), || async {
-        manager_passes(&roles).await >= after + 2.0
-    })
+    wait_until(
+        "two more manager passes",
+        Duration::from_secs(30),
+        || async { manager_passes(&roles).await >= after + 2.0 },
+    )
     .await
     .unwrap();
-    wait_until("the work queue drained", Duration::from_secs(60), || async {
-        work_items(&tiers.hub).await == 0
-    })
+    wait_until(
+        "the work queue drained",
+        Duration::from_secs(60),
+        || async { work_items(&tiers.hub).await == 0 },
+    )
     .await
     .unwrap_or_else(|e| panic!("{e:#}\n{}", roles.logs()));
     let old = tiers.catalog_locations("clock-old").await;
     assert!(
-        !old.get("obj").is_some_and(|l| l.contains(&"s3".to_string())),
+        !old.get("obj")
+            .is_some_and(|l| l.contains(&"s3".to_string())),
         "an object the hub stored seconds ago was copied under `after = 1h` because its writer's \
          clock said 1970: catalog {old:?}\n{}",
         roles.logs()
@@ -127,4 +132,175 @@ after = "1s"
     )
     .await;
     arrived.unwrap_or_else(|e| panic!("{e:#}\n{}", roles.logs()));
+}
+
+/// Leaf `copy` (continuous sourcing), hub `move` to S3, immediately.
+const ARCHIVE_FROM_HUB: &str = r#"
+[[policy]]
+name = "edge-to-cluster"
+buckets = ["*"]
+from = "leaf"
+to = "hub"
+action = "copy"
+after = "0s"
+
+[[policy]]
+name = "cluster-to-s3"
+buckets = ["*"]
+from = "hub"
+to = "s3"
+action = "move"
+after = "0s"
+"#;
+
+/// What the hub stream of `bucket` holds: meta subjects with their message counts, and chunk
+/// subjects with theirs.
+async fn hub_subjects(
+    tiers: &Tiers,
+    bucket: &str,
+) -> (
+    std::collections::BTreeMap<String, usize>,
+    std::collections::BTreeMap<String, usize>,
+) {
+    use futures::TryStreamExt;
+    let stream = tiers.hub.get_stream(stream_name(bucket)).await.unwrap();
+    let all: Vec<(String, usize)> = stream
+        .info_with_subjects(format!("$O.{bucket}.>"))
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let meta_prefix = format!("$O.{bucket}.M.");
+    let (meta, chunks): (Vec<_>, Vec<_>) = all
+        .into_iter()
+        .partition(|(s, _)| s.starts_with(&meta_prefix));
+    (meta.into_iter().collect(), chunks.into_iter().collect())
+}
+
+/// How the hub's sourcing stream is disturbed after everything was archived.
+#[derive(Clone, Copy, Debug)]
+enum Disturbance {
+    LeaderStepDown,
+    RestartAllHubNodes,
+}
+
+/// Item 3 (a regression guard for nats-server upgrades): objects archived to S3 and evicted from
+/// the hub by purging must not come back when the hub's sourcing stream changes leader or every
+/// hub node restarts — sources keep their position and do not re-deliver purged messages. New
+/// objects written on the leaf afterwards still arrive, each exactly once.
+async fn archived_objects_stay_archived(disturbance: Disturbance) {
+    let mut topology = Topology::start().await.unwrap();
+    let config = topology.write_config(ARCHIVE_FROM_HUB);
+    let tiers = Tiers::connect(&topology).await;
+    let bucket = "archive";
+    let old: Vec<String> = (0..5).map(|i| format!("old-{i}")).collect();
+    for (i, name) in old.iter().enumerate() {
+        tiers
+            .put_leaf(bucket, name, &content(30 + i as u64, 200 * 1024))
+            .await;
+    }
+    let mut roles = Roles::start(&topology, &config);
+    let archived = wait_until(
+        "every object archived and evicted from the hub",
+        Duration::from_secs(120),
+        || async {
+            let catalog = tiers.catalog_locations(bucket).await;
+            old.iter().all(|n| {
+                catalog
+                    .get(n)
+                    .is_some_and(|l| l.contains(&"s3".to_string()))
+            }) && Tiers::names(&tiers.hub_tier, bucket).await.is_empty()
+        },
+    )
+    .await;
+    archived.unwrap_or_else(|e| panic!("{e:#}\n{}", roles.logs()));
+    // Stop the roles: anything that reappeared would otherwise be archived again unseen.
+    roles.stop();
+    let (meta, chunks) = hub_subjects(&tiers, bucket).await;
+    assert!(
+        meta.is_empty() && chunks.is_empty(),
+        "after eviction the hub still holds {meta:?} {chunks:?}"
+    );
+
+    match disturbance {
+        Disturbance::LeaderStepDown => {
+            let leader = || async {
+                let mut stream = tiers.hub.get_stream(stream_name(bucket)).await.ok()?;
+                stream.info().await.ok()?.cluster.clone()?.leader
+            };
+            let before = leader().await.unwrap();
+            let response: async_nats::Message = topology
+                .hub
+                .connect()
+                .await
+                .unwrap()
+                .request(
+                    format!("$JS.API.STREAM.LEADER.STEPDOWN.{}", stream_name(bucket)),
+                    "".into(),
+                )
+                .await
+                .unwrap();
+            assert!(
+                String::from_utf8_lossy(&response.payload).contains("\"success\":true"),
+                "step-down refused: {}",
+                String::from_utf8_lossy(&response.payload)
+            );
+            wait_until("a new stream leader", Duration::from_secs(30), || async {
+                leader().await.is_some_and(|l| l != before)
+            })
+            .await
+            .unwrap();
+        }
+        Disturbance::RestartAllHubNodes => {
+            topology.hub.stop();
+            for node in &mut topology.hub.nodes {
+                node.start().unwrap();
+            }
+            topology.wait_ready().await.unwrap();
+        }
+    }
+
+    // New objects on the leaf still arrive; the archived ones do not come back.
+    let tiers = Tiers::connect(&topology).await;
+    let new: Vec<String> = (0..3).map(|i| format!("new-{i}")).collect();
+    let mut nuids = Vec::new();
+    for (i, name) in new.iter().enumerate() {
+        let info = tiers
+            .put_leaf(bucket, name, &content(40 + i as u64, 200 * 1024))
+            .await;
+        nuids.push(info.nuid);
+    }
+    let arrived = wait_until(
+        "the new objects on the hub",
+        Duration::from_secs(60),
+        || async { Tiers::names(&tiers.hub_tier, bucket).await == new },
+    )
+    .await;
+    if let Err(e) = arrived {
+        let names = Tiers::names(&tiers.hub_tier, bucket).await;
+        panic!("{e:#} ({disturbance:?}): hub holds {names:?}");
+    }
+    let (meta, chunks) = hub_subjects(&tiers, bucket).await;
+    let expected_meta: std::collections::BTreeMap<String, usize> =
+        new.iter().map(|n| (meta_subject(bucket, n), 1)).collect();
+    assert_eq!(meta, expected_meta, "{disturbance:?}: meta on the hub");
+    let expected_chunks: std::collections::BTreeMap<String, usize> = nuids
+        .iter()
+        .map(|nuid| (cim_tiering::jetstream::chunk_subject(bucket, nuid), 2))
+        .collect();
+    assert_eq!(
+        chunks, expected_chunks,
+        "{disturbance:?}: every new object's two chunks exactly once, nothing of the archived ones"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn archived_objects_stay_archived_across_a_hub_leader_change() {
+    archived_objects_stay_archived(Disturbance::LeaderStepDown).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn archived_objects_stay_archived_across_a_restart_of_every_hub_node() {
+    archived_objects_stay_archived(Disturbance::RestartAllHubNodes).await;
 }
