@@ -33,7 +33,6 @@ pub struct Manager {
     system: Arc<System>,
 }
 
-
 impl Manager {
     /// A manager over the role's connections.
     pub fn new(system: Arc<System>) -> Self {
