@@ -304,3 +304,122 @@ async fn archived_objects_stay_archived_across_a_hub_leader_change() {
 async fn archived_objects_stay_archived_across_a_restart_of_every_hub_node() {
     archived_objects_stay_archived(Disturbance::RestartAllHubNodes).await;
 }
+
+async fn system(topology: &Topology) -> std::sync::Arc<cim_tiering::System> {
+    let text = topology.config_toml("");
+    let config = cim_policies::Config::from_toml_str(&text, "test.toml").unwrap();
+    std::sync::Arc::new(
+        cim_tiering::System::connect(config, "versions-test")
+            .await
+            .unwrap(),
+    )
+}
+
+/// The work item the manager would queue for the hub's current version of an object.
+async fn upload_item(
+    hub: &cim_tiering::jetstream::JetStreamTier,
+    bucket: &str,
+    name: &str,
+) -> cim_tiering::work::WorkItem {
+    let info = hub.info(bucket, name).await.unwrap().unwrap();
+    cim_tiering::work::WorkItem::Upload(cim_tiering::work::ObjectMove {
+        policy: "to-s3".into(),
+        from: "hub".into(),
+        to: "s3".into(),
+        action: cim_policies::Action::Copy,
+        bucket: bucket.into(),
+        name: name.into(),
+        size: info.size as u64,
+        digest: cim_tiering::jetstream::ingest_digest("hub", bucket, &info).unwrap(),
+        nuid: info.nuid,
+    })
+}
+
+/// Item 2: v1's long upload is in flight when the user writes v2 on the leaf; v2 is uploaded and
+/// committed first, then v1's upload finishes. The S3 side and the catalog must end on v2.
+/// (On the hub, a sourced bucket keeps v1's chunks after the overwrite — sources do not carry
+/// purges — so v1's upload can still read them.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_late_upload_of_an_older_version_never_replaces_the_newer_one() {
+    use cim_tiering::work::Handler;
+    let topology = Topology::start().await.unwrap();
+    let tiers = Tiers::connect(&topology).await;
+    let system = system(&topology).await;
+    let hub = system.jetstream_tier("hub").unwrap().clone();
+    let leaf = system.jetstream_tier("leaf").unwrap().clone();
+    let bucket = "races";
+
+    // v1: large enough that its upload takes a while (multipart).
+    let v1 = content(21, 128 * 1024 * 1024);
+    let v1_info = tiers.put_leaf(bucket, "doc", &v1).await;
+    hub.ensure_sourced_from(bucket, &leaf).await.unwrap();
+    let on_hub = |nuid: String| {
+        let hub = hub.clone();
+        async move {
+            hub.info(bucket, "doc")
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|i| i.nuid == nuid)
+        }
+    };
+    wait_until("v1 on the hub", Duration::from_secs(60), || {
+        on_hub(v1_info.nuid.clone())
+    })
+    .await
+    .unwrap();
+
+    let stores = cim_gateway::upload::connect_s3_tiers(&system)
+        .await
+        .unwrap();
+    let s3 = stores["s3"].clone();
+    let handler = std::sync::Arc::new(cim_gateway::upload::UploadHandler::new(
+        system.clone(),
+        stores,
+    ));
+    let v1_item = upload_item(&hub, bucket, "doc").await;
+    let v1_upload = {
+        let handler = handler.clone();
+        tokio::spawn(async move { handler.handle(v1_item).await })
+    };
+    wait_until(
+        "v1's multipart upload in flight",
+        Duration::from_secs(60),
+        || async { !s3.list_multipart_uploads().await.unwrap().is_empty() },
+    )
+    .await
+    .unwrap();
+
+    // v2 written while v1 uploads; uploaded and committed first.
+    let v2 = content(22, 1000);
+    let v2_info = tiers.put_leaf(bucket, "doc", &v2).await;
+    wait_until("v2 on the hub", Duration::from_secs(60), || {
+        on_hub(v2_info.nuid.clone())
+    })
+    .await
+    .unwrap();
+    handler
+        .handle(upload_item(&hub, bucket, "doc").await)
+        .await
+        .unwrap();
+    assert!(
+        !v1_upload.is_finished(),
+        "precondition: v1's upload must still be running when v2 commits (make v1 larger)"
+    );
+    let v1_result = v1_upload.await.unwrap();
+
+    let v2_digest = cim_tiering::digest::Sha256Digest::of(&v2);
+    let entry = system.catalog.get(bucket, "doc").await.unwrap().unwrap();
+    let manifest = s3.get_manifest(bucket, "doc").await.unwrap().unwrap();
+    assert!(
+        entry.digest == v2_digest && manifest.digest == v2_digest,
+        "the late v1 upload (result {v1_result:?}) replaced v2: catalog has {}, manifest has {}, \
+         v2 is {}",
+        entry.digest,
+        manifest.digest,
+        v2_digest
+    );
+    let mut out = Vec::new();
+    s3.read_verified(&manifest, &mut out).await.unwrap();
+    assert!(out == v2, "S3 does not restore v2");
+}
