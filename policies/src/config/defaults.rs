@@ -1,0 +1,46 @@
+//! Default values of optional keys. This is the only place defaults live.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::time::Duration;
+
+use super::S3Flavor;
+
+/// `[nats] replicas`: replicas of the control-plane streams.
+pub const NATS_REPLICAS: usize = 3;
+/// `[tiers.<name>] replicas` of a JetStream tier.
+pub const JETSTREAM_REPLICAS: usize = 1;
+/// Allowed range of every `replicas` key.
+pub const REPLICAS_RANGE: RangeInclusive<i64> = 1..=5;
+/// `[tiers.<name>] prefix` of an S3 tier.
+pub const S3_PREFIX: &str = "";
+/// `[tiers.<name>] flavor` of an S3 tier.
+pub const S3_FLAVOR: S3Flavor = S3Flavor::Other;
+/// `[metrics] listen`.
+pub const METRICS_LISTEN: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)), 9464);
+/// `[manager] interval`.
+pub const MANAGER_INTERVAL: Duration = Duration::from_secs(10);
+/// `[work] stream`.
+pub const WORK_STREAM: &str = "CIM_WORK";
+/// `[work] ack_wait`.
+pub const WORK_ACK_WAIT: Duration = Duration::from_secs(60);
+/// `[work] max_deliver`.
+pub const WORK_MAX_DELIVER: i64 = 20;
+/// `[work] concurrency`.
+pub const WORK_CONCURRENCY: usize = 2;
+/// `[upload] part_size_mib`.
+pub const UPLOAD_PART_SIZE_MIB: u64 = 16;
+/// Allowed range of `[upload] part_size_mib` (S3/Wasabi part size limits).
+pub const UPLOAD_PART_SIZE_MIB_RANGE: RangeInclusive<i64> = 5..=5120;
+/// `[upload] multipart_threshold_mib`.
+pub const UPLOAD_MULTIPART_THRESHOLD_MIB: u64 = 16;
+/// Allowed range of `[upload] multipart_threshold_mib` (a single S3 PUT
+/// is limited to 5 GiB).
+pub const UPLOAD_MULTIPART_THRESHOLD_MIB_RANGE: RangeInclusive<i64> = 1..=5120;
+/// `[upload] zstd_level`.
+pub const UPLOAD_ZSTD_LEVEL: i32 = 3;
+/// Allowed range of `[upload] zstd_level`.
+pub const UPLOAD_ZSTD_LEVEL_RANGE: RangeInclusive<i64> = 1..=19;
+/// `[catalog] bucket`.
+pub const CATALOG_BUCKET: &str = "cim_catalog";

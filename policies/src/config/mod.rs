@@ -1,0 +1,105 @@
+//! The configuration file: raw serde types, defaults, validation and the
+//! validated [`Config`].
+//!
+//! Parsing is two-stage. The TOML text is first deserialized into private
+//! *raw* structs (unknown keys rejected) that keep anything that can be
+//! semantically wrong as plain strings and integers; a TOML syntax or shape
+//! error becomes [`ConfigError::Syntax`]. The raw structs are then checked
+//! field by field, collecting every [`Problem`]; if there is any, the result
+//! is [`ConfigError::Invalid`] listing all of them.
+//!
+//! Layout, one file per seam, so that a new key touches small files: its
+//! default in [`defaults`], its validated field in `sections.rs` (or
+//! `tiers.rs`; both re-exported here), its TOML field in `raw.rs`, its check
+//! in `validate.rs` (or `validate/tier.rs`), its test in `tests.rs`.
+//!
+//! [`Problem`]: crate::error::Problem
+
+use std::collections::BTreeMap;
+
+use crate::error::ConfigError;
+use crate::policy::{Policy, Route};
+
+pub mod defaults;
+mod raw;
+mod sections;
+#[cfg(test)]
+mod tests;
+mod tiers;
+mod validate;
+
+pub use sections::{
+    CatalogConfig, ManagerConfig, MetricsConfig, NatsConfig, RestoreConfig, UploadConfig,
+    WorkConfig,
+};
+pub use tiers::{JetStreamTier, S3Flavor, S3Tier, Tier};
+
+use validate::validate;
+
+/// Bytes per MiB.
+const MIB: u64 = 1024 * 1024;
+
+/// The validated configuration, shared by all roles.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// `[nats]`: the NATS connection used for the control plane.
+    pub nats: NatsConfig,
+    /// `[tiers.<name>]`: storage tiers by name (at least one).
+    pub tiers: BTreeMap<String, Tier>,
+    /// `[[policy]]`: policies in file order (may be empty).
+    pub policies: Vec<Policy>,
+    /// `[metrics]`.
+    pub metrics: MetricsConfig,
+    /// `[manager]`.
+    pub manager: ManagerConfig,
+    /// `[work]`.
+    pub work: WorkConfig,
+    /// `[upload]`.
+    pub upload: UploadConfig,
+    /// `[restore]`.
+    pub restore: RestoreConfig,
+    /// `[catalog]`.
+    pub catalog: CatalogConfig,
+}
+
+impl Config {
+    /// Parse + validate. `source_name` (usually the file path) is used in
+    /// error messages.
+    pub fn from_toml_str(text: &str, source_name: &str) -> Result<Config, ConfigError> {
+        let raw: raw::Config = toml::from_str(text).map_err(|err| ConfigError::Syntax {
+            source_name: source_name.to_owned(),
+            message: err.to_string().trim_end().to_owned(),
+        })?;
+        validate(raw).map_err(|problems| ConfigError::Invalid {
+            source_name: source_name.to_owned(),
+            problems,
+        })
+    }
+
+    /// The tier called `name`.
+    pub fn tier(&self, name: &str) -> Option<&Tier> {
+        self.tiers.get(name)
+    }
+
+    /// The route a (validated) policy takes, from the kinds of its tiers.
+    ///
+    /// For a policy that did not come from this configuration: an S3 `to`
+    /// tier gives [`Route::ClusterToS3`], anything else
+    /// [`Route::LeafToCluster`].
+    pub fn route(&self, policy: &Policy) -> Route {
+        match self.tier(&policy.to) {
+            Some(Tier::S3(_)) => Route::ClusterToS3,
+            _ => Route::LeafToCluster,
+        }
+    }
+
+    /// Policies whose route is `route`, in file order.
+    pub fn policies_on(&self, route: Route) -> impl Iterator<Item = &Policy> {
+        self.policies.iter().filter(move |p| self.route(p) == route)
+    }
+
+    /// The complete documented example configuration (`docs/example.toml`).
+    pub fn example() -> &'static str {
+        include_str!("../../../docs/example.toml")
+    }
+}

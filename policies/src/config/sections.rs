@@ -1,0 +1,125 @@
+//! The validated sections other than `[tiers]` and `[[policy]]`, with their
+//! defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::{defaults, MIB};
+
+/// `[nats]`: the NATS connection used for the control plane (catalog KV,
+/// work queue).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsConfig {
+    /// Server URL(s): `nats://`, `tls://`, `ws://` or `wss://`, several
+    /// separated by commas.
+    pub url: String,
+    /// NATS credentials (`.creds`) file; `None` = connect without credentials.
+    pub credentials_file: Option<PathBuf>,
+    /// Replicas of the control-plane streams (catalog KV, work queue), 1..=5.
+    /// Default 3.
+    pub replicas: usize,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// Address of the Prometheus endpoint. Default `127.0.0.1:9464`.
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: defaults::METRICS_LISTEN,
+        }
+    }
+}
+
+/// `[manager]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagerConfig {
+    /// How often the storage manager evaluates policies (> 0). Default 10s.
+    pub interval: Duration,
+}
+
+impl Default for ManagerConfig {
+    fn default() -> Self {
+        ManagerConfig {
+            interval: defaults::MANAGER_INTERVAL,
+        }
+    }
+}
+
+/// `[work]`: the JetStream work-queue stream of upload/evict jobs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkConfig {
+    /// Stream name (`[A-Za-z0-9_-]+`). Default `CIM_WORK`.
+    pub stream: String,
+    /// How long a worker may hold a job before it is redelivered (> 0).
+    /// Default 60s.
+    pub ack_wait: Duration,
+    /// Deliveries per job before giving up, >= 1, or -1 for unlimited.
+    /// Default 20.
+    pub max_deliver: i64,
+    /// Jobs a worker processes at once, >= 1. Default 2.
+    pub concurrency: usize,
+}
+
+impl Default for WorkConfig {
+    fn default() -> Self {
+        WorkConfig {
+            stream: defaults::WORK_STREAM.to_owned(),
+            ack_wait: defaults::WORK_ACK_WAIT,
+            max_deliver: defaults::WORK_MAX_DELIVER,
+            concurrency: defaults::WORK_CONCURRENCY,
+        }
+    }
+}
+
+/// `[upload]`: S3 uploads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadConfig {
+    /// Multipart part size in bytes (from `part_size_mib`, 5..=5120 MiB).
+    /// Default 16 MiB.
+    pub part_size: u64,
+    /// (Compressed) objects of at least this many bytes use multipart upload
+    /// (from `multipart_threshold_mib`, 1..=5120 MiB). Default 16 MiB.
+    pub multipart_threshold: u64,
+    /// zstd compression level, 1..=19. Default 3.
+    pub zstd_level: i32,
+}
+
+impl Default for UploadConfig {
+    fn default() -> Self {
+        UploadConfig {
+            part_size: defaults::UPLOAD_PART_SIZE_MIB * MIB,
+            multipart_threshold: defaults::UPLOAD_MULTIPART_THRESHOLD_MIB * MIB,
+            zstd_level: defaults::UPLOAD_ZSTD_LEVEL,
+        }
+    }
+}
+
+/// `[restore]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RestoreConfig {
+    /// Directory for staging downloads during restore; `None` = the system
+    /// temporary directory (as chosen by `cim-gateway restore`).
+    pub staging_dir: Option<PathBuf>,
+}
+
+/// `[catalog]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogConfig {
+    /// JetStream KV bucket holding the catalog (`[A-Za-z0-9_-]+`). Default
+    /// `cim_catalog`.
+    pub bucket: String,
+}
+
+impl Default for CatalogConfig {
+    fn default() -> Self {
+        CatalogConfig {
+            bucket: defaults::CATALOG_BUCKET.to_owned(),
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! `[tiers.<name>]`: the validated tier types.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use super::NatsConfig;
+
+/// `[tiers.<name>]`: one storage tier. TOML: `kind = "jetstream"` or
+/// `kind = "s3"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tier {
+    /// JetStream object stores on a nats-server (edge leaf or hub cluster).
+    JetStream(JetStreamTier),
+    /// An S3-compatible bucket (Wasabi, AWS, Garage, MinIO, ...).
+    S3(S3Tier),
+}
+
+impl Tier {
+    /// The TOML `kind`: `"jetstream"` or `"s3"`.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Tier::JetStream(_) => "jetstream",
+            Tier::S3(_) => "s3",
+        }
+    }
+
+    /// The JetStream settings, if this is a JetStream tier.
+    pub fn as_jetstream(&self) -> Option<&JetStreamTier> {
+        match self {
+            Tier::JetStream(t) => Some(t),
+            Tier::S3(_) => None,
+        }
+    }
+
+    /// The S3 settings, if this is an S3 tier.
+    pub fn as_s3(&self) -> Option<&S3Tier> {
+        match self {
+            Tier::S3(t) => Some(t),
+            Tier::JetStream(_) => None,
+        }
+    }
+}
+
+/// A JetStream tier (`kind = "jetstream"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JetStreamTier {
+    /// Server URL(s) of this tier; `None` = use `[nats] url`.
+    pub url: Option<String>,
+    /// JetStream domain (`[A-Za-z0-9_-]+`).
+    pub domain: String,
+    /// Replicas of object stores created on this tier, 1..=5. Default 1.
+    pub replicas: usize,
+    /// NATS credentials file for this tier; `None` = use `[nats]
+    /// credentials_file` (if any).
+    pub credentials_file: Option<PathBuf>,
+}
+
+impl JetStreamTier {
+    /// The URL to connect to: the tier's own `url`, else `[nats] url`.
+    pub fn effective_url<'a>(&'a self, nats: &'a NatsConfig) -> &'a str {
+        self.url.as_deref().unwrap_or(&nats.url)
+    }
+}
+
+/// An S3 tier (`kind = "s3"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Tier {
+    /// `http://` or `https://` endpoint. `None` (allowed only for the `aws`
+    /// and `wasabi` flavors) = the flavor's default: the AWS SDK's endpoint
+    /// for `region`, or `https://s3.<region>.wasabisys.com`.
+    pub endpoint: Option<String>,
+    /// Region name (non-empty).
+    pub region: String,
+    /// S3 bucket name.
+    pub bucket: String,
+    /// Key prefix: `""` (the default) or ending with `/` (added if missing).
+    pub prefix: String,
+    /// AWS shared-credentials file; `None` = the standard AWS environment
+    /// variables.
+    pub credentials_file: Option<PathBuf>,
+    /// Which S3 implementation this is. Default [`S3Flavor::Other`].
+    pub flavor: S3Flavor,
+    /// Use path-style addressing. Default: `true` unless `flavor` is
+    /// [`S3Flavor::Aws`].
+    pub force_path_style: bool,
+}
+
+/// Which S3 implementation an S3 tier talks to. TOML: lowercase strings.
+/// Serializes (serde) as the same strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum S3Flavor {
+    /// Amazon S3 (`"aws"`).
+    Aws,
+    /// Wasabi (`"wasabi"`).
+    Wasabi,
+    /// Garage (`"garage"`).
+    Garage,
+    /// MinIO (`"minio"`).
+    Minio,
+    /// Any other S3-compatible service (`"other"`).
+    Other,
+}
+
+impl S3Flavor {
+    /// Every flavor.
+    pub const ALL: [S3Flavor; 5] = [
+        S3Flavor::Aws,
+        S3Flavor::Wasabi,
+        S3Flavor::Garage,
+        S3Flavor::Minio,
+        S3Flavor::Other,
+    ];
+
+    /// The TOML spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            S3Flavor::Aws => "aws",
+            S3Flavor::Wasabi => "wasabi",
+            S3Flavor::Garage => "garage",
+            S3Flavor::Minio => "minio",
+            S3Flavor::Other => "other",
+        }
+    }
+
+    /// Parse the TOML spelling (exact, lowercase).
+    pub fn from_name(name: &str) -> Option<S3Flavor> {
+        S3Flavor::ALL.into_iter().find(|f| f.as_str() == name)
+    }
+}
+
+impl fmt::Display for S3Flavor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -1,0 +1,436 @@
+//! Validation: checks the raw values field by field, collecting every
+//! [`Problem`], and builds the validated [`Config`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::{
+    defaults, raw, CatalogConfig, Config, ManagerConfig, MetricsConfig, NatsConfig, RestoreConfig,
+    UploadConfig, WorkConfig, MIB,
+};
+use crate::error::Problem;
+use crate::policy::{
+    check_policy_name, compile_buckets, is_simple_name, same_tier_problem, Action, Policy,
+};
+
+mod tier;
+
+/// Collects problems while converting raw values.
+struct Checker {
+    problems: Vec<Problem>,
+}
+
+const NATS_SCHEMES: [&str; 4] = ["nats://", "tls://", "ws://", "wss://"];
+const AFTER_EXAMPLES: &str = r#""10m", "30d", "0s""#;
+const INTERVAL_EXAMPLES: &str = r#""10s", "1m", "500ms""#;
+
+impl Checker {
+    fn problem(&mut self, path: &str, message: impl Into<String>) {
+        self.problems.push(Problem::new(path, message));
+    }
+
+    fn nats_url(&mut self, path: &str, url: &str) -> Option<String> {
+        if url.trim().is_empty() {
+            self.problem(path, "must not be empty");
+            return None;
+        }
+        for part in url.split(',').map(str::trim) {
+            let ok = NATS_SCHEMES
+                .iter()
+                .any(|s| part.strip_prefix(s).is_some_and(|rest| !rest.is_empty()));
+            if !ok {
+                self.problem(
+                    path,
+                    format!(
+                        "{part:?} is not a NATS server URL (expected nats://HOST:PORT, \
+                         tls://, ws:// or wss://; several URLs may be separated by commas)"
+                    ),
+                );
+                return None;
+            }
+        }
+        Some(url.to_owned())
+    }
+
+    fn int_in(&mut self, path: &str, value: i64, range: RangeInclusive<i64>) -> Option<i64> {
+        if range.contains(&value) {
+            Some(value)
+        } else {
+            self.problem(
+                path,
+                format!(
+                    "{value} is out of range {}..={}",
+                    range.start(),
+                    range.end()
+                ),
+            );
+            None
+        }
+    }
+
+    fn usize_in(&mut self, path: &str, value: i64, range: RangeInclusive<i64>) -> Option<usize> {
+        self.int_in(path, value, range)
+            .and_then(|v| usize::try_from(v).ok())
+    }
+
+    fn duration(&mut self, path: &str, text: &str, examples: &str) -> Option<Duration> {
+        match humantime::parse_duration(text) {
+            Ok(d) => Some(d),
+            Err(_) => {
+                self.problem(
+                    path,
+                    format!("{text:?} is not a duration (examples: {examples})"),
+                );
+                None
+            }
+        }
+    }
+
+    fn positive_duration(
+        &mut self,
+        path: &str,
+        text: Option<&str>,
+        default: Duration,
+    ) -> Option<Duration> {
+        let text = match text {
+            None => return Some(default),
+            Some(t) => t,
+        };
+        let d = self.duration(path, text, INTERVAL_EXAMPLES)?;
+        if d.is_zero() {
+            self.problem(path, format!("{text:?} must be greater than zero"));
+            return None;
+        }
+        Some(d)
+    }
+
+    fn simple_name(&mut self, path: &str, value: &str, what: &str) -> Option<String> {
+        if value.is_empty() {
+            self.problem(path, "must not be empty");
+            None
+        } else if is_simple_name(value) {
+            Some(value.to_owned())
+        } else {
+            self.problem(
+                path,
+                format!("{value:?} is not a valid {what} (use only A-Z a-z 0-9 _ -)"),
+            );
+            None
+        }
+    }
+
+    fn path_buf(&mut self, path: &str, value: Option<String>) -> Option<Option<PathBuf>> {
+        match value {
+            None => Some(None),
+            Some(v) if v.is_empty() => {
+                self.problem(path, "must not be empty (omit the key instead)");
+                None
+            }
+            Some(v) => Some(Some(PathBuf::from(v))),
+        }
+    }
+
+    fn nats(&mut self, raw: raw::Nats) -> Option<NatsConfig> {
+        let url = self.nats_url("nats.url", &raw.url);
+        let credentials_file = self.path_buf("nats.credentials_file", raw.credentials_file);
+        let replicas = match raw.replicas {
+            None => Some(defaults::NATS_REPLICAS),
+            Some(r) => self.usize_in("nats.replicas", r, defaults::REPLICAS_RANGE),
+        };
+        Some(NatsConfig {
+            url: url?,
+            credentials_file: credentials_file?,
+            replicas: replicas?,
+        })
+    }
+
+    /// `kinds`: every tier name in the file, with its kind if that was
+    /// recognised.
+    fn policy(
+        &mut self,
+        index: usize,
+        raw: raw::Policy,
+        kinds: &BTreeMap<String, Option<TierKind>>,
+        seen_names: &mut HashMap<String, usize>,
+    ) -> Option<Policy> {
+        let at = |field: &str| format!("policy[{index}].{field}");
+        let before = self.problems.len();
+
+        check_policy_name(&raw.name, &at("name"), &mut self.problems);
+        if !raw.name.is_empty() {
+            if let Some(first) = seen_names.get(&raw.name) {
+                self.problem(
+                    &at("name"),
+                    format!(
+                        "duplicate policy name {:?} (also used by policy[{first}])",
+                        raw.name
+                    ),
+                );
+            } else {
+                seen_names.insert(raw.name.clone(), index);
+            }
+        }
+
+        let matcher = compile_buckets(&raw.buckets, &at("buckets"), &mut self.problems);
+
+        let tier_list = if kinds.is_empty() {
+            "no tiers are defined".to_owned()
+        } else {
+            let names: Vec<&str> = kinds.keys().map(String::as_str).collect();
+            format!("tiers: {}", names.join(", "))
+        };
+        let mut lookup = |field: &str, tier: &str| -> Option<Option<TierKind>> {
+            let kind = kinds.get(tier).copied();
+            if kind.is_none() {
+                self.problem(&at(field), format!("no tier named {tier:?} ({tier_list})"));
+            }
+            kind
+        };
+        let from_kind = lookup("from", &raw.from);
+        lookup("to", &raw.to);
+
+        if from_kind == Some(Some(TierKind::S3)) {
+            self.problem(
+                &at("from"),
+                format!(
+                    "tier {:?} is an s3 tier; data leaves S3 only through `cim-gateway restore`",
+                    raw.from
+                ),
+            );
+        }
+        if from_kind.is_some() && raw.from == raw.to {
+            self.problems.push(same_tier_problem(&at("to"), &raw.to));
+        }
+
+        let action = Action::from_name(&raw.action);
+        if action.is_none() {
+            let names: Vec<String> = Action::ALL
+                .iter()
+                .map(|a| format!("{:?}", a.as_str()))
+                .collect();
+            self.problem(
+                &at("action"),
+                format!(
+                    "{:?} is not an action (use {})",
+                    raw.action,
+                    names.join(" or ")
+                ),
+            );
+        }
+
+        let after = self.duration(&at("after"), &raw.after, AFTER_EXAMPLES);
+
+        if self.problems.len() != before {
+            return None;
+        }
+        Some(Policy::from_parts(
+            raw.name,
+            raw.buckets,
+            matcher?,
+            raw.from,
+            raw.to,
+            action?,
+            after?,
+        ))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TierKind {
+    JetStream,
+    S3,
+}
+
+pub(super) fn validate(raw: raw::Config) -> Result<Config, Vec<Problem>> {
+    let mut c = Checker {
+        problems: Vec::new(),
+    };
+
+    let nats = c.nats(raw.nats);
+
+    if raw.tiers.is_empty() {
+        c.problem("tiers", "at least one tier is required");
+    }
+    // Kinds are taken from the raw tiers so that a policy referring to a
+    // tier with problems of its own reports only its own problems.
+    let kinds: BTreeMap<String, Option<TierKind>> = raw
+        .tiers
+        .iter()
+        .map(|(name, t)| {
+            let kind = match t.kind.as_str() {
+                "jetstream" => Some(TierKind::JetStream),
+                "s3" => Some(TierKind::S3),
+                _ => None,
+            };
+            (name.clone(), kind)
+        })
+        .collect();
+    let mut tiers = BTreeMap::new();
+    for (name, rt) in raw.tiers {
+        if let Some(t) = c.tier(&name, rt) {
+            tiers.insert(name, t);
+        }
+    }
+
+    let mut policies = Vec::with_capacity(raw.policy.len());
+    let mut seen_names = HashMap::new();
+    for (index, rp) in raw.policy.into_iter().enumerate() {
+        if let Some(p) = c.policy(index, rp, &kinds, &mut seen_names) {
+            policies.push(p);
+        }
+    }
+
+    let metrics = match raw.metrics.listen {
+        None => Some(MetricsConfig::default()),
+        Some(l) => match l.parse::<SocketAddr>() {
+            Ok(listen) => Some(MetricsConfig { listen }),
+            Err(_) => {
+                c.problem(
+                    "metrics.listen",
+                    format!(
+                        "{l:?} is not a socket address (expected IP:PORT, e.g. \"127.0.0.1:9464\" \
+                         or \"[::]:9464\")"
+                    ),
+                );
+                None
+            }
+        },
+    };
+
+    let manager = c
+        .positive_duration(
+            "manager.interval",
+            raw.manager.interval.as_deref(),
+            defaults::MANAGER_INTERVAL,
+        )
+        .map(|interval| ManagerConfig { interval });
+
+    let work = {
+        let w = raw.work;
+        let stream = match w.stream {
+            None => Some(defaults::WORK_STREAM.to_owned()),
+            Some(s) => c.simple_name("work.stream", &s, "stream name"),
+        };
+        let ack_wait = c.positive_duration(
+            "work.ack_wait",
+            w.ack_wait.as_deref(),
+            defaults::WORK_ACK_WAIT,
+        );
+        let max_deliver = match w.max_deliver {
+            None => Some(defaults::WORK_MAX_DELIVER),
+            Some(m) if m >= 1 || m == -1 => Some(m),
+            Some(m) => {
+                c.problem(
+                    "work.max_deliver",
+                    format!("{m} is invalid (use a number >= 1, or -1 for unlimited)"),
+                );
+                None
+            }
+        };
+        let concurrency = match w.concurrency {
+            None => Some(defaults::WORK_CONCURRENCY),
+            Some(n) => match usize::try_from(n) {
+                Ok(n) if n >= 1 => Some(n),
+                _ => {
+                    c.problem("work.concurrency", format!("{n} must be at least 1"));
+                    None
+                }
+            },
+        };
+        match (stream, ack_wait, max_deliver, concurrency) {
+            (Some(stream), Some(ack_wait), Some(max_deliver), Some(concurrency)) => {
+                Some(WorkConfig {
+                    stream,
+                    ack_wait,
+                    max_deliver,
+                    concurrency,
+                })
+            }
+            _ => None,
+        }
+    };
+
+    let upload = {
+        let u = raw.upload;
+        let mib = |c: &mut Checker, path: &str, v: Option<i64>, default: u64, range| match v {
+            None => Some(default * MIB),
+            Some(v) => c
+                .int_in(path, v, range)
+                .and_then(|v| u64::try_from(v).ok())
+                .map(|v| v * MIB),
+        };
+        let part_size = mib(
+            &mut c,
+            "upload.part_size_mib",
+            u.part_size_mib,
+            defaults::UPLOAD_PART_SIZE_MIB,
+            defaults::UPLOAD_PART_SIZE_MIB_RANGE,
+        );
+        let multipart_threshold = mib(
+            &mut c,
+            "upload.multipart_threshold_mib",
+            u.multipart_threshold_mib,
+            defaults::UPLOAD_MULTIPART_THRESHOLD_MIB,
+            defaults::UPLOAD_MULTIPART_THRESHOLD_MIB_RANGE,
+        );
+        let zstd_level = match u.zstd_level {
+            None => Some(defaults::UPLOAD_ZSTD_LEVEL),
+            Some(z) => c
+                .int_in("upload.zstd_level", z, defaults::UPLOAD_ZSTD_LEVEL_RANGE)
+                .and_then(|z| i32::try_from(z).ok()),
+        };
+        match (part_size, multipart_threshold, zstd_level) {
+            (Some(part_size), Some(multipart_threshold), Some(zstd_level)) => Some(UploadConfig {
+                part_size,
+                multipart_threshold,
+                zstd_level,
+            }),
+            _ => None,
+        }
+    };
+
+    let restore = c
+        .path_buf("restore.staging_dir", raw.restore.staging_dir)
+        .map(|staging_dir| RestoreConfig { staging_dir });
+
+    let catalog = match raw.catalog.bucket {
+        None => Some(CatalogConfig::default()),
+        Some(b) => c
+            .simple_name("catalog.bucket", &b, "KV bucket name")
+            .map(|bucket| CatalogConfig { bucket }),
+    };
+
+    if !c.problems.is_empty() {
+        return Err(c.problems);
+    }
+    match (nats, metrics, manager, work, upload, restore, catalog) {
+        (
+            Some(nats),
+            Some(metrics),
+            Some(manager),
+            Some(work),
+            Some(upload),
+            Some(restore),
+            Some(catalog),
+        ) => Ok(Config {
+            nats,
+            tiers,
+            policies,
+            metrics,
+            manager,
+            work,
+            upload,
+            restore,
+            catalog,
+        }),
+        // Every `None` above comes with a problem, so this is unreachable;
+        // report it rather than panic.
+        _ => Err(vec![Problem::new(
+            "",
+            "internal error: invalid value without a problem",
+        )]),
+    }
+}

@@ -1,0 +1,230 @@
+//! `[tiers.<name>]`: the checks of one tier, by kind.
+
+use super::Checker;
+use crate::config::{defaults, raw, JetStreamTier, S3Flavor, S3Tier, Tier};
+use crate::policy::is_simple_name;
+
+const TIER_KINDS: &str = "jetstream, s3";
+const JETSTREAM_KEYS: &str = "kind, url, domain, replicas, credentials_file";
+const S3_KEYS: &str =
+    "kind, endpoint, region, bucket, prefix, credentials_file, flavor, force_path_style";
+
+impl Checker {
+    pub(super) fn tier(&mut self, name: &str, raw: raw::Tier) -> Option<Tier> {
+        let base = format!("tiers.{}", toml_key(name));
+        let at = |field: &str| format!("{base}.{field}");
+        let name_ok = if is_simple_name(name) {
+            true
+        } else {
+            self.problem(
+                &base,
+                format!("tier name {name:?} is not valid (use only A-Z a-z 0-9 _ -)"),
+            );
+            false
+        };
+        let credentials_file = self.path_buf(&at("credentials_file"), raw.credentials_file);
+        let tier = match raw.kind.as_str() {
+            "jetstream" => {
+                for (key, present) in [
+                    ("endpoint", raw.endpoint.is_some()),
+                    ("region", raw.region.is_some()),
+                    ("bucket", raw.bucket.is_some()),
+                    ("prefix", raw.prefix.is_some()),
+                    ("flavor", raw.flavor.is_some()),
+                    ("force_path_style", raw.force_path_style.is_some()),
+                ] {
+                    if present {
+                        self.problem(
+                            &at(key),
+                            format!("not a key of a jetstream tier (keys: {JETSTREAM_KEYS})"),
+                        );
+                    }
+                }
+                let url = match raw.url {
+                    None => Some(None),
+                    Some(u) => self.nats_url(&at("url"), &u).map(Some),
+                };
+                let domain = match raw.domain {
+                    None => {
+                        self.problem(&at("domain"), "missing: a jetstream tier needs a domain");
+                        None
+                    }
+                    Some(d) => self.simple_name(&at("domain"), &d, "JetStream domain"),
+                };
+                let replicas = match raw.replicas {
+                    None => Some(defaults::JETSTREAM_REPLICAS),
+                    Some(r) => self.usize_in(&at("replicas"), r, defaults::REPLICAS_RANGE),
+                };
+                Some(Tier::JetStream(JetStreamTier {
+                    url: url?,
+                    domain: domain?,
+                    replicas: replicas?,
+                    credentials_file: credentials_file?,
+                }))
+            }
+            "s3" => {
+                for (key, present) in [
+                    ("url", raw.url.is_some()),
+                    ("domain", raw.domain.is_some()),
+                    ("replicas", raw.replicas.is_some()),
+                ] {
+                    if present {
+                        self.problem(
+                            &at(key),
+                            format!("not a key of an s3 tier (keys: {S3_KEYS})"),
+                        );
+                    }
+                }
+                let raw_endpoint_missing = raw.endpoint.is_none();
+                let endpoint = match raw.endpoint {
+                    None => Some(None),
+                    Some(e) => {
+                        let ok = ["http://", "https://"]
+                            .iter()
+                            .any(|s| e.strip_prefix(s).is_some_and(|rest| !rest.is_empty()));
+                        if ok {
+                            Some(Some(e))
+                        } else {
+                            self.problem(
+                                &at("endpoint"),
+                                format!("{e:?} must start with http:// or https://"),
+                            );
+                            None
+                        }
+                    }
+                };
+                let region = match raw.region {
+                    Some(r) if !r.trim().is_empty() => Some(r),
+                    Some(_) => {
+                        self.problem(&at("region"), "must not be empty");
+                        None
+                    }
+                    None => {
+                        self.problem(&at("region"), "missing: an s3 tier needs a region");
+                        None
+                    }
+                };
+                let bucket = match raw.bucket {
+                    Some(b) if is_s3_bucket_name(&b) => Some(b),
+                    Some(b) => {
+                        self.problem(
+                            &at("bucket"),
+                            format!(
+                                "{b:?} is not a valid S3 bucket name (3-63 characters: lowercase \
+                                 letters, digits, '.' and '-', starting and ending with a letter \
+                                 or digit)"
+                            ),
+                        );
+                        None
+                    }
+                    None => {
+                        self.problem(&at("bucket"), "missing: an s3 tier needs a bucket");
+                        None
+                    }
+                };
+                let prefix = match raw.prefix.as_deref().unwrap_or(defaults::S3_PREFIX) {
+                    p if p.starts_with('/') => {
+                        self.problem(&at("prefix"), format!("{p:?} must not start with '/'"));
+                        None
+                    }
+                    "" => Some(String::new()),
+                    p if p.ends_with('/') => Some(p.to_owned()),
+                    p => Some(format!("{p}/")),
+                };
+                let flavor = match raw.flavor {
+                    None => Some(defaults::S3_FLAVOR),
+                    Some(f) => {
+                        let flavor = S3Flavor::from_name(&f);
+                        if flavor.is_none() {
+                            let names: Vec<&str> =
+                                S3Flavor::ALL.iter().map(|f| f.as_str()).collect();
+                            self.problem(
+                                &at("flavor"),
+                                format!("unknown flavor {f:?} (flavors: {})", names.join(", ")),
+                            );
+                        }
+                        flavor
+                    }
+                };
+                let flavor = flavor?;
+                if raw_endpoint_missing && !matches!(flavor, S3Flavor::Aws | S3Flavor::Wasabi) {
+                    self.problem(
+                        &at("endpoint"),
+                        format!(
+                            "missing: flavor {:?} needs an endpoint (only \"aws\" and \"wasabi\" \
+                             have a default)",
+                            flavor.as_str()
+                        ),
+                    );
+                    return None;
+                }
+                Some(Tier::S3(S3Tier {
+                    endpoint: endpoint?,
+                    region: region?,
+                    bucket: bucket?,
+                    prefix: prefix?,
+                    credentials_file: credentials_file?,
+                    flavor,
+                    force_path_style: raw.force_path_style.unwrap_or(flavor != S3Flavor::Aws),
+                }))
+            }
+            other => {
+                self.problem(
+                    &at("kind"),
+                    format!("unknown tier kind {other:?} (kinds: {TIER_KINDS})"),
+                );
+                None
+            }
+        };
+        if name_ok {
+            tier
+        } else {
+            None
+        }
+    }
+}
+
+/// A TOML key as it would be written in a dotted path: bare if possible,
+/// quoted otherwise.
+fn toml_key(key: &str) -> String {
+    if is_simple_name(key) {
+        key.to_owned()
+    } else {
+        format!("{key:?}")
+    }
+}
+
+fn is_s3_bucket_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    let edge_ok = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    (3..=63).contains(&bytes.len())
+        && bytes
+            .iter()
+            .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+        && edge_ok(bytes.first())
+        && edge_ok(bytes.last())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s3_bucket_names() {
+        for ok in ["abc", "cim-archive", "a.b.c", "0bucket9", &"a".repeat(63)] {
+            assert!(is_s3_bucket_name(ok), "{ok}");
+        }
+        for bad in [
+            "ab",
+            "Abc",
+            "-abc",
+            "abc-",
+            "a_b",
+            "a b",
+            "",
+            &"a".repeat(64),
+        ] {
+            assert!(!is_s3_bucket_name(bad), "{bad}");
+        }
+    }
+}
