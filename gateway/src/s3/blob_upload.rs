@@ -1,0 +1,567 @@
+//! Verified blob upload: one PutObject below the multipart threshold, a multipart upload of
+//! streamed parts above it. Nothing becomes visible before the content hashed to its digest.
+
+use std::io;
+
+use async_compression::tokio::bufread::ZstdEncoder;
+use async_compression::Level;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::Client;
+use bytes::{BufMut, Bytes, BytesMut};
+use cim_policies::UploadConfig;
+use cim_tiering::digest::Sha256Digest;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use super::hashing::HashingReader;
+use super::{
+    check_content, integrity_failure, Origin, S3Store, IO_BUF, META_COMPRESSION, META_SHA256,
+    META_SIZE,
+};
+use crate::format::{blob_key, Compression};
+use crate::Error;
+/// Smallest part S3 accepts (except for the last part of an upload).
+pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
+/// Largest part, and largest single PutObject, S3 accepts.
+pub const MAX_PART_SIZE: u64 = 5 * 1024 * 1024 * 1024;
+/// Most parts one multipart upload may have.
+pub const MAX_PARTS: u64 = 10_000;
+/// Parts uploading concurrently while the next one is compressed. Memory ≈ (this + 1) × part size.
+const MAX_PARTS_IN_FLIGHT: usize = 2;
+
+/// How blobs are cut and compressed.
+///
+/// Sizes are in bytes. `part_size` is clamped to S3's limits ([`MIN_PART_SIZE`] ..
+/// [`MAX_PART_SIZE`]) and raised when needed so an object of the expected size fits in
+/// [`MAX_PARTS`] parts; `multipart_threshold` is capped at [`MAX_PART_SIZE`] (the largest single
+/// PutObject).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadOptions {
+    /// Size of each multipart part (compressed bytes).
+    pub part_size: u64,
+    /// Compressed blobs smaller than this are uploaded with one PutObject; the whole compressed
+    /// blob is buffered in memory up to this size.
+    pub multipart_threshold: u64,
+    /// zstd level (1..=22; 3 is zstd's default).
+    pub zstd_level: i32,
+    /// Whether an existing blob whose metadata matches is reused instead of uploaded again.
+    ///
+    /// `true` (the default) avoids re-uploading content that is already stored: Wasabi bills each
+    /// stored object for at least 90 days, so overwrites cost money. Set `false` to repair a blob
+    /// that failed [`S3Store::verify`]: the replacement only becomes visible once the new content
+    /// has been verified, so a bad source never replaces the blob.
+    pub reuse_existing: bool,
+}
+
+impl From<&UploadConfig> for UploadOptions {
+    fn from(config: &UploadConfig) -> Self {
+        UploadOptions {
+            part_size: config.part_size,
+            multipart_threshold: config.multipart_threshold,
+            zstd_level: config.zstd_level,
+            reuse_existing: true,
+        }
+    }
+}
+
+impl UploadOptions {
+    /// The part size actually used for an object of `expected_size` bytes (see the type docs).
+    pub fn effective_part_size(&self, expected_size: u64) -> u64 {
+        self.part_size
+            .clamp(MIN_PART_SIZE, MAX_PART_SIZE)
+            .max(compress_bound(expected_size).div_ceil(MAX_PARTS))
+            .min(MAX_PART_SIZE)
+    }
+}
+
+/// Result of [`S3Store::upload_blob`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobUpload {
+    /// The blob's key.
+    pub key: String,
+    /// Compressed size stored on S3 (for [`crate::format::Manifest::stored_size`]).
+    pub stored_size: u64,
+    /// True when the blob was already stored and nothing was uploaded.
+    pub reused: bool,
+}
+
+impl S3Store {
+    /// Stores `content` as the blob of `expected`, verifying it on the way.
+    ///
+    /// # Contract
+    ///
+    /// * The key is [`crate::format::blob_key`] of `expected`. If a blob is already there whose
+    ///   `cim-sha256`/`cim-size` metadata match (and `opts.reuse_existing`), nothing is read from
+    ///   `content` and `reused: true` is returned: identical content is stored once.
+    /// * Otherwise `content` is read once to EOF, hashed (plaintext) and zstd-compressed.
+    ///   Compressed blobs below `opts.multipart_threshold` go up in one PutObject, larger ones as a
+    ///   multipart upload of [`UploadOptions::effective_part_size`] parts, at most two in flight.
+    /// * The blob becomes visible (PutObject / CompleteMultipartUpload) only if `content` hit EOF
+    ///   with exactly `expected_size` bytes hashing to `expected`. Otherwise the multipart upload
+    ///   is aborted and [`Error::Integrity`] names `origin` (with `origin.tier` as the bad tier);
+    ///   content longer than `expected_size` is rejected as soon as it overflows.
+    /// * Before a multipart upload, unfinished uploads of the same key (left by a killed
+    ///   uploader) are aborted, so retrying the work leaves no orphaned parts. Cancelling this
+    ///   future mid-upload can likewise leave one, cleaned up by the next attempt.
+    /// * The blob's user metadata: `cim-sha256` (hex), `cim-size` (uncompressed bytes),
+    ///   `cim-compression` (`zstd`).
+    ///
+    /// Needs a multi-threaded runtime for parts to upload while the next one is compressed.
+    pub async fn upload_blob<R: AsyncRead + Unpin + Send>(
+        &self,
+        content: R,
+        expected_size: u64,
+        expected: &Sha256Digest,
+        origin: &Origin<'_>,
+        opts: &UploadOptions,
+    ) -> Result<BlobUpload, Error> {
+        let key = blob_key(&self.prefix, expected);
+        let span = tracing::info_span!(
+            "upload_blob",
+            key = %key,
+            size = expected_size,
+            bucket = origin.bucket,
+            name = origin.name,
+        );
+        self.upload_blob_inner(content, key, expected_size, expected, origin, opts)
+            .instrument(span)
+            .await
+    }
+
+    async fn upload_blob_inner<R: AsyncRead + Unpin + Send>(
+        &self,
+        content: R,
+        key: String,
+        expected_size: u64,
+        expected: &Sha256Digest,
+        origin: &Origin<'_>,
+        opts: &UploadOptions,
+    ) -> Result<BlobUpload, Error> {
+        let hex = expected.to_hex();
+        if opts.reuse_existing {
+            if let Some(stored_size) = self.existing_blob(&key, &hex, expected_size).await? {
+                tracing::debug!(stored_size, "blob already stored; reusing it");
+                cim_tiering::metrics::s3_blob(true);
+                return Ok(BlobUpload {
+                    key,
+                    stored_size,
+                    reused: true,
+                });
+            }
+        }
+
+        let upload = BlobWrite {
+            store: self,
+            key: &key,
+            hex: &hex,
+            expected,
+            expected_size,
+            origin,
+        };
+        let hashing = HashingReader::new(content, expected_size);
+        let mut encoder = ZstdEncoder::with_quality(
+            tokio::io::BufReader::with_capacity(IO_BUF, hashing),
+            Level::Precise(opts.zstd_level),
+        );
+        let threshold = usize_of(opts.multipart_threshold.min(MAX_PART_SIZE));
+        // Sized for this object rather than the threshold: small objects are the common case.
+        let mut first =
+            BytesMut::with_capacity(threshold.min(usize_of(compress_bound(expected_size))));
+        let eof = fill(&mut encoder, &mut first, threshold)
+            .await
+            .map_err(|e| upload.read_error(&encoder, e))?;
+
+        let stored_size = if eof {
+            upload.check(hashing_result(&encoder))?;
+            upload.put_single(first.freeze()).await?
+        } else {
+            let part_size = usize_of(opts.effective_part_size(expected_size));
+            upload.multipart(encoder, first, part_size).await?
+        };
+        cim_tiering::metrics::s3_blob(false);
+        tracing::info!(stored_size, "blob uploaded");
+        Ok(BlobUpload {
+            key,
+            stored_size,
+            reused: false,
+        })
+    }
+
+    /// Stored size of the blob at `key` if it exists with matching metadata.
+    async fn existing_blob(&self, key: &str, hex: &str, size: u64) -> Result<Option<u64>, Error> {
+        let head = match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(head) => head,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => return Ok(None),
+            Err(e) => return Err(Error::s3("head_object", key, e)),
+        };
+        let meta = head.metadata();
+        let get = |k: &str| meta.and_then(|m| m.get(k)).map(String::as_str);
+        if get(META_SHA256) == Some(hex) && get(META_SIZE) == Some(size.to_string().as_str()) {
+            Ok(Some(head.content_length().unwrap_or(0).max(0) as u64))
+        } else {
+            tracing::warn!(
+                key,
+                found_sha256 = get(META_SHA256),
+                found_size = get(META_SIZE),
+                "blob exists without matching metadata; replacing it with verified content"
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// One blob being written: what it must contain and whom to blame otherwise.
+struct BlobWrite<'a> {
+    store: &'a S3Store,
+    key: &'a str,
+    hex: &'a str,
+    expected: &'a Sha256Digest,
+    expected_size: u64,
+    origin: &'a Origin<'a>,
+}
+
+type Encoder<R> = ZstdEncoder<tokio::io::BufReader<HashingReader<R>>>;
+
+fn hashing_result<R: AsyncRead + Unpin>(encoder: &Encoder<R>) -> (Sha256Digest, u64) {
+    encoder.get_ref().get_ref().result()
+}
+
+impl BlobWrite<'_> {
+    /// Maps an error reading the compressed stream: content overflowing the expected size is an
+    /// integrity failure of the source; anything else is the source's I/O error.
+    fn read_error<R: AsyncRead + Unpin>(&self, encoder: &Encoder<R>, e: io::Error) -> Error {
+        if encoder.get_ref().get_ref().oversize {
+            integrity_failure(
+                self.origin,
+                self.key,
+                "size",
+                self.expected_size.to_string(),
+                format!("more than {}", self.expected_size),
+            )
+        } else {
+            Error::io(
+                format!(
+                    "reading {}/{} from {}",
+                    self.origin.bucket, self.origin.name, self.origin.tier
+                ),
+                e,
+            )
+        }
+    }
+
+    fn check(&self, got: (Sha256Digest, u64)) -> Result<(), Error> {
+        check_content(
+            self.origin,
+            self.key,
+            got,
+            self.expected,
+            self.expected_size,
+        )
+    }
+
+    fn metadata(&self) -> [(&'static str, String); 3] {
+        [
+            (META_SHA256, self.hex.to_string()),
+            (META_SIZE, self.expected_size.to_string()),
+            (META_COMPRESSION, Compression::Zstd.as_str().to_string()),
+        ]
+    }
+
+    /// One PutObject of the whole (already verified) compressed blob.
+    async fn put_single(&self, blob: Bytes) -> Result<u64, Error> {
+        let len = blob.len() as u64;
+        let mut request = self
+            .store
+            .client
+            .put_object()
+            .bucket(&self.store.bucket)
+            .key(self.key)
+            .content_type("application/zstd")
+            .content_length(len as i64)
+            .body(ByteStream::from(blob));
+        for (k, v) in self.metadata() {
+            request = request.metadata(k, v);
+        }
+        request
+            .send()
+            .await
+            .map_err(|e| Error::s3("put_object", self.key, e))?;
+        cim_tiering::metrics::s3_sent(len, false);
+        Ok(len)
+    }
+
+    /// Multipart upload of the compressed stream, `first` being what was read so far.
+    async fn multipart<R: AsyncRead + Unpin + Send>(
+        &self,
+        mut encoder: Encoder<R>,
+        first: BytesMut,
+        part_size: usize,
+    ) -> Result<u64, Error> {
+        let (client, bucket, key) = (&self.store.client, &self.store.bucket, self.key);
+        self.store.abort_uploads_for(key).await?;
+        let mut create = client
+            .create_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .content_type("application/zstd");
+        for (k, v) in self.metadata() {
+            create = create.metadata(k, v);
+        }
+        let upload_id = create
+            .send()
+            .await
+            .map_err(|e| Error::s3("create_multipart_upload", key, e))?
+            .upload_id()
+            .map(str::to_string)
+            .ok_or_else(|| Error::S3 {
+                op: "create_multipart_upload",
+                key: key.to_string(),
+                source: "response has no upload id".into(),
+            })?;
+        tracing::debug!(upload_id, part_size, "multipart upload started");
+
+        let mut tasks = JoinSet::new();
+        let result = match self
+            .stream_parts(&mut encoder, first, part_size, &upload_id, &mut tasks)
+            .await
+        {
+            Ok(parts) => self.complete(&upload_id, parts).await,
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            // Stop parts still uploading before aborting, so none lands after the abort.
+            tasks.shutdown().await;
+            match self.store.abort_upload(key, &upload_id).await {
+                Ok(_) => tracing::info!(upload_id, "multipart upload aborted"),
+                Err(e) => tracing::warn!(
+                    upload_id,
+                    error = %e,
+                    "could not abort multipart upload; the next upload of this blob retries"
+                ),
+            }
+        }
+        result
+    }
+
+    /// Cuts the compressed stream into parts and uploads them, at most
+    /// [`MAX_PARTS_IN_FLIGHT`] at a time; checks the content at EOF. Returns the parts in order.
+    async fn stream_parts<R: AsyncRead + Unpin + Send>(
+        &self,
+        encoder: &mut Encoder<R>,
+        mut pending: BytesMut,
+        part_size: usize,
+        upload_id: &str,
+        tasks: &mut JoinSet<Result<(CompletedPart, u64), Error>>,
+    ) -> Result<Vec<(CompletedPart, u64)>, Error> {
+        let mut done = Vec::new();
+        let mut part_number: u64 = 0;
+        let mut eof = false;
+        loop {
+            if !eof && pending.len() < part_size {
+                if pending.is_empty() {
+                    // The previous buffer is owned by in-flight parts; start a fresh one.
+                    pending = BytesMut::with_capacity(part_size);
+                } else {
+                    pending.reserve(part_size - pending.len());
+                }
+                eof = fill(encoder, &mut pending, part_size)
+                    .await
+                    .map_err(|e| self.read_error(encoder, e))?;
+            }
+            if eof {
+                // Verify before the last part goes out; a bad source never completes.
+                self.check(hashing_result(encoder))?;
+            }
+            while pending.len() >= part_size || (eof && (!pending.is_empty() || part_number == 0)) {
+                let body = if pending.len() >= part_size {
+                    pending.split_to(part_size).freeze()
+                } else {
+                    pending.split().freeze()
+                };
+                part_number += 1;
+                if part_number > MAX_PARTS {
+                    return Err(Error::config(format!(
+                        "blob {} needs more than {MAX_PARTS} parts of {part_size} bytes",
+                        self.key
+                    )));
+                }
+                while tasks.len() >= MAX_PARTS_IN_FLIGHT {
+                    done.push(join_part(tasks).await?);
+                }
+                tasks.spawn(upload_part(
+                    self.store.client.clone(),
+                    self.store.bucket.clone(),
+                    self.key.to_string(),
+                    upload_id.to_string(),
+                    part_number as i32,
+                    body,
+                ));
+            }
+            if eof {
+                break;
+            }
+        }
+        while !tasks.is_empty() {
+            done.push(join_part(tasks).await?);
+        }
+        done.sort_by_key(|(part, _)| part.part_number());
+        Ok(done)
+    }
+
+    async fn complete(
+        &self,
+        upload_id: &str,
+        parts: Vec<(CompletedPart, u64)>,
+    ) -> Result<u64, Error> {
+        let stored: u64 = parts.iter().map(|(_, len)| len).sum();
+        let count = parts.len();
+        let parts = parts.into_iter().map(|(part, _)| part).collect();
+        self.store
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.store.bucket)
+            .key(self.key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| Error::s3("complete_multipart_upload", self.key, e))?;
+        tracing::debug!(
+            upload_id,
+            parts = count,
+            stored,
+            "multipart upload completed"
+        );
+        Ok(stored)
+    }
+}
+
+async fn join_part(
+    tasks: &mut JoinSet<Result<(CompletedPart, u64), Error>>,
+) -> Result<(CompletedPart, u64), Error> {
+    match tasks.join_next().await {
+        Some(Ok(result)) => result,
+        Some(Err(join)) => Err(Error::io(
+            "multipart part upload task",
+            io::Error::other(join.to_string()),
+        )),
+        None => Err(Error::io(
+            "multipart part upload task",
+            io::Error::other("no part in flight"),
+        )),
+    }
+}
+
+async fn upload_part(
+    client: Client,
+    bucket: String,
+    key: String,
+    upload_id: String,
+    part_number: i32,
+    body: Bytes,
+) -> Result<(CompletedPart, u64), Error> {
+    let len = body.len() as u64;
+    let output = client
+        .upload_part()
+        .bucket(bucket)
+        .key(&key)
+        .upload_id(upload_id)
+        .part_number(part_number)
+        .content_length(len as i64)
+        .body(ByteStream::from(body))
+        .send()
+        .await
+        .map_err(|e| Error::s3("upload_part", &key, e))?;
+    cim_tiering::metrics::s3_sent(len, true);
+    tracing::trace!(part_number, len, "part uploaded");
+    let part = CompletedPart::builder()
+        .part_number(part_number)
+        .set_e_tag(output.e_tag().map(str::to_string))
+        .build();
+    Ok((part, len))
+}
+
+/// Reads from `reader` into `buf` until it holds `cap` bytes (returns `false`) or EOF (`true`).
+///
+/// Uses `buf`'s spare capacity first and grows it in small steps only when full, so a buffer
+/// sized for the expected content is not inflated to `cap`.
+async fn fill<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+    cap: usize,
+) -> io::Result<bool> {
+    while buf.len() < cap {
+        let want = cap - buf.len();
+        if buf.capacity() == buf.len() {
+            buf.reserve(want.min(IO_BUF));
+        }
+        if reader.read_buf(&mut (&mut *buf).limit(want)).await? == 0 {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// An upper bound of the zstd-compressed size of `size` bytes (zstd's own bound,
+/// `ZSTD_compressBound`, is about size/256 plus a few hundred bytes).
+fn compress_bound(size: u64) -> u64 {
+    size.saturating_add(size / 128).saturating_add(64 * 1024)
+}
+
+fn usize_of(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn part_size_respects_s3_limits() {
+        let opts = UploadOptions {
+            part_size: 1024,
+            multipart_threshold: 0,
+            zstd_level: 3,
+            reuse_existing: true,
+        };
+        assert_eq!(opts.effective_part_size(0), MIN_PART_SIZE);
+        let huge = 100 * 1024 * 1024 * 1024 * 1024; // 100 TiB: beyond 10,000 × 5 GiB
+        assert_eq!(opts.effective_part_size(huge), MAX_PART_SIZE);
+        let big = 200 * 1024 * 1024 * 1024; // 200 GiB needs parts > 20 MiB
+        let p = opts.effective_part_size(big);
+        assert!(p * MAX_PARTS >= big + big / 128, "{p}");
+        let opts = UploadOptions {
+            part_size: 8 << 20,
+            ..opts
+        };
+        assert_eq!(opts.effective_part_size(1 << 30), 8 << 20);
+    }
+
+    #[tokio::test]
+    async fn fill_stops_at_cap_and_reports_eof() {
+        let data = vec![7u8; 1000];
+        let mut r = &data[..];
+        let mut buf = BytesMut::new();
+        assert!(!fill(&mut r, &mut buf, 600).await.unwrap());
+        assert_eq!(buf.len(), 600);
+        let mut rest = BytesMut::new();
+        assert!(fill(&mut r, &mut rest, 600).await.unwrap());
+        assert_eq!(rest.len(), 400);
+        let mut none = BytesMut::new();
+        assert!(!fill(&mut r, &mut none, 0).await.unwrap());
+    }
+}

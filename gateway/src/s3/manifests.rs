@@ -1,0 +1,143 @@
+//! Manifests: the commit point of an upload, and what listings and restores read.
+
+use aws_sdk_s3::error::DisplayErrorContext;
+use aws_sdk_s3::primitives::ByteStream;
+use futures::{StreamExt, TryStreamExt};
+
+use super::S3Store;
+use crate::format::{self, manifest_key, manifest_prefix, Manifest};
+use crate::Error;
+/// Concurrent manifest fetches when listing a bucket.
+const MANIFEST_FETCH_CONCURRENCY: usize = 8;
+
+impl S3Store {
+    /// Writes `m` at [`format::manifest_key`] (one PutObject: all or nothing).
+    ///
+    /// # Contract
+    ///
+    /// This is the commit point of an upload: call it only after the blob `m.blob_key` has been
+    /// uploaded (and, before another tier drops its copy, verified). A manifest that contradicts
+    /// itself (see [`Manifest::from_json`]) is refused rather than written. Overwrites the
+    /// previous manifest of the same object.
+    pub async fn put_manifest(&self, m: &Manifest) -> Result<(), Error> {
+        let key = manifest_key(&self.prefix, &m.bucket, &m.name);
+        let json = m.to_json();
+        Manifest::from_json(&key, &json)?;
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .content_type("application/json")
+            .body(ByteStream::from(json))
+            .send()
+            .await
+            .map_err(|e| Error::s3("put_object", &key, e))?;
+        tracing::debug!(key, bucket = %m.bucket, name = %m.name, "manifest written");
+        Ok(())
+    }
+
+    /// The manifest of `bucket`/`name`, or `None` if the object is not on S3.
+    ///
+    /// A manifest that does not parse, contradicts itself, or describes another object is an
+    /// [`Error::Manifest`] naming its key.
+    pub async fn get_manifest(&self, bucket: &str, name: &str) -> Result<Option<Manifest>, Error> {
+        let key = manifest_key(&self.prefix, bucket, name);
+        self.get_manifest_at(&key, bucket, name).await
+    }
+
+    async fn get_manifest_at(
+        &self,
+        key: &str,
+        bucket: &str,
+        name: &str,
+    ) -> Result<Option<Manifest>, Error> {
+        let response = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
+            Err(e) => return Err(Error::s3("get_object", key, e)),
+        };
+        let bytes = response
+            .body
+            .collect()
+            .await
+            .map_err(|e| Error::s3_body("get_object", key, &DisplayErrorContext(&e)))?
+            .into_bytes();
+        let manifest = Manifest::from_json(key, &bytes)?;
+        if manifest.bucket != bucket || manifest.name != name {
+            return Err(Error::Manifest {
+                key: key.to_string(),
+                source: <serde_json::Error as serde::de::Error>::custom(format!(
+                    "describes {:?}/{:?}, but its key is that of {bucket:?}/{name:?}",
+                    manifest.bucket, manifest.name
+                )),
+            });
+        }
+        Ok(Some(manifest))
+    }
+
+    /// Every manifest of NATS bucket `bucket`, sorted by name.
+    ///
+    /// Lists `P objects/<bucket>/` (paginated) and fetches each manifest, a few concurrently.
+    /// Keys that are not manifest keys are skipped with a warning; an invalid manifest is an
+    /// error (it would otherwise hide an object from a restore).
+    pub async fn list_manifests(&self, bucket: &str) -> Result<Vec<Manifest>, Error> {
+        let list_prefix = manifest_prefix(&self.prefix, Some(bucket));
+        let mut keys = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&list_prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| Error::s3("list_objects_v2", &list_prefix, e))?;
+            for object in page.contents() {
+                let Some(key) = object.key() else { continue };
+                match format::decode_manifest_key(&self.prefix, key) {
+                    Some((b, name)) if b == bucket => keys.push((key.to_string(), name)),
+                    _ => tracing::warn!(key, "skipping key that is not a manifest"),
+                }
+            }
+        }
+        let mut manifests: Vec<Manifest> = futures::stream::iter(keys)
+            .map(|(key, name)| async move { self.get_manifest_at(&key, bucket, &name).await })
+            .buffered(MANIFEST_FETCH_CONCURRENCY)
+            .try_filter_map(|m| async move { Ok(m) }) // deleted since listed
+            .try_collect()
+            .await?;
+        manifests.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(manifests)
+    }
+
+    /// The NATS buckets that have at least one manifest, sorted.
+    pub async fn list_buckets(&self) -> Result<Vec<String>, Error> {
+        let list_prefix = manifest_prefix(&self.prefix, None);
+        let mut buckets = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&list_prefix)
+            .delimiter("/")
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| Error::s3("list_objects_v2", &list_prefix, e))?;
+            buckets.extend(page.common_prefixes().iter().filter_map(|p| {
+                let bucket = p.prefix()?.strip_prefix(&list_prefix)?.strip_suffix('/')?;
+                (!bucket.is_empty()).then(|| bucket.to_string())
+            }));
+        }
+        buckets.sort();
+        buckets.dedup();
+        Ok(buckets)
+    }
+}
