@@ -26,8 +26,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::Error;
 
-/// The manifest format version this crate writes and accepts.
-pub const FORMAT_VERSION: u32 = 1;
+/// The manifest format version this crate writes. It reads every version from 1 up to this one.
+///
+/// 2 added `source_seq` (the order of versions) and the per-version history under `versions/`.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Key of the content-addressed blob holding `digest`'s content, zstd-compressed.
 ///
@@ -47,6 +49,32 @@ pub fn manifest_key(prefix: &str, bucket: &str, name: &str) -> String {
         "{prefix}objects/{bucket}/{}.json",
         URL_SAFE_NO_PAD.encode(name.as_bytes())
     )
+}
+
+/// Key of the history manifest of one version of `name`: the version whose meta message has
+/// sequence `seq` on the tier it was uploaded from.
+///
+/// Layout: `P versions/<bucket>/<base64url_nopad(name)>/<seq, 20 digits>.json`. Written before
+/// the version may become current and never overwritten with other content, so a listing of
+/// one object's history sorts by version.
+pub fn version_manifest_key(prefix: &str, bucket: &str, name: &str, seq: u64) -> String {
+    format!(
+        "{prefix}versions/{bucket}/{}/{seq:020}.json",
+        URL_SAFE_NO_PAD.encode(name.as_bytes())
+    )
+}
+
+/// The version sequence in `key` if it is the [`version_manifest_key`] of `bucket`/`name`.
+pub fn version_seq_of_key(prefix: &str, bucket: &str, name: &str, key: &str) -> Option<u64> {
+    let object_prefix = format!(
+        "{prefix}versions/{bucket}/{}/",
+        URL_SAFE_NO_PAD.encode(name.as_bytes())
+    );
+    let digits = key.strip_prefix(&object_prefix)?.strip_suffix(".json")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
 }
 
 /// Listing prefix for the manifests of one bucket (`Some`), or of all buckets (`None`).
@@ -144,6 +172,10 @@ pub struct Manifest {
     pub source_tier: String,
     /// NATS object NUID at upload time (identifies the exact NATS version that was copied).
     pub source_nuid: String,
+    /// Stream sequence of the version's meta message on `source_tier`: versions of an object
+    /// are ordered by it (a higher one is newer), never by clocks. 0 in format 1.
+    #[serde(default)]
+    pub source_seq: u64,
 }
 
 impl Manifest {
@@ -168,9 +200,9 @@ impl Manifest {
                 key: key.to_string(),
                 source,
             })?;
-        if manifest.format != FORMAT_VERSION {
+        if !(1..=FORMAT_VERSION).contains(&manifest.format) {
             return Err(invalid(format!(
-                "unsupported format {} (expected {FORMAT_VERSION})",
+                "unsupported format {} (this version reads 1 to {FORMAT_VERSION})",
                 manifest.format
             )));
         }
@@ -219,7 +251,21 @@ mod tests {
             uploaded_at: "2025-01-02T03:04:06Z".into(),
             source_tier: "hub".into(),
             source_nuid: "NUID123".into(),
+            source_seq: 7,
         }
+    }
+
+    #[test]
+    fn version_keys_sort_by_version_and_round_trip() {
+        let key = version_manifest_key("t/", "b", "dir/x y", 42);
+        assert_eq!(key, "t/versions/b/ZGlyL3ggeQ/00000000000000000042.json");
+        assert_eq!(version_seq_of_key("t/", "b", "dir/x y", &key), Some(42));
+        assert!(version_manifest_key("t/", "b", "n", 9) < version_manifest_key("t/", "b", "n", 10));
+        assert_eq!(version_seq_of_key("t/", "b", "other", &key), None);
+        assert_eq!(
+            version_seq_of_key("t/", "b", "n", &manifest_key("t/", "b", "n")),
+            None
+        );
     }
 
     #[test]
@@ -296,7 +342,7 @@ mod tests {
             assert!(msg.contains(needle), "{msg}");
         };
         let mut m = sample();
-        m.format = 2;
+        m.format = FORMAT_VERSION + 1;
         check(m, "format");
         let mut m = sample();
         m.sha256_hex = Sha256Digest::of(b"other").to_hex();

@@ -151,10 +151,25 @@ impl Restorer {
             info.size as u64,
             &stored,
         )?;
-        self.system
-            .catalog
-            .record_copy(bucket, name, m.size, &m.digest, self.target.name(), None)
-            .await?;
+        // The restored version is the newest on the target: record it under its own sequence.
+        let written = self.target.version(bucket, name).await?;
+        match written.filter(|v| v.info.nuid == info.nuid) {
+            Some(version) => {
+                self.system
+                    .catalog
+                    .record_copy(
+                        bucket,
+                        name,
+                        m.size,
+                        &m.digest,
+                        version.seq,
+                        self.target.name(),
+                        None,
+                    )
+                    .await?;
+            }
+            None => tracing::warn!("replaced on the target right after the restore; not recorded"),
+        }
         metrics::restored(self.target.name());
         tracing::info!("restored");
         Ok(Restored::Written)

@@ -92,7 +92,7 @@ impl UploadHandler {
         let catalog = &self.system.catalog;
         let (bucket, name) = (job.bucket.as_str(), job.name.as_str());
 
-        let Some(info) = hub.info(bucket, name).await? else {
+        let Some(version) = hub.version(bucket, name).await? else {
             // Gone: a user delete, or our own eviction interrupted after its meta purge. Finish
             // that eviction: drop its chunks and make sure the catalog no longer places it here.
             if job.action == Action::Move {
@@ -101,21 +101,26 @@ impl UploadHandler {
                     .record_eviction(bucket, name, &job.digest, hub.name())
                     .await?;
             }
+            // An earlier attempt may have died between its commit and its manifest check.
+            self.publish_current(store, bucket, name).await?;
             tracing::debug!("object no longer on the cluster; nothing to do");
             return Ok(());
         };
-        if info.nuid != job.nuid {
+        if version.info.nuid != job.nuid {
+            self.publish_current(store, bucket, name).await?;
             tracing::info!("object changed since dispatch; the manager will re-evaluate it");
             return Ok(());
         }
-        let digest = ingest_digest(hub.name(), bucket, &info)?;
+        let info = &version.info;
+        let digest = ingest_digest(hub.name(), bucket, info)?;
         let size = info.size as u64;
-        let manifest_key = format::manifest_key(store.prefix(), bucket, name);
 
-        let recorded = catalog
-            .get(bucket, name)
-            .await?
-            .is_some_and(|entry| entry.has(&job.to, &digest));
+        let entry = catalog.get(bucket, name).await?;
+        if entry.as_ref().is_some_and(|e| e.seq > version.seq) {
+            tracing::info!("a newer version is already recorded; this one is not uploaded");
+            return Ok(());
+        }
+        let recorded = entry.is_some_and(|entry| entry.has(&job.to, &digest));
         let manifest_present = recorded
             && store
                 .get_manifest(bucket, name)
@@ -123,7 +128,7 @@ impl UploadHandler {
                 .is_some_and(|m| m.digest == digest);
 
         if !manifest_present {
-            let reader = hub.open(bucket, &info).await?;
+            let reader = hub.open(bucket, info).await?;
             let blob = store
                 .upload_blob(
                     reader,
@@ -157,13 +162,35 @@ impl UploadHandler {
                 uploaded_at: format::now_rfc3339(),
                 source_tier: hub.name().to_string(),
                 source_nuid: info.nuid.clone(),
+                source_seq: version.seq,
             };
-            // Read the blob back before anything depends on it (invariant 1), then commit.
+            // Read the blob back before anything depends on it (invariant 1).
             store.verify(&manifest).await?;
-            store.put_manifest(&manifest).await?;
-            catalog
-                .record_copy(bucket, name, size, &digest, &job.to, Some(manifest_key))
+            // History first: whoever later finds this version current can publish it.
+            let version_key = store.put_version_manifest(&manifest).await?;
+            // The catalog's compare-and-set decides which version is current: an older version
+            // finishing after a newer one was recorded stays history and changes nothing.
+            let committed = catalog
+                .record_copy(
+                    bucket,
+                    name,
+                    size,
+                    &digest,
+                    version.seq,
+                    &job.to,
+                    Some(version_key),
+                )
                 .await?;
+            if committed.is_none() {
+                tracing::info!(
+                    "a newer version was recorded while this one uploaded; it stays history"
+                );
+                return Ok(());
+            }
+            store.put_manifest(&manifest).await?;
+            // A newer version may have committed and published while we wrote: never leave
+            // this one over it.
+            self.publish_current(store, bucket, name).await?;
             metrics::transferred(hub.name(), &job.to, size);
             tracing::info!(
                 size,
@@ -174,13 +201,55 @@ impl UploadHandler {
         }
 
         if job.action == Action::Move {
-            hub.evict(bucket, &info).await?;
+            hub.evict(bucket, info).await?;
             catalog
                 .record_eviction(bucket, name, &digest, hub.name())
                 .await?;
             metrics::evicted(hub.name());
             tracing::info!("evicted cluster copy after verified upload");
         }
+        Ok(())
+    }
+}
+
+impl UploadHandler {
+    /// Makes the current manifest of `bucket`/`name` on `store` the version the catalog records
+    /// there, when the current manifest is older (or missing): the repair step after a commit,
+    /// which closes the race in which an older version's manifest write lands after a newer
+    /// version's. Uses the history manifest the catalog's locator names; entries written before
+    /// version history existed (their locator is the current manifest) need nothing.
+    async fn publish_current(
+        &self,
+        store: &S3Store,
+        bucket: &str,
+        name: &str,
+    ) -> Result<(), Error> {
+        let Some(entry) = self.system.catalog.get(bucket, name).await? else {
+            return Ok(());
+        };
+        let Some(locator) = entry
+            .locations
+            .get(store.tier_name())
+            .and_then(|l| l.locator.as_deref())
+        else {
+            return Ok(());
+        };
+        let Some(seq) = format::version_seq_of_key(store.prefix(), bucket, name, locator) else {
+            return Ok(());
+        };
+        let current = store.get_manifest(bucket, name).await?;
+        if current.is_some_and(|c| c.source_seq >= seq) {
+            return Ok(());
+        }
+        let Some(newer) = store.get_version_manifest(locator, bucket, name).await? else {
+            tracing::warn!(key = locator, "the catalog names a version manifest that does not exist; leaving the current manifest");
+            return Ok(());
+        };
+        store.put_manifest(&newer).await?;
+        tracing::info!(
+            seq,
+            "published the newer version's manifest over an older one"
+        );
         Ok(())
     }
 }

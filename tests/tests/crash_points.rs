@@ -76,7 +76,15 @@ async fn upload_killed_between_meta_and_chunk_purge_leaves_no_orphans() {
     let digest = cim_tiering::digest::Sha256Digest::of(&data);
     system
         .catalog
-        .record_copy("crash", "obj", data.len() as u64, &digest, "hub", None)
+        .record_copy(
+            "crash",
+            "obj",
+            data.len() as u64,
+            &digest,
+            hub.version("crash", "obj").await.unwrap().unwrap().seq,
+            "hub",
+            None,
+        )
         .await
         .unwrap();
 

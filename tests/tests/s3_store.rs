@@ -188,6 +188,7 @@ fn manifest_for(name: &str, data: &[u8], blob: &BlobUpload) -> Manifest {
         uploaded_at: format::now_rfc3339(),
         source_tier: "hub".to_string(),
         source_nuid: format!("NUID-{name}"),
+        source_seq: 1,
     }
 }
 

@@ -36,8 +36,14 @@ pub struct Entry {
     pub name: String,
     /// Uncompressed size in bytes.
     pub size: u64,
-    /// Digest taken at ingest; identifies the version the locations hold.
+    /// Digest taken at ingest; identifies the content the locations hold.
     pub digest: Sha256Digest,
+    /// Hub stream sequence of the meta message of the newest version recorded: versions are
+    /// ordered by it, never by clocks (servers and writers disagree). A copy of an older
+    /// version is never recorded over a newer one. 0 in entries written before versions were
+    /// ordered.
+    #[serde(default)]
+    pub seq: u64,
     /// Tier name → verified copy.
     pub locations: BTreeMap<String, Location>,
     /// Last change (RFC 3339).
@@ -130,29 +136,37 @@ impl Catalog {
         Ok(Some((value, entry.revision)))
     }
 
-    /// Records that `tier` holds a verified copy of the version with `digest`. A different
-    /// digest than the catalog knows means a new version: its entry starts afresh.
+    /// Records that `tier` holds a verified copy of the version whose hub meta message has
+    /// sequence `seq` and whose content has `digest` — unless the catalog already records a
+    /// newer version (a higher `seq`): then nothing is written and `None` is returned, and the
+    /// caller must not make its copy current anywhere (the compare-and-set on the key's
+    /// revision decides races). A newer version with different content starts a fresh entry;
+    /// one with the same content keeps the copies already verified, which hold those bytes.
     pub async fn record_copy(
         &self,
         bucket: &str,
         name: &str,
         size: u64,
         digest: &Sha256Digest,
+        seq: u64,
         tier: &str,
         locator: Option<String>,
-    ) -> Result<Entry, Error> {
+    ) -> Result<Option<Entry>, Error> {
         self.modify(bucket, name, |current| {
             let mut entry = match current {
+                Some(e) if e.seq > seq => return None,
                 Some(e) if &e.digest == digest => e,
                 _ => Entry {
                     bucket: bucket.to_string(),
                     name: name.to_string(),
                     size,
                     digest: *digest,
+                    seq,
                     locations: BTreeMap::new(),
                     updated_at: String::new(),
                 },
             };
+            entry.seq = seq;
             entry.locations.insert(
                 tier.to_string(),
                 Location {
@@ -163,7 +177,6 @@ impl Catalog {
             Some(entry)
         })
         .await
-        .map(|e| e.expect("record_copy always writes an entry"))
     }
 
     /// Records that `tier` no longer holds the version with `digest`.

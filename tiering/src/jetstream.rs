@@ -226,7 +226,9 @@ impl JetStreamTier {
                 Err(e) => return Err(e),
             }
         }
-        listing.objects.sort_by(|a, b| a.info.name.cmp(&b.info.name));
+        listing
+            .objects
+            .sort_by(|a, b| a.info.name.cmp(&b.info.name));
         Ok(listing)
     }
 

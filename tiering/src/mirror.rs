@@ -65,17 +65,27 @@ impl MirrorHandler {
         let size = leaf_info.size as u64;
 
         let catalog = &self.system.catalog;
-        match hub.info(bucket, name).await? {
-            Some(hub_info) => {
+        match hub.version(bucket, name).await? {
+            Some(hub_version) => {
                 // The cluster copy must be this version, read back in full against the ingest digest.
-                self.verify_cluster_copy(job, &leaf_info, &hub_info, &digest)
+                self.verify_cluster_copy(job, &leaf_info, &hub_version.info, &digest)
                     .await?;
-                catalog
-                    .record_copy(bucket, name, size, &digest, leaf.name(), None)
-                    .await?;
-                catalog
-                    .record_copy(bucket, name, size, &digest, hub.name(), None)
-                    .await?;
+                // Versions are ordered by the hub's sequence of their meta message.
+                let seq = hub_version.seq;
+                for tier in [leaf.name(), hub.name()] {
+                    let recorded = catalog
+                        .record_copy(bucket, name, size, &digest, seq, tier, None)
+                        .await?;
+                    if recorded.is_none() {
+                        return Err(Error::NotReady {
+                            bucket: bucket.to_string(),
+                            object: name.to_string(),
+                            tier: hub.name().to_string(),
+                            reason: "the catalog records a newer version than the one verified"
+                                .into(),
+                        });
+                    }
+                }
                 // The upload role may have moved the cluster copy on to S3 (and recorded that)
                 // between our read and our record; if so, undo our now-stale cluster entry.
                 if hub.info(bucket, name).await?.map(|i| i.nuid) != Some(leaf_info.nuid.clone()) {

@@ -142,5 +142,4 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         assert!(r.oversize);
     }
-
 }

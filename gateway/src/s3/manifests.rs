@@ -21,17 +21,41 @@ impl S3Store {
     /// previous manifest of the same object.
     pub async fn put_manifest(&self, m: &Manifest) -> Result<(), Error> {
         let key = manifest_key(&self.prefix, &m.bucket, &m.name);
+        self.put_manifest_at(&key, m).await
+    }
+
+    /// Writes `m` as the history manifest of its version ([`format::version_manifest_key`] of
+    /// `m.source_seq`) and returns the key. Written before the version may become current, so
+    /// whoever finds the catalog naming this version can always publish it.
+    pub async fn put_version_manifest(&self, m: &Manifest) -> Result<String, Error> {
+        let key = format::version_manifest_key(&self.prefix, &m.bucket, &m.name, m.source_seq);
+        self.put_manifest_at(&key, m).await?;
+        Ok(key)
+    }
+
+    /// The history manifest at `key` (as [`S3Store::put_version_manifest`] returned it), checked
+    /// to describe `bucket`/`name`; `None` if it does not exist.
+    pub async fn get_version_manifest(
+        &self,
+        key: &str,
+        bucket: &str,
+        name: &str,
+    ) -> Result<Option<Manifest>, Error> {
+        self.get_manifest_at(key, bucket, name).await
+    }
+
+    async fn put_manifest_at(&self, key: &str, m: &Manifest) -> Result<(), Error> {
         let json = m.to_json();
-        Manifest::from_json(&key, &json)?;
+        Manifest::from_json(key, &json)?;
         self.client
             .put_object()
             .bucket(&self.bucket)
-            .key(&key)
+            .key(key)
             .content_type("application/json")
             .body(ByteStream::from(json))
             .send()
             .await
-            .map_err(|e| Error::s3("put_object", &key, e))?;
+            .map_err(|e| Error::s3("put_object", key, e))?;
         tracing::debug!(key, bucket = %m.bucket, name = %m.name, "manifest written");
         Ok(())
     }
