@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_nats::jetstream::object_store::ObjectMetadata;
+use cim_tiering::catalog::Version;
 use cim_tiering::jetstream::{check_content, ingest_digest, JetStreamTier};
 use cim_tiering::{metrics, System};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
@@ -160,9 +161,11 @@ impl Restorer {
                     .record_copy(
                         bucket,
                         name,
-                        m.size,
-                        &m.digest,
-                        version.seq,
+                        &Version {
+                            size: m.size,
+                            digest: m.digest,
+                            seq: version.seq,
+                        },
                         self.target.name(),
                         None,
                     )

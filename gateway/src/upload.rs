@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cim_policies::{Action, Tier};
+use cim_tiering::catalog::Version;
 use cim_tiering::jetstream::ingest_digest;
 use cim_tiering::work::{Handler, ObjectMove, Retryable, WorkItem};
 use cim_tiering::{metrics, System};
@@ -174,9 +175,11 @@ impl UploadHandler {
                 .record_copy(
                     bucket,
                     name,
-                    size,
-                    &digest,
-                    version.seq,
+                    &Version {
+                        size,
+                        digest,
+                        seq: version.seq,
+                    },
                     &job.to,
                     Some(version_key),
                 )

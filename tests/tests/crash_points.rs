@@ -79,9 +79,11 @@ async fn upload_killed_between_meta_and_chunk_purge_leaves_no_orphans() {
         .record_copy(
             "crash",
             "obj",
-            data.len() as u64,
-            &digest,
-            hub.version("crash", "obj").await.unwrap().unwrap().seq,
+            &cim_tiering::catalog::Version {
+                size: data.len() as u64,
+                digest,
+                seq: hub.version("crash", "obj").await.unwrap().unwrap().seq,
+            },
             "hub",
             None,
         )

@@ -57,6 +57,17 @@ impl Entry {
     }
 }
 
+/// Which version of an object a copy holds: what the catalog records and compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Version {
+    /// Uncompressed size in bytes.
+    pub size: u64,
+    /// Digest taken at ingest.
+    pub digest: Sha256Digest,
+    /// Hub stream sequence of the version's meta message (see [`Entry::seq`]).
+    pub seq: u64,
+}
+
 /// The catalog KV bucket.
 #[derive(Clone)]
 pub struct Catalog {
@@ -146,12 +157,12 @@ impl Catalog {
         &self,
         bucket: &str,
         name: &str,
-        size: u64,
-        digest: &Sha256Digest,
-        seq: u64,
+        version: &Version,
         tier: &str,
         locator: Option<String>,
     ) -> Result<Option<Entry>, Error> {
+        let Version { size, digest, seq } = *version;
+        let digest = &digest;
         self.modify(bucket, name, |current| {
             let mut entry = match current {
                 Some(e) if e.seq > seq => return None,

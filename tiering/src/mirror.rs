@@ -9,6 +9,7 @@ use std::sync::Arc;
 use async_nats::jetstream::object_store::ObjectInfo;
 use tracing::Instrument;
 
+use crate::catalog::Version;
 use crate::digest::Sha256Digest;
 use crate::error::Error;
 use crate::jetstream::ingest_digest;
@@ -71,10 +72,14 @@ impl MirrorHandler {
                 self.verify_cluster_copy(job, &leaf_info, &hub_version.info, &digest)
                     .await?;
                 // Versions are ordered by the hub's sequence of their meta message.
-                let seq = hub_version.seq;
+                let version = Version {
+                    size,
+                    digest,
+                    seq: hub_version.seq,
+                };
                 for tier in [leaf.name(), hub.name()] {
                     let recorded = catalog
-                        .record_copy(bucket, name, size, &digest, seq, tier, None)
+                        .record_copy(bucket, name, &version, tier, None)
                         .await?;
                     if recorded.is_none() {
                         return Err(Error::NotReady {
