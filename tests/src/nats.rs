@@ -154,6 +154,17 @@ impl NatsServer {
         self.proc.kill();
     }
 
+    /// Freezes the process (SIGSTOP): it keeps its connections open but answers nothing, like a
+    /// hung server. Undo with [`NatsServer::resume`]; a paused server is killed normally on drop.
+    pub fn pause(&self) -> anyhow::Result<()> {
+        self.proc.signal("STOP")
+    }
+
+    /// Lets a [`NatsServer::pause`]d process run again (SIGCONT).
+    pub fn resume(&self) -> anyhow::Result<()> {
+        self.proc.signal("CONT")
+    }
+
     /// (Re)spawns the server with the same config and store dir; does not wait for readiness.
     pub fn start(&mut self) -> anyhow::Result<()> {
         self.proc.spawn()

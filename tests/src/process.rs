@@ -125,6 +125,17 @@ impl Proc {
         self.started() && self.exit_status().is_none()
     }
 
+    /// Sends `signal` (e.g. "STOP", "CONT") to the running process.
+    pub(crate) fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let slot = self.lock();
+        let Some(child) = slot.as_ref() else {
+            anyhow::bail!("{} is not running", self.program.display());
+        };
+        // Not reaped yet (we hold the lock), so the pid is still ours.
+        send_signal(child.id(), signal)
+            .with_context(|| format!("kill -{signal} {}", self.program.display()))
+    }
+
     /// SIGKILL and reap; a no-op if not started.
     pub(crate) fn kill(&self) {
         if let Some(mut child) = self.lock().take() {
