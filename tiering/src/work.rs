@@ -1,13 +1,22 @@
 //! The work queue: how the storage manager hands work to the mirror and upload roles.
 //!
 //! Roles run in separate processes (separate NixOS containers in production) and talk only
-//! through NATS. The manager publishes [`WorkItem`]s to a JetStream *work-queue* stream
-//! (`cim.work.<role>.<bucket>`); each role consumes its subjects with a durable pull consumer.
+//! through NATS. The manager publishes [`WorkItem`]s to a JetStream *work-queue* stream; each
+//! role consumes its subjects with a durable pull consumer.
 //!
-//! - Every item carries a `Nats-Msg-Id`, so the manager re-evaluating the same object within the
-//!   stream's duplicate window does not queue it twice.
+//! - **One subject per object and step**: `cim.work.<role>.<bucket>.<from>.<to>.<base64url(name)>`
+//!   (an [`WorkItem::EnsureSource`] ends in the fixed token `source`), and the stream keeps at
+//!   most one message per subject, refusing the rest (`max_msgs_per_subject: 1`, `discard: new`,
+//!   `discard_new_per_subject`). So however long an object waits, and however often the manager
+//!   re-evaluates it, it has at most one pending item per step: the queue is bounded by the
+//!   number of objects, not by time. A publish refused that way is "already queued".
+//! - Every item also carries a `Nats-Msg-Id`, so an item finished moments ago is not queued
+//!   again within the stream's duplicate window.
 //! - A worker acks only after the work is done and recorded; a worker killed mid-item leaves the
 //!   message unacked and JetStream redelivers it after `ack_wait` (long items send progress acks).
+//! - An item is never left in the stream undeliverable (that would block its subject for good):
+//!   the consumer redelivers without limit and the worker itself terminates an item after
+//!   `[work] max_deliver` failed deliveries; the manager queues it again after the window.
 //! - Handlers are idempotent: an item may arrive twice (after the duplicate window, or after a
 //!   crash between finishing and acking); each handler re-checks the current state first.
 
@@ -38,6 +47,11 @@ pub const SUBJECT_PREFIX: &str = "cim.work";
 
 /// How long the stream remembers message ids for de-duplication.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(600);
+
+/// Last subject token of a [`WorkItem::EnsureSource`]. Never the base64url (no padding) of an
+/// object name: a canonical encoding of six characters ends in a character whose low four bits
+/// are zero, and `e` is not one.
+const ENSURE_SOURCE_TOKEN: &str = "source";
 
 /// The role that consumes an item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -126,9 +140,23 @@ impl WorkItem {
         }
     }
 
-    /// Subject the item is published on.
+    /// Subject the item is published on: one per object and step (see the module docs), so the
+    /// stream's per-subject limit keeps at most one pending item for each.
+    ///
+    /// Every token is a valid subject token: bucket names are stream-name suffixes and tier
+    /// names are `[A-Za-z0-9_-]+` (checked by the configuration), object names are base64url.
     pub fn subject(&self) -> String {
-        format!("{SUBJECT_PREFIX}.{}.{}", self.role(), self.bucket())
+        let (from, to, last) = match self {
+            WorkItem::EnsureSource { from, to, .. } => (from, to, ENSURE_SOURCE_TOKEN.to_string()),
+            WorkItem::LeafEvict(m) | WorkItem::Upload(m) => {
+                (&m.from, &m.to, URL_SAFE_NO_PAD.encode(&m.name))
+            }
+        };
+        format!(
+            "{SUBJECT_PREFIX}.{}.{}.{from}.{to}.{last}",
+            self.role(),
+            self.bucket()
+        )
     }
 
     /// De-duplication id: the same logical work gets the same id.
@@ -184,32 +212,48 @@ pub struct WorkQueue {
 }
 
 impl WorkQueue {
-    /// Opens the work-queue stream, creating it if needed.
+    /// Opens the work-queue stream, creating it if needed, and brings a stream created by an
+    /// older version to today's limits in place (see [`stream_config`]).
     pub async fn open(
         js: jetstream::Context,
         config: &WorkConfig,
         replicas: usize,
     ) -> Result<Self, Error> {
-        js.get_or_create_stream(stream::Config {
-            name: config.stream.clone(),
-            subjects: vec![format!("{SUBJECT_PREFIX}.>")],
-            retention: stream::RetentionPolicy::WorkQueue,
-            num_replicas: replicas,
-            duplicate_window: DUPLICATE_WINDOW,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| Error::Work {
-            op: "create stream",
-            source: Box::new(e),
-        })?;
+        let wanted = stream_config(&config.stream, replicas);
+        let mut stream =
+            js.get_or_create_stream(wanted.clone())
+                .await
+                .map_err(|e| Error::Work {
+                    op: "create stream",
+                    source: Box::new(e),
+                })?;
+        let current = stream
+            .info()
+            .await
+            .map_err(|e| Error::Work {
+                op: "stream info",
+                source: Box::new(e),
+            })?
+            .config
+            .clone();
+        if let Some(updated) = upgraded(&current, &wanted) {
+            // Subjects holding several items (an older version's per-bucket subjects) keep the
+            // newest; the manager queues the rest again on its next pass.
+            tracing::info!(stream = %config.stream, "updating the work stream to one pending item per object and step");
+            js.update_stream(updated).await.map_err(|e| Error::Work {
+                op: "update stream",
+                source: Box::new(e),
+            })?;
+        }
         Ok(Self {
             js,
             config: config.clone(),
         })
     }
 
-    /// Queues an item; returns false when the stream dropped it as a duplicate.
+    /// Queues an item; returns false when it is already queued: an item for the same object and
+    /// step is pending (refused by the per-subject limit), or the same item was queued within
+    /// the duplicate window.
     pub async fn publish(&self, item: &WorkItem) -> Result<bool, Error> {
         let payload = serde_json::to_vec(item).map_err(|e| Error::Work {
             op: "encode item",
@@ -225,12 +269,15 @@ impl WorkQueue {
                 op: "publish",
                 source: Box::new(e),
             })?
-            .await
-            .map_err(|e| Error::Work {
+            .await;
+        match ack {
+            Ok(ack) => Ok(!ack.duplicate),
+            Err(e) if is_subject_full(&e) => Ok(false),
+            Err(e) => Err(Error::Work {
                 op: "publish ack",
                 source: Box::new(e),
-            })?;
-        Ok(!ack.duplicate)
+            }),
+        }
     }
 
     async fn consumer(&self, role: Role) -> Result<consumer::PullConsumer, Error> {
@@ -242,19 +289,19 @@ impl WorkQueue {
                 op: "open stream",
                 source: Box::new(e),
             })?;
+        // Create or update: a consumer an older version created gets today's settings.
         stream
-            .get_or_create_consumer(
-                role.as_str(),
-                consumer::pull::Config {
-                    durable_name: Some(role.as_str().to_string()),
-                    filter_subject: format!("{SUBJECT_PREFIX}.{role}.>"),
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: self.config.ack_wait,
-                    max_deliver: self.config.max_deliver,
-                    max_ack_pending: (self.config.concurrency * 4) as i64,
-                    ..Default::default()
-                },
-            )
+            .create_consumer(consumer::pull::Config {
+                durable_name: Some(role.as_str().to_string()),
+                filter_subject: format!("{SUBJECT_PREFIX}.{role}.>"),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: self.config.ack_wait,
+                // Unlimited here, bounded by the worker (see `after_failure`): an item the
+                // server stopped delivering would stay in the stream and block its subject.
+                max_deliver: -1,
+                max_ack_pending: (self.config.concurrency * 4) as i64,
+                ..Default::default()
+            })
             .await
             .map_err(|e| Error::Work {
                 op: "create consumer",
@@ -264,11 +311,21 @@ impl WorkQueue {
 
     /// Items queued or in flight for `role`.
     pub async fn backlog(&self, role: Role) -> Result<u64, Error> {
-        let mut consumer = self.consumer(role).await?;
-        let info = consumer.info().await.map_err(|e| Error::Work {
-            op: "consumer info",
-            source: Box::new(e),
-        })?;
+        let stream = self
+            .js
+            .get_stream(&self.config.stream)
+            .await
+            .map_err(|e| Error::Work {
+                op: "open stream",
+                source: Box::new(e),
+            })?;
+        let info = stream
+            .consumer_info(role.as_str())
+            .await
+            .map_err(|e| Error::Work {
+                op: "consumer info",
+                source: Box::new(e),
+            })?;
         Ok(info.num_pending + info.num_ack_pending as u64)
     }
 
@@ -335,8 +392,9 @@ impl WorkQueue {
             let handler = handler.clone();
             let in_flight = in_flight.clone();
             let ack_wait = self.config.ack_wait;
+            let max_deliver = self.config.max_deliver;
             tracker.spawn(async move {
-                process(role, message, handler, in_flight, ack_wait).await;
+                process(role, message, handler, in_flight, ack_wait, max_deliver).await;
                 drop(permit);
             });
         }
@@ -360,6 +418,7 @@ async fn process<H: Handler>(
     handler: Arc<H>,
     in_flight: Arc<Mutex<HashSet<String>>>,
     ack_wait: Duration,
+    max_deliver: i64,
 ) {
     let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
     let item: WorkItem = match serde_json::from_slice(&message.payload) {
@@ -372,8 +431,8 @@ async fn process<H: Handler>(
         }
     };
     let id = item.id();
-    // The same logical item twice in one process (a re-dispatch after the duplicate window
-    // while the first is still running) waits instead of racing the first.
+    // The same logical item twice in one process (one an older manager queued on its per-bucket
+    // subject, say) waits instead of racing the first.
     if !in_flight.lock().expect("lock").insert(id.clone()) {
         let _ = message.ack_with(AckKind::Nak(Some(ack_wait))).await;
         return;
@@ -407,20 +466,77 @@ async fn process<H: Handler>(
                 tracing::warn!(error = %e, "ack failed; the item will be redelivered and found done");
             }
         }
-        Err(e) if e.is_transient() => {
-            metrics::work_item(role, "retry");
-            // 1, 2, 4, then every 8 s: most transient failures (replication lag, a leader
-            // election) clear within seconds, and max_deliver bounds the total.
-            let delay = Duration::from_secs(1u64 << (delivered - 1).clamp(0, 3));
-            tracing::warn!(error = %e, retry_in = ?delay, "work failed; will retry");
-            let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
-        }
-        Err(e) => {
-            metrics::work_item(role, "failed");
-            tracing::error!(error = %e, "work failed permanently; the manager re-dispatches it after the duplicate window");
-            let _ = message.ack_with(AckKind::Term).await;
-        }
+        Err(e) => match after_failure(e.is_transient(), delivered, max_deliver) {
+            Some(delay) => {
+                metrics::work_item(role, "retry");
+                tracing::warn!(error = %e, retry_in = ?delay, "work failed; will retry");
+                let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+            }
+            None => {
+                metrics::work_item(role, "failed");
+                tracing::error!(error = %e, delivered, "work failed, giving up; the manager queues it again after the duplicate window");
+                let _ = message.ack_with(AckKind::Term).await;
+            }
+        },
     }
+}
+
+/// After a failed delivery: `Some(delay)` to retry later, `None` to give up (terminate).
+///
+/// Retries back off 1, 2, 4, then every 8 s: most transient failures (replication lag, a leader
+/// election) clear within seconds. `max_deliver` (-1: unlimited) bounds the deliveries; the
+/// consumer itself redelivers without limit, because an item the server stops delivering stays
+/// in the work-queue stream and would block its subject, so its object could never be queued
+/// again.
+fn after_failure(transient: bool, delivered: i64, max_deliver: i64) -> Option<Duration> {
+    if !transient || (max_deliver > 0 && delivered >= max_deliver) {
+        return None;
+    }
+    Some(Duration::from_secs(1u64 << (delivered - 1).clamp(0, 3)))
+}
+
+/// The work stream as today's version wants it.
+///
+/// One message per subject, and a publish to a subject that already holds one is refused (not
+/// replacing it: the pending item may be in flight). With one subject per object and step, that
+/// bounds the queue by the number of objects however long they wait.
+pub fn stream_config(name: &str, replicas: usize) -> stream::Config {
+    stream::Config {
+        name: name.to_string(),
+        subjects: vec![format!("{SUBJECT_PREFIX}.>")],
+        retention: stream::RetentionPolicy::WorkQueue,
+        num_replicas: replicas,
+        duplicate_window: DUPLICATE_WINDOW,
+        max_messages_per_subject: 1,
+        discard: stream::DiscardPolicy::New,
+        discard_new_per_subject: true,
+        ..Default::default()
+    }
+}
+
+/// `current` with `wanted`'s subjects, limits and duplicate window, if any of them differ
+/// (a stream created by an older version). Replicas and everything else are left as they are.
+fn upgraded(current: &stream::Config, wanted: &stream::Config) -> Option<stream::Config> {
+    let mut updated = current.clone();
+    updated.subjects = wanted.subjects.clone();
+    updated.duplicate_window = wanted.duplicate_window;
+    updated.max_messages_per_subject = wanted.max_messages_per_subject;
+    updated.discard = wanted.discard;
+    updated.discard_new_per_subject = wanted.discard_new_per_subject;
+    (updated != *current).then_some(updated)
+}
+
+/// Whether a publish was refused because its subject already holds a pending item
+/// (`discard_new_per_subject`): nats-server answers "maximum messages per subject exceeded".
+fn is_subject_full(e: &jetstream::context::PublishError) -> bool {
+    let Some(api) = std::error::Error::source(e).and_then(|s| s.downcast_ref::<jetstream::Error>())
+    else {
+        return false;
+    };
+    api.error_code() == jetstream::ErrorCode::STREAM_STORE_FAILED
+        && api
+            .to_string()
+            .contains("maximum messages per subject exceeded")
 }
 
 #[cfg(test)]
@@ -446,9 +562,16 @@ mod tests {
     fn items_route_to_their_role_and_round_trip_as_json() {
         let upload = WorkItem::Upload(job("a b/c", "N1"));
         assert_eq!(upload.role(), Role::Upload);
-        assert_eq!(upload.subject(), "cim.work.upload.sensors");
+        assert_eq!(upload.subject(), "cim.work.upload.sensors.hub.s3.YSBiL2M");
         let evict = WorkItem::LeafEvict(job("x", "N1"));
-        assert_eq!(evict.subject(), "cim.work.mirror.sensors");
+        assert_eq!(evict.subject(), "cim.work.mirror.sensors.hub.s3.eA");
+        let source = WorkItem::EnsureSource {
+            policy: "p".into(),
+            from: "leaf".into(),
+            to: "hub".into(),
+            bucket: "sensors".into(),
+        };
+        assert_eq!(source.subject(), "cim.work.mirror.sensors.leaf.hub.source");
         let json = serde_json::to_string(&upload).unwrap();
         assert!(json.contains("\"kind\":\"upload\""), "{json}");
         assert!(json.contains("\"action\":\"move\""), "{json}");
@@ -468,5 +591,59 @@ mod tests {
         assert_ne!(a1, WorkItem::LeafEvict(job("a", "N1")).id());
         // Names with dots, spaces or slashes never leak into the id's structure.
         assert!(!WorkItem::Upload(job("x.y z/w", "N")).id().contains(' '));
+    }
+
+    #[test]
+    fn subjects_are_one_per_object_and_step_whatever_the_version() {
+        let a1 = WorkItem::Upload(job("a", "N1")).subject();
+        assert_eq!(a1, WorkItem::Upload(job("a", "N2")).subject());
+        assert_ne!(a1, WorkItem::Upload(job("b", "N1")).subject());
+        let mut other_step = job("a", "N1");
+        other_step.from = "hub2".into();
+        assert_ne!(a1, WorkItem::Upload(other_step).subject());
+        // Dots, spaces and wildcards in names stay inside one token.
+        let subject = WorkItem::Upload(job("x.y z/*>", "N")).subject();
+        assert_eq!(subject.split('.').count(), 7, "{subject}");
+        assert!(!subject.contains([' ', '*', '>']), "{subject}");
+        // No object name can take the ensure-source token.
+        assert!(URL_SAFE_NO_PAD.decode(ENSURE_SOURCE_TOKEN).is_err());
+    }
+
+    #[test]
+    fn failures_retry_with_backoff_until_max_deliver() {
+        assert_eq!(after_failure(true, 1, 20), Some(Duration::from_secs(1)));
+        assert_eq!(after_failure(true, 3, 20), Some(Duration::from_secs(4)));
+        assert_eq!(after_failure(true, 19, 20), Some(Duration::from_secs(8)));
+        assert_eq!(
+            after_failure(true, 20, 20),
+            None,
+            "the last delivery gives up"
+        );
+        assert_eq!(after_failure(true, 500, -1), Some(Duration::from_secs(8)));
+        assert_eq!(
+            after_failure(false, 1, 20),
+            None,
+            "permanent failures are not retried"
+        );
+    }
+
+    #[test]
+    fn an_older_stream_is_brought_to_the_per_subject_limit() {
+        let wanted = stream_config("CIM_WORK", 3);
+        let old = stream::Config {
+            name: "CIM_WORK".into(),
+            subjects: vec!["cim.work.>".into()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            num_replicas: 1,
+            duplicate_window: Duration::from_secs(1),
+            ..Default::default()
+        };
+        let updated = upgraded(&old, &wanted).unwrap();
+        assert_eq!(updated.max_messages_per_subject, 1);
+        assert!(updated.discard_new_per_subject);
+        assert_eq!(updated.discard, stream::DiscardPolicy::New);
+        assert_eq!(updated.duplicate_window, DUPLICATE_WINDOW);
+        assert_eq!(updated.num_replicas, 1, "replicas are left alone");
+        assert_eq!(upgraded(&updated, &wanted), None, "nothing to do twice");
     }
 }
