@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, object_store, stream};
 use cim_tests::{wait_until, RoleProcess, Topology};
-use common::{content, sample, spawn_role};
+use cim_tiering::digest::Sha256Digest;
+use cim_tiering::work::{ObjectMove, WorkItem, WorkQueue};
+use common::{content, sample, scrape, spawn_role, Tiers};
 
 /// The work stream's name (`[work] stream` default).
 const WORK_STREAM: &str = "CIM_WORK";
@@ -157,5 +159,121 @@ after = "0s"
             .take(30)
             .collect::<Vec<_>>()
             .join("\n")
+    );
+}
+
+/// Issue 5 item 12 (work items): an item of a newer format than the role understands is left
+/// for a newer role — never terminated, never acked — while the role goes on with the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_newer_work_item_is_left_for_a_newer_role() {
+    const BUCKET: &str = "future";
+    let topology = Topology::start().await.unwrap();
+    let tiers = Tiers::connect(&topology).await;
+    let config_path = topology.write_config("");
+    let config = cim_policies::Config::from_toml_str(
+        &std::fs::read_to_string(&config_path).unwrap(),
+        "test.toml",
+    )
+    .unwrap();
+    // The work stream as the roles create it.
+    WorkQueue::open(tiers.hub.clone(), &config.work, 3)
+        .await
+        .unwrap();
+
+    // A future role's item, as a future version might write it: a higher version, a kind and
+    // fields this version does not know. Once on the subjects this version's upload role reads
+    // (the oldest layout), once on the subjects of its own version.
+    let future = serde_json::json!({
+        "v": 99,
+        "kind": "upload_batch",
+        "policy": "from-the-future",
+        "objects": [{"bucket": BUCKET, "name": "a"}],
+    });
+    let mut future_seqs = Vec::new();
+    for subject in [
+        format!("cim.work.upload.{BUCKET}"),
+        format!("cim.work.v99.upload.{BUCKET}.hub.s3.YQ"),
+    ] {
+        let ack = tiers
+            .hub
+            .publish(subject.clone(), future.to_string().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        future_seqs.push((subject, ack.sequence));
+    }
+
+    // Then an ordinary item, queued after the future ones on the same (oldest) layout, for an
+    // object on the hub.
+    let data = content(12, 5000);
+    let store = tiers.hub_tier.ensure_bucket(BUCKET).await.unwrap();
+    let info = store.put("later", &mut &data[..]).await.unwrap();
+    let item = WorkItem::Upload(ObjectMove {
+        policy: "today".into(),
+        from: "hub".into(),
+        to: "s3".into(),
+        action: cim_policies::Action::Copy,
+        bucket: BUCKET.into(),
+        name: "later".into(),
+        size: data.len() as u64,
+        digest: Sha256Digest::of(&data),
+        nuid: info.nuid.clone(),
+    });
+    tiers
+        .hub
+        .publish(
+            format!("cim.work.upload.{BUCKET}.hub.s3.bGF0ZXI"),
+            serde_json::to_vec(&item).unwrap().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    let port = cim_tests::free_port();
+    let upload = spawn_role(
+        "cim-gateway",
+        "upload",
+        &config_path,
+        port,
+        &topology.dir().join("upload.log"),
+    );
+    // The role has been through the queue once the ordinary item, queued last, is done.
+    if let Err(e) = wait_until(
+        "the ordinary item uploaded",
+        Duration::from_secs(60),
+        || async {
+            tiers
+                .catalog
+                .get(BUCKET, "later")
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|entry| entry.locations.contains_key("s3"))
+        },
+    )
+    .await
+    {
+        panic!("{e:#}\n--- upload ---\n{}", upload.log());
+    }
+
+    let metrics = scrape(port).await;
+    let work = tiers.hub.get_stream(WORK_STREAM).await.unwrap();
+    for (subject, seq) in &future_seqs {
+        let kept = work.get_raw_message(*seq).await;
+        assert!(
+            kept.is_ok(),
+            "the future item on {subject} (seq {seq}) must stay in the stream for a newer role, \
+             but it is gone ({:?}); invalid items counted: {:?}\n--- upload ---\n{}",
+            kept.err(),
+            sample(&metrics, "cim_work_items_total", &[("outcome", "invalid")]),
+            upload.log()
+        );
+    }
+    assert_eq!(
+        sample(&metrics, "cim_work_items_total", &[("outcome", "invalid")]),
+        None,
+        "a newer item is not invalid\n{metrics}"
     );
 }
