@@ -4,8 +4,9 @@
 //! through NATS. The manager publishes [`WorkItem`]s to a JetStream *work-queue* stream; each
 //! role consumes its subjects with a durable pull consumer.
 //!
-//! - **One subject per object and step**: `cim.work.<role>.<bucket>.<from>.<to>.<base64url(name)>`
-//!   (an [`WorkItem::EnsureSource`] ends in the fixed token `source`), and the stream keeps at
+//! - **One subject per object and step**:
+//!   `cim.work.v<N>.<role>.<bucket>.<from>.<to>.<base64url(name)>` (a [`WorkItem::EnsureSource`]
+//!   ends in the fixed token `source`), and the stream keeps at
 //!   most one message per subject, refusing the rest (`max_msgs_per_subject: 1`, `discard: new`,
 //!   `discard_new_per_subject`). So however long an object waits, and however often the manager
 //!   re-evaluates it, it has at most one pending item per step: the queue is bounded by the
@@ -17,6 +18,15 @@
 //! - An item is never left in the stream undeliverable (that would block its subject for good):
 //!   the consumer redelivers without limit and the worker itself terminates an item after
 //!   `[work] max_deliver` failed deliveries; the manager queues it again after the window.
+//! - **Versioned items.** An item carries its format version `N` ([`FORMAT_VERSION`]) in its
+//!   subject and as `"v"` in its JSON. A role reads its own version and the one before (so roles
+//!   can be upgraded before the manager), each version through its own durable consumer
+//!   (`<role>-v<N>`, filter `cim.work.v<N>.<role>.>`; version 0 is the unversioned layout
+//!   `cim.work.<role>.>` read by the consumer `<role>`). A work-queue stream refuses consumers
+//!   whose filters overlap, which is why the version comes before the role. So an older role is
+//!   never even delivered a newer item; one that reaches it anyway (a newer `"v"` on a subject
+//!   it reads) is left for a newer role: never acked, never terminated. A payload that does not
+//!   decode at all and states no newer version is garbage: terminated, logged and counted.
 //! - Handlers are idempotent: an item may arrive twice (after the duplicate window, or after a
 //!   crash between finishing and acking); each handler re-checks the current state first.
 
@@ -47,6 +57,18 @@ pub const SUBJECT_PREFIX: &str = "cim.work";
 
 /// How long the stream remembers message ids for de-duplication.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(600);
+
+/// The work-item format this version writes (subject `cim.work.v<N>.…`, JSON field `"v"`).
+/// Version 0 is the unversioned layout of earlier releases (`cim.work.<role>.…`).
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Formats a role reads: its own and the one before, so that a role upgraded before the
+/// manager still serves the older manager's items.
+pub const READ_VERSIONS: [u32; 2] = [FORMAT_VERSION - 1, FORMAT_VERSION];
+
+/// How long a role leaves an item of a newer format before it is offered again (to a newer
+/// role, if one runs, or back to this one).
+const NEWER_ITEM_DELAY: Duration = Duration::from_secs(300);
 
 /// Last subject token of a [`WorkItem::EnsureSource`]. Never the base64url (no padding) of an
 /// object name: a canonical encoding of six characters ends in a character whose low four bits
@@ -153,8 +175,8 @@ impl WorkItem {
             }
         };
         format!(
-            "{SUBJECT_PREFIX}.{}.{}.{from}.{to}.{last}",
-            self.role(),
+            "{}.{}.{from}.{to}.{last}",
+            role_prefix(FORMAT_VERSION, self.role()),
             self.bucket()
         )
     }
@@ -255,7 +277,7 @@ impl WorkQueue {
     /// step is pending (refused by the per-subject limit), or the same item was queued within
     /// the duplicate window.
     pub async fn publish(&self, item: &WorkItem) -> Result<bool, Error> {
-        let payload = serde_json::to_vec(item).map_err(|e| Error::Work {
+        let payload = encode(item).map_err(|e| Error::Work {
             op: "encode item",
             source: Box::new(e),
         })?;
@@ -280,7 +302,8 @@ impl WorkQueue {
         }
     }
 
-    async fn consumer(&self, role: Role) -> Result<consumer::PullConsumer, Error> {
+    /// `role`'s durable consumer of format `version`, created or updated to today's settings.
+    async fn consumer(&self, role: Role, version: u32) -> Result<consumer::PullConsumer, Error> {
         let stream = self
             .js
             .get_stream(&self.config.stream)
@@ -292,8 +315,8 @@ impl WorkQueue {
         // Create or update: a consumer an older version created gets today's settings.
         stream
             .create_consumer(consumer::pull::Config {
-                durable_name: Some(role.as_str().to_string()),
-                filter_subject: format!("{SUBJECT_PREFIX}.{role}.>"),
+                durable_name: Some(consumer_name(role, version)),
+                filter_subject: format!("{}.>", role_prefix(version, role)),
                 ack_policy: consumer::AckPolicy::Explicit,
                 ack_wait: self.config.ack_wait,
                 // Unlimited here, bounded by the worker (see `after_failure`): an item the
@@ -309,7 +332,7 @@ impl WorkQueue {
             })
     }
 
-    /// Items queued or in flight for `role`.
+    /// Items queued or in flight for `role`, in every format it reads.
     pub async fn backlog(&self, role: Role) -> Result<u64, Error> {
         let stream = self
             .js
@@ -319,32 +342,48 @@ impl WorkQueue {
                 op: "open stream",
                 source: Box::new(e),
             })?;
-        let info = stream
-            .consumer_info(role.as_str())
-            .await
-            .map_err(|e| Error::Work {
-                op: "consumer info",
-                source: Box::new(e),
-            })?;
-        Ok(info.num_pending + info.num_ack_pending as u64)
+        let mut items = 0;
+        for version in READ_VERSIONS {
+            let info = stream
+                .consumer_info(consumer_name(role, version))
+                .await
+                .map_err(|e| Error::Work {
+                    op: "consumer info",
+                    source: Box::new(e),
+                })?;
+            items += info.num_pending + info.num_ack_pending as u64;
+        }
+        Ok(items)
     }
 
-    /// Consumes `role`'s items with at most `concurrency` in flight until `shutdown` fires,
-    /// then waits (up to `ack_wait`) for in-flight items; unfinished ones are redelivered later.
+    /// Consumes `role`'s items (every format in [`READ_VERSIONS`]) with at most `concurrency`
+    /// in flight until `shutdown` fires, then waits (up to `ack_wait`) for in-flight items;
+    /// unfinished ones are redelivered later.
     pub async fn run_worker<H: Handler>(
         &self,
         role: Role,
         handler: Arc<H>,
         shutdown: CancellationToken,
     ) -> Result<(), Error> {
-        let consumer = retry("create work consumer", Backoff::STARTUP, || {
-            self.consumer(role)
-        })
-        .await?;
-        let permits = Arc::new(Semaphore::new(self.config.concurrency));
-        let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
-        let tracker = TaskTracker::new();
-        tracing::info!(%role, concurrency = self.config.concurrency, "worker started");
+        let mut consumers = Vec::new();
+        for version in READ_VERSIONS {
+            consumers.push(
+                retry("create work consumer", Backoff::STARTUP, || {
+                    self.consumer(role, version)
+                })
+                .await?,
+            );
+        }
+        let worker = Worker {
+            role,
+            handler,
+            permits: Arc::new(Semaphore::new(self.config.concurrency)),
+            in_flight: Arc::default(),
+            tracker: TaskTracker::new(),
+            ack_wait: self.config.ack_wait,
+            max_deliver: self.config.max_deliver,
+        };
+        tracing::info!(%role, concurrency = self.config.concurrency, versions = ?READ_VERSIONS, "worker started");
 
         // Refresh the backlog gauge now and then; it is what operators alert on.
         let gauge_task = {
@@ -363,9 +402,45 @@ impl WorkQueue {
             })
         };
 
+        futures::future::join_all(
+            consumers
+                .iter()
+                .map(|consumer| worker.fetch_loop(consumer, &shutdown)),
+        )
+        .await;
+
+        worker.tracker.close();
+        if tokio::time::timeout(self.config.ack_wait, worker.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(%role, "in-flight work did not finish in time; it will be redelivered");
+        }
+        gauge_task.abort();
+        tracing::info!(%role, "worker stopped");
+        Ok(())
+    }
+}
+
+/// What the fetch loops of one role share.
+struct Worker<H> {
+    role: Role,
+    handler: Arc<H>,
+    /// Bounds the items in flight across all of the role's consumers.
+    permits: Arc<Semaphore>,
+    in_flight: Arc<Mutex<HashSet<String>>>,
+    tracker: TaskTracker,
+    ack_wait: Duration,
+    max_deliver: i64,
+}
+
+impl<H: Handler> Worker<H> {
+    /// Fetches from one consumer, handing each message to a task, until `shutdown`.
+    async fn fetch_loop(&self, consumer: &consumer::PullConsumer, shutdown: &CancellationToken) {
+        let role = self.role;
         loop {
             let permit = tokio::select! {
-                permit = permits.clone().acquire_owned() => permit.expect("semaphore is never closed"),
+                permit = self.permits.clone().acquire_owned() => permit.expect("semaphore is never closed"),
                 _ = shutdown.cancelled() => break,
             };
             let fetched = tokio::select! {
@@ -389,26 +464,14 @@ impl WorkQueue {
                 }
                 None => continue,
             };
-            let handler = handler.clone();
-            let in_flight = in_flight.clone();
-            let ack_wait = self.config.ack_wait;
-            let max_deliver = self.config.max_deliver;
-            tracker.spawn(async move {
+            let handler = self.handler.clone();
+            let in_flight = self.in_flight.clone();
+            let (ack_wait, max_deliver) = (self.ack_wait, self.max_deliver);
+            self.tracker.spawn(async move {
                 process(role, message, handler, in_flight, ack_wait, max_deliver).await;
                 drop(permit);
             });
         }
-
-        tracker.close();
-        if tokio::time::timeout(self.config.ack_wait, tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(%role, "in-flight work did not finish in time; it will be redelivered");
-        }
-        gauge_task.abort();
-        tracing::info!(%role, "worker stopped");
-        Ok(())
     }
 }
 
@@ -421,9 +484,16 @@ async fn process<H: Handler>(
     max_deliver: i64,
 ) {
     let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
-    let item: WorkItem = match serde_json::from_slice(&message.payload) {
-        Ok(item) => item,
-        Err(e) => {
+    let item = match decode(&message.payload) {
+        Decoded::Item(item) => item,
+        Decoded::Newer(version) => {
+            // Not ours to judge: a newer role reads it. Offered again later, never dropped.
+            tracing::warn!(%role, subject = %message.subject, version, understood = FORMAT_VERSION, "work item of a newer format; leaving it for a newer role");
+            metrics::work_item(role, "newer");
+            let _ = message.ack_with(AckKind::Nak(Some(NEWER_ITEM_DELAY))).await;
+            return;
+        }
+        Decoded::Garbage(e) => {
             tracing::error!(%role, subject = %message.subject, error = %e, "undecodable work item; terminating it");
             metrics::work_item(role, "invalid");
             let _ = message.ack_with(AckKind::Term).await;
@@ -478,6 +548,60 @@ async fn process<H: Handler>(
                 let _ = message.ack_with(AckKind::Term).await;
             }
         },
+    }
+}
+
+/// Subject prefix of `role`'s items of format `version` (see the module docs).
+fn role_prefix(version: u32, role: Role) -> String {
+    match version {
+        0 => format!("{SUBJECT_PREFIX}.{role}"),
+        v => format!("{SUBJECT_PREFIX}.v{v}.{role}"),
+    }
+}
+
+/// Durable consumer of `role`'s items of format `version`.
+fn consumer_name(role: Role, version: u32) -> String {
+    match version {
+        0 => role.as_str().to_string(),
+        v => format!("{role}-v{v}"),
+    }
+}
+
+/// An item as published: its JSON with the format version `"v"`.
+fn encode(item: &WorkItem) -> Result<Vec<u8>, serde_json::Error> {
+    let mut value = serde_json::to_value(item)?;
+    if let serde_json::Value::Object(fields) = &mut value {
+        fields.insert("v".into(), FORMAT_VERSION.into());
+    }
+    serde_json::to_vec(&value)
+}
+
+/// What a delivered payload turned out to be.
+#[derive(Debug)]
+enum Decoded {
+    /// An item of a version this role reads.
+    Item(WorkItem),
+    /// An item stating a newer format version: left for a newer role.
+    Newer(u64),
+    /// Neither: does not decode and states no newer version.
+    Garbage(serde_json::Error),
+}
+
+fn decode(payload: &[u8]) -> Decoded {
+    /// Only the version, whatever else the item holds (version 0 has no `"v"`).
+    #[derive(Deserialize)]
+    struct Version {
+        #[serde(default)]
+        v: u64,
+    }
+    if let Ok(Version { v }) = serde_json::from_slice::<Version>(payload) {
+        if v > u64::from(FORMAT_VERSION) {
+            return Decoded::Newer(v);
+        }
+    }
+    match serde_json::from_slice::<WorkItem>(payload) {
+        Ok(item) => Decoded::Item(item),
+        Err(e) => Decoded::Garbage(e),
     }
 }
 
@@ -562,20 +686,27 @@ mod tests {
     fn items_route_to_their_role_and_round_trip_as_json() {
         let upload = WorkItem::Upload(job("a b/c", "N1"));
         assert_eq!(upload.role(), Role::Upload);
-        assert_eq!(upload.subject(), "cim.work.upload.sensors.hub.s3.YSBiL2M");
+        assert_eq!(
+            upload.subject(),
+            "cim.work.v1.upload.sensors.hub.s3.YSBiL2M"
+        );
         let evict = WorkItem::LeafEvict(job("x", "N1"));
-        assert_eq!(evict.subject(), "cim.work.mirror.sensors.hub.s3.eA");
+        assert_eq!(evict.subject(), "cim.work.v1.mirror.sensors.hub.s3.eA");
         let source = WorkItem::EnsureSource {
             policy: "p".into(),
             from: "leaf".into(),
             to: "hub".into(),
             bucket: "sensors".into(),
         };
-        assert_eq!(source.subject(), "cim.work.mirror.sensors.leaf.hub.source");
-        let json = serde_json::to_string(&upload).unwrap();
+        assert_eq!(
+            source.subject(),
+            "cim.work.v1.mirror.sensors.leaf.hub.source"
+        );
+        let json = String::from_utf8(encode(&upload).unwrap()).unwrap();
         assert!(json.contains("\"kind\":\"upload\""), "{json}");
         assert!(json.contains("\"action\":\"move\""), "{json}");
-        assert_eq!(serde_json::from_str::<WorkItem>(&json).unwrap(), upload);
+        assert!(json.contains("\"v\":1"), "{json}");
+        assert!(matches!(decode(json.as_bytes()), Decoded::Item(i) if i == upload));
     }
 
     #[test]
@@ -603,10 +734,47 @@ mod tests {
         assert_ne!(a1, WorkItem::Upload(other_step).subject());
         // Dots, spaces and wildcards in names stay inside one token.
         let subject = WorkItem::Upload(job("x.y z/*>", "N")).subject();
-        assert_eq!(subject.split('.').count(), 7, "{subject}");
+        assert_eq!(subject.split('.').count(), 8, "{subject}");
         assert!(!subject.contains([' ', '*', '>']), "{subject}");
         // No object name can take the ensure-source token.
         assert!(URL_SAFE_NO_PAD.decode(ENSURE_SOURCE_TOKEN).is_err());
+    }
+
+    #[test]
+    fn items_of_the_previous_version_decode_newer_ones_are_left_and_garbage_is_garbage() {
+        let item = WorkItem::Upload(job("a", "N1"));
+        // Version 0 (no "v") is read.
+        let v0 = serde_json::to_vec(&item).unwrap();
+        assert!(matches!(decode(&v0), Decoded::Item(i) if i == item));
+        // A newer version is left alone even when it would decode.
+        let mut newer = serde_json::to_value(&item).unwrap();
+        newer["v"] = 2.into();
+        assert!(matches!(
+            decode(newer.to_string().as_bytes()),
+            Decoded::Newer(2)
+        ));
+        let future = br#"{"v": 7, "kind": "batch", "objects": []}"#;
+        assert!(matches!(decode(future), Decoded::Newer(7)));
+        // Garbage states no newer version.
+        for garbage in [
+            &b"not json"[..],
+            br#"{"kind": "nonsense"}"#,
+            br#"{"v": "x"}"#,
+        ] {
+            assert!(matches!(decode(garbage), Decoded::Garbage(_)));
+        }
+    }
+
+    #[test]
+    fn versions_have_subjects_and_consumers_that_never_overlap() {
+        assert_eq!(role_prefix(0, Role::Upload), "cim.work.upload");
+        assert_eq!(role_prefix(1, Role::Upload), "cim.work.v1.upload");
+        assert_eq!(consumer_name(Role::Upload, 0), "upload");
+        assert_eq!(consumer_name(Role::Mirror, 1), "mirror-v1");
+        // `cim.work.upload.>` cannot match `cim.work.v1.upload.…`: token 3 differs.
+        for role in [Role::Mirror, Role::Upload] {
+            assert_ne!(role.as_str(), "v1");
+        }
     }
 
     #[test]
