@@ -10,5 +10,7 @@ cd "$(dirname "$0")/.."
 bash scripts/install-tools.sh
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/cim/target}"
+# The demo talks to loopback only: never let the AWS SDK probe the cloud metadata address.
+export AWS_EC2_METADATA_DISABLED=true
 cargo build --workspace --bins --locked
 exec "$CARGO_TARGET_DIR/debug/cim-demo" "$@"

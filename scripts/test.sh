@@ -13,6 +13,8 @@ export PATH="$PATH:$HOME/.cache/cim-tools/venv/bin"
 # One build cache per machine, shared by every checkout (CI clones afresh each run).
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/cim/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# Tests talk to loopback only: never let the AWS SDK probe the cloud metadata address.
+export AWS_EC2_METADATA_DISABLED=true
 
 echo "== build (all binaries: the end-to-end tests run them as separate processes)"
 cargo build --workspace --bins --locked

@@ -90,6 +90,9 @@ impl Proc {
         )?;
         let mut cmd = Command::new(&self.program);
         cmd.args(&self.args)
+            // With no credentials the AWS SDK's default chain would probe the cloud metadata
+            // address; test processes talk to loopback only.
+            .env("AWS_EC2_METADATA_DISABLED", "true")
             .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
