@@ -9,7 +9,9 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use cim_gateway::format;
 use cim_tests::{cim_bin, wait_until, Topology};
+use cim_tiering::catalog::Version;
 use cim_tiering::digest::Sha256Digest;
 use common::{content, Roles, Tiers};
 
@@ -167,4 +169,165 @@ async fn restore_never_replaces_a_newer_version() {
         describe(&out)
     );
     assert!(Tiers::read(&tiers.hub, "sensors", "doc").await.0 == v2);
+}
+
+/// The tier prefix of [`Topology::config_toml`]'s S3 tier.
+const PREFIX: &str = "cim/";
+
+/// Plants object `name` of NATS bucket `bucket` directly in S3, blob and format-1 manifest as an
+/// uploader writes them, after `tweak` edited the manifest's JSON; returns the manifest key.
+async fn plant(
+    topology: &Topology,
+    bucket: &str,
+    name: &str,
+    data: &[u8],
+    tweak: impl FnOnce(&mut serde_json::Value),
+) -> String {
+    let s3 = topology.s3.client().await;
+    let digest = Sha256Digest::of(data);
+    let blob = zstd::encode_all(data, 3).unwrap();
+    let blob_key = format::blob_key(PREFIX, &digest);
+    s3.put_object()
+        .bucket(&topology.s3.bucket)
+        .key(&blob_key)
+        .metadata("cim-sha256", digest.to_hex())
+        .metadata("cim-size", data.len().to_string())
+        .metadata("cim-compression", "zstd")
+        .body(blob.clone().into())
+        .send()
+        .await
+        .unwrap();
+    let mut manifest = serde_json::json!({
+        "format": 1,
+        "bucket": bucket,
+        "name": name,
+        "size": data.len(),
+        "digest": digest.to_nats(),
+        "sha256_hex": digest.to_hex(),
+        "compression": "zstd",
+        "stored_size": blob.len(),
+        "blob_key": blob_key,
+        "description": null,
+        "metadata": {},
+        "headers": null,
+        "modified": null,
+        "uploaded_at": "2026-01-01T00:00:00Z",
+        "source_tier": "hub",
+        "source_nuid": "PLANTED",
+    });
+    tweak(&mut manifest);
+    let key = format::manifest_key(PREFIX, bucket, name);
+    s3.put_object()
+        .bucket(&topology.s3.bucket)
+        .key(&key)
+        .content_type("application/json")
+        .body(serde_json::to_vec_pretty(&manifest).unwrap().into())
+        .send()
+        .await
+        .unwrap();
+    key
+}
+
+/// Messages in the hub stream of `bucket` (0 when the stream does not exist).
+async fn hub_messages(tiers: &Tiers, bucket: &str) -> u64 {
+    match tiers.hub.get_stream(format!("OBJ_{bucket}")).await {
+        Ok(mut stream) => stream.info().await.unwrap().state.messages,
+        Err(_) => 0,
+    }
+}
+
+/// Item 10: a manifest whose digest disagrees with the catalog's record of the S3 copy, a blob
+/// shorter or longer than its manifest's `stored_size`, and a decompression bomb declaring more
+/// than the target stream can still store are each refused with an error naming the object;
+/// nothing of them is written to the hub, and the good object beside them is restored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restore_refuses_manifests_that_lie() {
+    let topology = Topology::start().await.unwrap();
+    let config = topology.write_config(POLICIES);
+    let tiers = Tiers::connect(&topology).await;
+
+    // The catalog says the S3 tier holds `truth`; the manifest found there describes `forged`.
+    let (truth, forged) = (content(200, 50_000), content(201, 50_000));
+    let key = plant(&topology, "untrusted", "disagrees", &forged, |_| {}).await;
+    let truth_digest = Sha256Digest::of(&truth);
+    tiers
+        .catalog
+        .record_copy(
+            "untrusted",
+            "disagrees",
+            &Version {
+                size: 50_000,
+                digest: truth_digest,
+                seq: 1,
+            },
+            "s3",
+            Some(key),
+        )
+        .await
+        .unwrap();
+    // Blobs shorter and longer than their manifests say.
+    let stored = |m: &serde_json::Value| m["stored_size"].as_u64().unwrap();
+    plant(
+        &topology,
+        "untrusted",
+        "shorter",
+        &content(202, 60_000),
+        |m| m["stored_size"] = (stored(m) + 1).into(),
+    )
+    .await;
+    plant(
+        &topology,
+        "untrusted",
+        "longer",
+        &content(203, 60_000),
+        |m| m["stored_size"] = (stored(m) - 1).into(),
+    )
+    .await;
+    let good = content(204, 10_000);
+    plant(&topology, "untrusted", "good", &good, |_| {}).await;
+
+    let out = gateway(&config, &["restore", "--bucket", "untrusted", "--all"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        Tiers::names(&tiers.hub_tier, "untrusted").await,
+        vec!["good"],
+        "only the good object may reach the hub\n{}",
+        describe(&out)
+    );
+    assert!(Tiers::read(&tiers.hub, "untrusted", "good").await.0 == good);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        stderr.contains("\"disagrees\"")
+            && stderr.contains(&truth_digest.to_nats())
+            && stderr.contains(&Sha256Digest::of(&forged).to_nats()),
+        "the refusal must name the object and both digests\n{}",
+        describe(&out)
+    );
+    for name in ["\"shorter\"", "\"longer\""] {
+        assert!(
+            stderr.contains(name),
+            "{name} not refused\n{}",
+            describe(&out)
+        );
+    }
+
+    // A decompression bomb: 16 MiB of zeros (a few hundred bytes compressed), into a hub stream
+    // that can hold 1 MiB.
+    let mut stream = cim_tiering::jetstream::bucket_stream_config("bomb", 3, None);
+    stream.max_bytes = 1024 * 1024;
+    tiers.hub.create_stream(stream).await.unwrap();
+    plant(&topology, "bomb", "zeros", &vec![0u8; 16 << 20], |_| {}).await;
+    let out = gateway(&config, &["restore", "--bucket", "bomb", "--name", "zeros"]);
+    assert_eq!(
+        hub_messages(&tiers, "bomb").await,
+        0,
+        "the bomb wrote into the hub stream\n{}",
+        describe(&out)
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("\"zeros\""),
+        "{}",
+        describe(&out)
+    );
 }
