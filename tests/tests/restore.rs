@@ -331,3 +331,63 @@ async fn restore_refuses_manifests_that_lie() {
         describe(&out)
     );
 }
+
+/// Item 12 (manifests): a manifest of a format this build does not understand (99), next to
+/// normal ones, is skipped and reported by `list` and `restore`, never aborting the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_manifest_of_a_future_format_is_skipped_and_reported() {
+    let topology = Topology::start().await.unwrap();
+    let config = topology.write_config(POLICIES);
+    let tiers = Tiers::connect(&topology).await;
+    let (a, b) = (content(300, 20_000), content(301, 30_000));
+    plant(&topology, "formats", "a", &a, |_| {}).await;
+    plant(&topology, "formats", "b", &b, |_| {}).await;
+    let future_key = plant(&topology, "formats", "future", &content(302, 1000), |m| {
+        m["format"] = 99.into();
+        // A future format may drop or change any field but `format`.
+        m.as_object_mut().unwrap().remove("sha256_hex");
+        m["digest"] = serde_json::json!({ "algorithm": "sha-512", "value": "..." });
+    })
+    .await;
+
+    for args in [&["list", "--bucket", "formats"][..], &["list"][..]] {
+        let out = gateway(&config, args);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for name in ["a", "b"] {
+            assert!(
+                stdout.lines().any(|l| l.ends_with(&format!("\t{name}"))),
+                "{args:?}: {name} missing\n{}",
+                describe(&out)
+            );
+        }
+        assert!(
+            stderr.contains(&future_key) && stderr.contains("format 99"),
+            "{args:?}: the future manifest must be reported\n{}",
+            describe(&out)
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(EXIT_SKIPPED),
+            "{args:?}\n{}",
+            describe(&out)
+        );
+    }
+
+    let out = gateway(&config, &["restore", "--bucket", "formats", "--all"]);
+    assert_eq!(
+        Tiers::names(&tiers.hub_tier, "formats").await,
+        vec!["a", "b"],
+        "{}",
+        describe(&out)
+    );
+    assert!(Tiers::read(&tiers.hub, "formats", "a").await.0 == a);
+    assert!(Tiers::read(&tiers.hub, "formats", "b").await.0 == b);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("skipped  formats/future") && stdout.contains("format 99"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(out.status.code(), Some(EXIT_SKIPPED), "{}", describe(&out));
+}
