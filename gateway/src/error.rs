@@ -65,6 +65,22 @@ pub enum Error {
         source: serde_json::Error,
     },
 
+    /// A manifest of a format this version cannot read (see [`crate::format::READABLE_FORMATS`]),
+    /// written by a newer version: skipped and reported by `list` and `restore`, never trusted
+    /// and never overwritten.
+    #[error(
+        "manifest {key} has format {format}, which this version cannot read (it reads {}..={}); \
+         left for a newer cim-gateway",
+        crate::format::READABLE_FORMATS.start(),
+        crate::format::READABLE_FORMATS.end()
+    )]
+    UnsupportedFormat {
+        /// The manifest's S3 key.
+        key: String,
+        /// The format it declares.
+        format: u64,
+    },
+
     /// Local I/O failed (reading the content to upload, writing restored content).
     #[error("{context}: {source}")]
     Io {
@@ -86,6 +102,65 @@ pub enum Error {
     /// structured fields (bucket, object, tier) and its transience survive (`?` converts it).
     #[error(transparent)]
     Tiering(#[from] cim_tiering::Error),
+
+    /// Restore was asked to overwrite (`--overwrite`) a version that no other tier holds a
+    /// verified copy of: replacing it would lose it, so it is refused.
+    #[error(
+        "refusing to overwrite object {name:?} in bucket {bucket:?} on tier {tier}: its version \
+         {digest} has no verified copy on another tier"
+    )]
+    WouldLoseVersion {
+        /// The object-store bucket.
+        bucket: String,
+        /// The object's name.
+        name: String,
+        /// The tier holding the only copy.
+        tier: String,
+        /// Ingest digest of the version held there.
+        digest: String,
+    },
+
+    /// A manifest read from S3 names another version than the catalog records as verified on
+    /// that S3 tier: one of them lies, so the manifest is not trusted.
+    #[error(
+        "manifest {key} of object {name:?} in bucket {bucket:?} says {manifest}, but the catalog \
+         records {catalog} on tier {tier}; refused"
+    )]
+    CatalogDisagrees {
+        /// The manifest's S3 key.
+        key: String,
+        /// The object-store bucket.
+        bucket: String,
+        /// The object's name.
+        name: String,
+        /// The S3 tier.
+        tier: String,
+        /// The manifest's digest.
+        manifest: String,
+        /// The catalog's digest.
+        catalog: String,
+    },
+
+    /// An object declares more bytes than the target can still store (a decompression bomb, or
+    /// simply a full stream): refused before anything is read or written.
+    #[error(
+        "object {name:?} in bucket {bucket:?} declares {size} bytes, more than tier {tier} can \
+         still store ({room} bytes: {limit}); refused"
+    )]
+    NoRoom {
+        /// The object-store bucket.
+        bucket: String,
+        /// The object's name.
+        name: String,
+        /// The target tier.
+        tier: String,
+        /// The declared (uncompressed) size.
+        size: u64,
+        /// What the tightest limit still allows.
+        room: u64,
+        /// Which limit that is.
+        limit: String,
+    },
 
     /// A NATS object-store operation failed (used by the upload and restore orchestration).
     #[error("nats {op} {bucket}/{name}: {source}")]
@@ -110,7 +185,8 @@ impl Error {
     /// the common case; callers that need finer decisions match on the variant). `Tiering` errors
     /// answer for themselves (`cim_tiering::Error::is_transient`). Not transient:
     /// integrity failures (the copy is bad, retrying the same read gives the same answer), invalid
-    /// manifests, configuration errors, and S3 client errors such as 403 or 404.
+    /// manifests, configuration errors, refusals to lose a version, and S3 client errors such as
+    /// 403 or 404.
     pub fn is_transient(&self) -> bool {
         match self {
             Error::S3 { source, .. } => match source.downcast_ref::<S3Failure>() {
@@ -121,7 +197,13 @@ impl Error {
             },
             Error::Io { .. } | Error::Nats { .. } => true,
             Error::Tiering(e) => e.is_transient(),
-            Error::Integrity { .. } | Error::Manifest { .. } | Error::Config { .. } => false,
+            Error::Integrity { .. }
+            | Error::Manifest { .. }
+            | Error::UnsupportedFormat { .. }
+            | Error::Config { .. }
+            | Error::WouldLoseVersion { .. }
+            | Error::CatalogDisagrees { .. }
+            | Error::NoRoom { .. } => false,
         }
     }
 

@@ -31,6 +31,12 @@ use crate::Error;
 /// 2 added `source_seq` (the order of versions) and the per-version history under `versions/`.
 pub const FORMAT_VERSION: u32 = 2;
 
+/// The manifest formats this crate reads: every format from 1 up to the one it writes, so a
+/// reader of format N also reads N−1 (bumping [`FORMAT_VERSION`] is the only change needed).
+/// A manifest outside this range was written by a newer version (or is not ours): it is
+/// [`Error::UnsupportedFormat`], skipped and reported, never trusted or overwritten.
+pub const READABLE_FORMATS: std::ops::RangeInclusive<u32> = 1..=FORMAT_VERSION;
+
 /// Key of the content-addressed blob holding `digest`'s content, zstd-compressed.
 ///
 /// `prefix` is the tier prefix: `""` or ending with `/`.
@@ -136,7 +142,8 @@ impl Compression {
 /// object is safely on S3.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct Manifest {
-    /// Format version; always [`FORMAT_VERSION`].
+    /// Format version it was written in: [`FORMAT_VERSION`] when written by this crate, any of
+    /// [`READABLE_FORMATS`] when read.
     pub format: u32,
     /// NATS object-store bucket.
     pub bucket: String,
@@ -187,25 +194,33 @@ impl Manifest {
 
     /// Parses and checks a manifest read from `key`.
     ///
-    /// Beyond the JSON shape, rejects a manifest that lies: an unknown `format`, a `sha256_hex`
+    /// The `format` is read first, alone: a format outside [`READABLE_FORMATS`] is
+    /// [`Error::UnsupportedFormat`] whatever its other fields look like (a newer format may
+    /// change any of them). Beyond the JSON shape, rejects a manifest that lies: a `sha256_hex`
     /// that disagrees with `digest`, or a `blob_key` that is not the blob key of `digest`. A
     /// restore trusting such a manifest would fetch or verify against the wrong content.
     pub fn from_json(key: &str, bytes: &[u8]) -> Result<Manifest, Error> {
+        /// Just the format: the one field every format keeps.
+        #[derive(Deserialize)]
+        struct Format {
+            format: u64,
+        }
         let invalid = |message: String| Error::Manifest {
             key: key.to_string(),
             source: <serde_json::Error as serde::de::Error>::custom(message),
         };
-        let manifest: Manifest =
-            serde_json::from_slice(bytes).map_err(|source| Error::Manifest {
+        let parse_error = |source| Error::Manifest {
+            key: key.to_string(),
+            source,
+        };
+        let Format { format } = serde_json::from_slice(bytes).map_err(parse_error)?;
+        if !u32::try_from(format).is_ok_and(|f| READABLE_FORMATS.contains(&f)) {
+            return Err(Error::UnsupportedFormat {
                 key: key.to_string(),
-                source,
-            })?;
-        if !(1..=FORMAT_VERSION).contains(&manifest.format) {
-            return Err(invalid(format!(
-                "unsupported format {} (this version reads 1 to {FORMAT_VERSION})",
-                manifest.format
-            )));
+                format,
+            });
         }
+        let manifest: Manifest = serde_json::from_slice(bytes).map_err(parse_error)?;
         let hex = manifest.digest.to_hex();
         if manifest.sha256_hex != hex {
             return Err(invalid(format!(
@@ -342,9 +357,6 @@ mod tests {
             assert!(msg.contains(needle), "{msg}");
         };
         let mut m = sample();
-        m.format = FORMAT_VERSION + 1;
-        check(m, "format");
-        let mut m = sample();
         m.sha256_hex = Sha256Digest::of(b"other").to_hex();
         check(m, "sha256_hex");
         let mut m = sample();
@@ -355,6 +367,75 @@ mod tests {
         check(m, "blob_key");
         let err = Manifest::from_json("k", b"{not json").unwrap_err();
         assert!(matches!(err, Error::Manifest { .. }));
+    }
+
+    /// The example of format 1 in `docs/s3-format.md`, verbatim: every later reader must read it.
+    const FORMAT_1_EXAMPLE: &str = r#"{
+  "format": 1,
+  "bucket": "media",
+  "name": "hello",
+  "size": 5,
+  "digest": "SHA-256=LPJNul-wow4m6DsqxbninhsWHlwfp0JecwQzYpOLmCQ=",
+  "sha256_hex": "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824",
+  "compression": "zstd",
+  "stored_size": 18,
+  "blob_key": "cim/blobs/sha256/2c/2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824.zst",
+  "description": "a greeting",
+  "metadata": { "owner": "alice" },
+  "headers": { "Content-Type": ["text/plain"] },
+  "modified": "2025-01-02T03:04:05Z",
+  "uploaded_at": "2025-01-02T03:10:00Z",
+  "source_tier": "hub",
+  "source_nuid": "f3N2yRRtAhqU4AhfXGEKR8"
+}"#;
+
+    #[test]
+    fn every_format_up_to_the_current_one_is_read() {
+        assert_eq!(*READABLE_FORMATS.start(), 1);
+        assert_eq!(*READABLE_FORMATS.end(), FORMAT_VERSION);
+        let m = Manifest::from_json("k", FORMAT_1_EXAMPLE.as_bytes()).unwrap();
+        assert_eq!((m.format, m.name.as_str(), m.size), (1, "hello", 5));
+        assert_eq!(m.digest, Sha256Digest::of(b"hello"));
+        for format in READABLE_FORMATS {
+            let mut m = sample();
+            m.format = format;
+            assert_eq!(
+                Manifest::from_json("k", &m.to_json()).unwrap().format,
+                format
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_formats_are_their_own_error_whatever_the_other_fields() {
+        let newer = u64::from(FORMAT_VERSION) + 1;
+        for (format, json) in [
+            (
+                newer,
+                format!(r#"{{"format": {newer}, "digest": {{"sha-512": "x"}}}}"#),
+            ),
+            (99, r#"{"format": 99}"#.to_string()),
+            (
+                0,
+                FORMAT_1_EXAMPLE.replace("\"format\": 1", "\"format\": 0"),
+            ),
+            (1 << 40, format!(r#"{{"format": {}}}"#, 1u64 << 40)),
+        ] {
+            let err = Manifest::from_json("t/objects/b/x.json", json.as_bytes()).unwrap_err();
+            assert!(
+                matches!(&err, Error::UnsupportedFormat { key, format: f } if key == "t/objects/b/x.json" && *f == format),
+                "{err:?}"
+            );
+            assert!(!err.is_transient());
+            let msg = err.to_string();
+            assert!(
+                msg.contains("t/objects/b/x.json") && msg.contains(&format!("format {format}")),
+                "{msg}"
+            );
+        }
+        // No format at all is not a future format: just invalid.
+        let err = Manifest::from_json("k", br#"{"bucket": "b"}"#).unwrap_err();
+        assert!(matches!(err, Error::Manifest { .. }), "{err:?}");
     }
 
     #[test]

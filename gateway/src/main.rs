@@ -39,6 +39,11 @@ enum Command {
         metrics_listen: Option<SocketAddr>,
     },
     /// Restore objects from S3 into a JetStream tier, verifying every byte first.
+    ///
+    /// An object whose target already holds a different version is skipped and reported, unless
+    /// --overwrite is given; even then a version is only replaced when the catalog records a
+    /// verified copy of it on another tier (otherwise the object fails, named).
+    #[command(after_help = EXIT_STATUS_HELP)]
     Restore {
         #[command(flatten)]
         config: ConfigArg,
@@ -51,6 +56,10 @@ enum Command {
         /// Restore every object of the bucket.
         #[arg(long)]
         all: bool,
+        /// Replace a different version held by the target, if another tier holds a verified
+        /// copy of it.
+        #[arg(long)]
+        overwrite: bool,
         /// S3 tier to read from (default: the only S3 tier).
         #[arg(long)]
         from: Option<String>,
@@ -59,6 +68,10 @@ enum Command {
         to: Option<String>,
     },
     /// List what an S3 tier holds, from its manifests alone (no NATS needed).
+    ///
+    /// One line per object on stdout: bucket, size, digest, name (tab-separated). A manifest
+    /// that cannot be read, or has a format this version cannot read, is reported on stderr.
+    #[command(after_help = LIST_EXIT_STATUS_HELP)]
     List {
         #[command(flatten)]
         config: ConfigArg,
@@ -71,6 +84,22 @@ enum Command {
     },
 }
 
+/// Exit status of `restore`: 0 when everything was restored (or listed), 1 when an
+/// object failed, [`EXIT_SKIPPED`] when none failed but some were skipped.
+const EXIT_STATUS_HELP: &str = "Exit status: 0 every object restored or already present; \
+1 at least one object failed (or the run could not start); 3 none failed, but at least one was \
+skipped (the target holds another version, or its manifest has a format this version cannot \
+read) and is named on its own line.";
+
+/// Exit status of `list`, in the same scheme as `restore`'s.
+const LIST_EXIT_STATUS_HELP: &str = "Exit status: 0 every manifest listed; 1 at least one \
+manifest could not be read (or the listing failed); 3 none failed, but at least one manifest has \
+a format this version cannot read (skipped, named on stderr; left for a newer cim-gateway).";
+
+/// Exit status of a run that skipped objects and failed none: the data is safe, but what was
+/// asked for was not all done, so scripts must notice.
+const EXIT_SKIPPED: u8 = 3;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     cli::init_tracing();
@@ -81,6 +110,15 @@ async fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The exit status of a run with `failed` failures and `skipped` skips (see [`EXIT_STATUS_HELP`]).
+fn exit_status(failed: usize, skipped: usize) -> ExitCode {
+    match (failed, skipped) {
+        (0, 0) => ExitCode::SUCCESS,
+        (0, _) => ExitCode::from(EXIT_SKIPPED),
+        _ => ExitCode::FAILURE,
     }
 }
 
@@ -152,6 +190,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             bucket,
             name,
             all,
+            overwrite,
             from,
             to,
         } => {
@@ -169,7 +208,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let store = cim_gateway::s3::S3Store::connect(&s3_config)
                 .await?
                 .with_tier_name(s3_name.as_str());
-            let restorer = Restorer::new(system, store, &target)?;
+            let restorer = Restorer::new(system, store, &target)?.overwrite(overwrite);
             let results = if all {
                 let results = restorer.restore_bucket(&bucket).await?;
                 if results.is_empty() {
@@ -181,11 +220,15 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 let outcome = restorer.restore(&bucket, &name).await;
                 vec![(name, outcome)]
             };
-            let mut failed = 0;
+            let (mut failed, mut skipped) = (0, 0);
             for (name, outcome) in &results {
                 match outcome {
                     Ok(Restored::Written) => println!("restored {bucket}/{name}"),
                     Ok(Restored::AlreadyPresent) => println!("present  {bucket}/{name}"),
+                    Ok(Restored::Skipped(why)) => {
+                        skipped += 1;
+                        println!("skipped  {bucket}/{name}: {why}");
+                    }
                     Err(e) => {
                         failed += 1;
                         eprintln!("FAILED   {bucket}/{name}: {e}");
@@ -193,14 +236,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 }
             }
             println!(
-                "{} restored or present, {failed} failed",
-                results.len() - failed
+                "{} restored or present, {failed} failed, {skipped} skipped",
+                results.len() - failed - skipped
             );
-            Ok(if failed == 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            Ok(exit_status(failed, skipped))
         }
         Command::List {
             config,
@@ -217,12 +256,25 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 Some(b) => vec![b],
                 None => store.list_buckets().await?,
             };
+            // One unreadable manifest never hides the others: each is reported on stderr, the
+            // listing (stdout) goes on.
+            let (mut failed, mut skipped) = (0, 0);
             for b in buckets {
-                for m in store.list_manifests(&b).await? {
-                    println!("{}\t{}\t{}\t{}", m.bucket, m.size, m.digest, m.name);
+                for listed in store.scan_manifests(&b).await? {
+                    match listed.manifest {
+                        Ok(m) => println!("{}\t{}\t{}\t{}", m.bucket, m.size, m.digest, m.name),
+                        Err(e @ cim_gateway::Error::UnsupportedFormat { .. }) => {
+                            skipped += 1;
+                            eprintln!("skipped  {b}/{}: {e}", listed.name);
+                        }
+                        Err(e) => {
+                            failed += 1;
+                            eprintln!("FAILED   {b}/{}: {e}", listed.name);
+                        }
+                    }
                 }
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(exit_status(failed, skipped))
         }
     }
 }

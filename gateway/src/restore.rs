@@ -7,28 +7,108 @@
 //! object store computes the same digest, which is checked once more and recorded in the catalog.
 //!
 //! Staging on disk keeps memory bounded whatever the object size (invariant 4).
+//!
+//! # Restore never replaces a newer version
+//!
+//! The S3 copy of an object may be older than the version the target holds: v1 archived, the
+//! uploader stopped, v2 written and moved up to the cluster. Restoring v1 over v2 would lose v2 if
+//! the cluster held its only copy. So an object whose target holds a *different* version is
+//! skipped ([`Restored::Skipped`]) unless [`Restorer::overwrite`] is set, and even then it is
+//! replaced only when the catalog records a verified copy of exactly that version on another
+//! tier; otherwise [`Error::WouldLoseVersion`] refuses it, naming the object.
+//!
+//! # Manifests are untrusted input
+//!
+//! Before anything is read or written: a manifest whose digest disagrees with the catalog's
+//! record of the copy on that S3 tier is refused ([`Error::CatalogDisagrees`]); an object that
+//! declares more bytes than the target can still store — the stream's `max_bytes` and the
+//! account's JetStream storage limits, whichever is tightest — is refused ([`Error::NoRoom`]), so
+//! a decompression bomb fills nothing. The S3 read itself checks the blob's length against the
+//! manifest's `stored_size` and never passes on more than the declared size.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use std::fmt;
+
+use async_nats::jetstream::account::{Account, Limits};
 use async_nats::jetstream::object_store::ObjectMetadata;
-use cim_tiering::catalog::Version;
-use cim_tiering::jetstream::{check_content, ingest_digest, JetStreamTier};
+use async_nats::jetstream::stream::StorageType;
+use cim_tiering::catalog::{Entry, Version};
+use cim_tiering::digest::Sha256Digest;
+use cim_tiering::jetstream::{check_content, ingest_digest, stream_name, JetStreamTier};
 use cim_tiering::{metrics, System};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tracing::Instrument;
 
-use crate::format::Manifest;
+use crate::format::{manifest_key, Manifest};
 use crate::s3::S3Store;
 use crate::Error;
 
 /// What happened to one object.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Restored {
     /// Written into the target tier.
     Written,
     /// The target already held this exact version.
     AlreadyPresent,
+    /// Left as it is, nothing written; the operator should look (see [`Skip`]).
+    Skipped(Skip),
+}
+
+/// Why an object was not restored although nothing failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Skip {
+    /// The target holds another version than the S3 copy; it is kept (`--overwrite` replaces it
+    /// when another tier holds a verified copy of it).
+    TargetHoldsOtherVersion {
+        /// The target tier.
+        tier: String,
+        /// Ingest digest of the version the target holds.
+        held: Sha256Digest,
+        /// Digest of the S3 copy.
+        s3: Sha256Digest,
+    },
+    /// The manifest has a format this version cannot read; left for a newer version.
+    UnsupportedFormat {
+        /// The manifest's key.
+        key: String,
+        /// The format it declares.
+        format: u64,
+    },
+}
+
+impl Skip {
+    /// The skip a manifest read error stands for, if it is one ([`Error::UnsupportedFormat`]).
+    fn of(error: &Error) -> Option<Skip> {
+        match error {
+            Error::UnsupportedFormat { key, format } => Some(Skip::UnsupportedFormat {
+                key: key.clone(),
+                format: *format,
+            }),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Skip {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Skip::TargetHoldsOtherVersion { tier, held, s3 } => write!(
+                f,
+                "tier {tier} holds another version ({held}) than s3 ({s3}); kept it \
+                 (--overwrite replaces it if another tier holds a verified copy)"
+            ),
+            Skip::UnsupportedFormat { key, format } => write!(
+                f,
+                "manifest {key} has format {format}, which this version cannot read (it reads \
+                 {}..={}); left for a newer cim-gateway",
+                crate::format::READABLE_FORMATS.start(),
+                crate::format::READABLE_FORMATS.end()
+            ),
+        }
+    }
 }
 
 /// Restores objects from one S3 tier into one JetStream tier.
@@ -37,6 +117,7 @@ pub struct Restorer {
     store: S3Store,
     target: JetStreamTier,
     staging_dir: PathBuf,
+    overwrite: bool,
 }
 
 impl Restorer {
@@ -56,7 +137,15 @@ impl Restorer {
             store,
             target,
             staging_dir,
+            overwrite: false,
         })
+    }
+
+    /// Whether a target version different from the S3 copy may be replaced (`--overwrite`);
+    /// even then only when another tier holds a verified copy of it (see the module docs).
+    pub fn overwrite(mut self, overwrite: bool) -> Self {
+        self.overwrite = overwrite;
+        self
     }
 
     /// The S3 store read from.
@@ -66,26 +155,38 @@ impl Restorer {
 
     /// Restores one object by bucket and name.
     pub async fn restore(&self, bucket: &str, name: &str) -> Result<Restored, Error> {
-        let manifest = self
-            .store
-            .get_manifest(bucket, name)
-            .await?
-            .ok_or_else(|| Error::Config {
-                message: format!("no object {name:?} in bucket {bucket:?} on s3"),
-            })?;
+        let manifest = match self.store.get_manifest(bucket, name).await {
+            Ok(Some(manifest)) => manifest,
+            Ok(None) => {
+                return Err(Error::Config {
+                    message: format!("no object {name:?} in bucket {bucket:?} on s3"),
+                })
+            }
+            Err(e) => return Skip::of(&e).map(Restored::Skipped).ok_or(e),
+        };
         self.restore_manifest(&manifest).await
     }
 
     /// Restores every object of a bucket; one result per object, failures do not stop the rest.
+    /// A manifest of a format this version cannot read is skipped ([`Skip::UnsupportedFormat`]).
     pub async fn restore_bucket(
         &self,
         bucket: &str,
     ) -> Result<Vec<(String, Result<Restored, Error>)>, Error> {
-        let manifests = self.store.list_manifests(bucket).await?;
-        let mut results = Vec::with_capacity(manifests.len());
-        for manifest in manifests {
-            let outcome = self.restore_manifest(&manifest).await;
-            results.push((manifest.name.clone(), outcome));
+        let listed = self.store.scan_manifests(bucket).await?;
+        let mut results = Vec::with_capacity(listed.len());
+        for entry in listed {
+            let outcome = match entry.manifest {
+                Ok(manifest) => self.restore_manifest(&manifest).await,
+                Err(e) => match Skip::of(&e) {
+                    Some(skip) => {
+                        tracing::warn!(key = %entry.key, %skip, "skipped");
+                        Ok(Restored::Skipped(skip))
+                    }
+                    None => Err(e),
+                },
+            };
+            results.push((entry.name, outcome));
         }
         Ok(results)
     }
@@ -98,12 +199,27 @@ impl Restorer {
 
     async fn restore_inner(&self, m: &Manifest) -> Result<Restored, Error> {
         let (bucket, name) = (m.bucket.as_str(), m.name.as_str());
-        if let Some(existing) = self.target.info(bucket, name).await? {
-            if ingest_digest(self.target.name(), bucket, &existing)? == m.digest {
+        let entry = self.system.catalog.get(bucket, name).await?;
+        self.check_against_catalog(m, entry.as_ref())?;
+        let existing = self.target.info(bucket, name).await?;
+        if let Some(existing) = &existing {
+            let held = ingest_digest(self.target.name(), bucket, existing)?;
+            if held == m.digest {
                 tracing::info!("already present with the same digest");
                 return Ok(Restored::AlreadyPresent);
             }
+            if !self.overwrite {
+                let skip = Skip::TargetHoldsOtherVersion {
+                    tier: self.target.name().to_string(),
+                    held,
+                    s3: m.digest,
+                };
+                tracing::warn!(%skip, "skipped");
+                return Ok(Restored::Skipped(skip));
+            }
+            self.check_replaceable(bucket, name, &held, entry.as_ref())?;
         }
+        self.check_room(m).await?;
 
         // 1. S3 → staging file, verified. Nothing in NATS is touched if this fails.
         let staging = tempfile::NamedTempFile::new_in(&self.staging_dir).map_err(|e| {
@@ -124,7 +240,18 @@ impl Restorer {
             .await
             .map_err(|e| Error::io("rewind staging file", e))?;
 
-        // 2. Staging file → target bucket, under the original name and metadata.
+        // 2. Staging file → target bucket, under the original name and metadata. Staging took a
+        //    while: if the target changed meanwhile, the decision above no longer holds.
+        let now = self.target.info(bucket, name).await?;
+        if now.as_ref().map(|i| &i.nuid) != existing.as_ref().map(|i| &i.nuid) {
+            return Err(cim_tiering::Error::NotReady {
+                bucket: bucket.to_string(),
+                object: name.to_string(),
+                tier: self.target.name().to_string(),
+                reason: "changed while being restored; run the restore again".into(),
+            }
+            .into());
+        }
         let store = self.target.ensure_bucket(bucket).await?;
         let meta = ObjectMetadata {
             name: name.to_string(),
@@ -176,5 +303,255 @@ impl Restorer {
         metrics::restored(self.target.name());
         tracing::info!("restored");
         Ok(Restored::Written)
+    }
+
+    /// Refuses a manifest whose digest is not the one the catalog records as verified on this
+    /// S3 tier. Where the catalog does not place the object on this tier (never uploaded by this
+    /// system, or the catalog was lost) there is nothing to compare with.
+    fn check_against_catalog(&self, m: &Manifest, entry: Option<&Entry>) -> Result<(), Error> {
+        let tier = self.store.tier_name();
+        match entry {
+            Some(e) if e.locations.contains_key(tier) && e.digest != m.digest => {
+                Err(Error::CatalogDisagrees {
+                    key: manifest_key(self.store.prefix(), &m.bucket, &m.name),
+                    bucket: m.bucket.clone(),
+                    name: m.name.clone(),
+                    tier: tier.to_string(),
+                    manifest: m.digest.to_nats(),
+                    catalog: e.digest.to_nats(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Refuses an object that declares more than the target can still store (see [`room`]).
+    async fn check_room(&self, m: &Manifest) -> Result<(), Error> {
+        let (bucket, tier) = (m.bucket.as_str(), self.target.name());
+        let js = self.target.context();
+        let stream = match js.get_stream(stream_name(bucket)).await {
+            Ok(mut stream) => Some(
+                stream
+                    .info()
+                    .await
+                    .map_err(|e| {
+                        cim_tiering::Error::bucket_op("read stream info", tier, bucket, e)
+                    })?
+                    .clone(),
+            ),
+            Err(e)
+                if matches!(e.kind(), async_nats::jetstream::context::GetStreamErrorKind::JetStream(js)
+                    if js.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+            {
+                None
+            }
+            Err(e) => {
+                return Err(cim_tiering::Error::bucket_op("open bucket", tier, bucket, e).into())
+            }
+        };
+        let account = js
+            .query_account()
+            .await
+            .map_err(|e| cim_tiering::Error::bucket_op("read account info", tier, bucket, e))?;
+        let replicas = match &stream {
+            Some(info) => info.config.num_replicas,
+            None => match self.system.config.tier(tier) {
+                Some(cim_policies::Tier::JetStream(t)) => t.replicas,
+                _ => 1,
+            },
+        };
+        let target = StreamUse {
+            name: stream_name(bucket),
+            max_bytes: stream.as_ref().map_or(-1, |i| i.config.max_bytes),
+            bytes: stream.as_ref().map_or(0, |i| i.state.bytes),
+            memory: stream
+                .as_ref()
+                .is_some_and(|i| i.config.storage == StorageType::Memory),
+            replicas: replicas.max(1),
+        };
+        let needed = stored_size_estimate(m.size);
+        match room(&target, &account) {
+            Some((room, limit)) if needed > room => Err(Error::NoRoom {
+                bucket: bucket.to_string(),
+                name: m.name.clone(),
+                tier: tier.to_string(),
+                size: m.size,
+                room,
+                limit,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Refuses to replace the target's version `held` unless the catalog records a verified copy
+    /// of exactly that version on another tier (so `--overwrite` can never lose a version).
+    fn check_replaceable(
+        &self,
+        bucket: &str,
+        name: &str,
+        held: &Sha256Digest,
+        entry: Option<&Entry>,
+    ) -> Result<(), Error> {
+        let elsewhere = entry.and_then(|e| {
+            (&e.digest == held)
+                .then(|| e.locations.keys().find(|t| *t != self.target.name()))
+                .flatten()
+        });
+        match elsewhere {
+            Some(tier) => {
+                tracing::info!(held = %held, verified_on = %tier, "overwriting: the target's version is verified elsewhere");
+                Ok(())
+            }
+            None => Err(Error::WouldLoseVersion {
+                bucket: bucket.to_string(),
+                name: name.to_string(),
+                tier: self.target.name().to_string(),
+                digest: held.to_nats(),
+            }),
+        }
+    }
+}
+
+/// Chunk size of restored objects (async-nats' default, which restore uses).
+const CHUNK_SIZE: u64 = 128 * 1024;
+
+/// Bytes a stream needs to store an object of `size` bytes: the content, plus per chunk message
+/// its subject, headers and framing (well under 256 bytes), plus the meta message.
+fn stored_size_estimate(size: u64) -> u64 {
+    size.saturating_add((size / CHUNK_SIZE + 1).saturating_mul(256))
+        .saturating_add(4096)
+}
+
+/// The target stream as far as storage limits care.
+#[derive(Debug, Clone)]
+struct StreamUse {
+    name: String,
+    /// `max_bytes` of its config (≤ 0: unlimited; a stream still to be created is unlimited).
+    max_bytes: i64,
+    /// Bytes it stores now.
+    bytes: u64,
+    /// Memory rather than file storage.
+    memory: bool,
+    replicas: usize,
+}
+
+/// What the target can still store for one object (per replica), with the limit that decides
+/// it; `None` when nothing limits it.
+///
+/// The tightest of: the stream's `max_bytes` minus its bytes; the account's storage limit minus
+/// its usage, and the same for the account's tier of this replica count (`R1`, `R3`) when the
+/// account has tiered limits. Account usage counts every replica, so those limits are divided by
+/// the replica count.
+fn room(stream: &StreamUse, account: &Account) -> Option<(u64, String)> {
+    let mut limits: Vec<(u64, String)> = Vec::new();
+    if stream.max_bytes > 0 {
+        let max = stream.max_bytes as u64;
+        limits.push((
+            max.saturating_sub(stream.bytes),
+            format!(
+                "stream {} max_bytes {max}, {} used",
+                stream.name, stream.bytes
+            ),
+        ));
+    }
+    let replicas = stream.replicas.max(1) as u64;
+    let mut account_limit = |scope: String,
+                             limits_of: &Limits,
+                             memory_used: u64,
+                             storage_used: u64| {
+        let (max, used) = if stream.memory {
+            (limits_of.max_memory, memory_used)
+        } else {
+            (limits_of.max_storage, storage_used)
+        };
+        if let Some(max) = max.filter(|m| *m > 0) {
+            let max = max as u64;
+            limits.push((
+                max.saturating_sub(used) / replicas,
+                format!("{scope} jetstream storage limit {max}, {used} used, {replicas} replicas"),
+            ));
+        }
+    };
+    account_limit(
+        "account".to_string(),
+        &account.limits,
+        account.memory,
+        account.storage,
+    );
+    if let Some(tier) = account.tiers.get(&format!("R{replicas}")) {
+        account_limit(
+            format!("account tier R{replicas}"),
+            &tier.limits,
+            tier.memory,
+            tier.storage,
+        );
+    }
+    limits.into_iter().min_by_key(|(room, _)| *room)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn stream(max_bytes: i64, bytes: u64) -> StreamUse {
+        StreamUse {
+            name: "OBJ_b".into(),
+            max_bytes,
+            bytes,
+            memory: false,
+            replicas: 3,
+        }
+    }
+
+    #[test]
+    fn room_is_the_tightest_limit() {
+        let unlimited = Account::default();
+        assert_eq!(room(&stream(-1, 5), &unlimited), None);
+        assert_eq!(room(&stream(0, 5), &unlimited), None);
+        let (left, why) = room(&stream(1000, 300), &unlimited).unwrap();
+        assert_eq!(left, 700);
+        assert!(
+            why.contains("OBJ_b") && why.contains("max_bytes 1000"),
+            "{why}"
+        );
+        assert_eq!(room(&stream(1000, 3000), &unlimited).unwrap().0, 0);
+
+        // Account usage counts every replica: 3000 left is 1000 per replica of an R3 stream.
+        let mut account = Account::default();
+        account.limits.max_storage = Some(10_000);
+        account.storage = 7_000;
+        let (left, why) = room(&stream(-1, 0), &account).unwrap();
+        assert_eq!(left, 1000);
+        assert!(
+            why.starts_with("account jetstream storage limit 10000"),
+            "{why}"
+        );
+        assert_eq!(room(&stream(500, 0), &account).unwrap().0, 500);
+
+        // A tiered account: the R3 tier's limit applies to an R3 stream.
+        let mut tiered = Account::default();
+        let mut r3 = async_nats::jetstream::account::Tier::default();
+        r3.limits.max_storage = Some(600);
+        r3.storage = 0;
+        tiered.tiers.insert("R3".into(), r3);
+        let (left, why) = room(&stream(-1, 0), &tiered).unwrap();
+        assert_eq!(left, 200);
+        assert!(why.starts_with("account tier R3"), "{why}");
+
+        // Memory streams are bounded by the memory limit, not the storage one.
+        let mut memory = stream(-1, 0);
+        memory.memory = true;
+        assert_eq!(room(&memory, &account), None);
+        account.limits.max_memory = Some(3_000);
+        assert_eq!(room(&memory, &account).unwrap().0, 1000);
+    }
+
+    #[test]
+    fn the_estimate_covers_chunk_overhead() {
+        assert!(stored_size_estimate(0) > 0);
+        let size = 16 * 1024 * 1024;
+        assert!(stored_size_estimate(size) > size + 128 * 100);
+        assert_eq!(stored_size_estimate(u64::MAX), u64::MAX);
     }
 }

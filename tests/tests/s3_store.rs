@@ -319,8 +319,10 @@ async fn tampered_blob_fails_restore_naming_the_object() {
         .await;
     let decoy_blob = env.get_raw(&decoy.blob_key).await;
 
-    // Garbage that is not zstd at all.
-    env.put_raw(&victim.blob_key, content(5000, 9)).await;
+    // Garbage that is not zstd at all (as long as the real blob: a blob of another length is
+    // refused before it is decoded, see below).
+    env.put_raw(&victim.blob_key, content(original_blob.len(), 9))
+        .await;
     let err = env.read_all(&victim).await.unwrap_err();
     assert_integrity(&err, "victim");
     assert!(
@@ -344,7 +346,7 @@ async fn tampered_blob_fails_restore_naming_the_object() {
         other => panic!("expected an integrity error, got {other:?}"),
     }
 
-    // Truncated blob: the zstd frame ends early.
+    // Truncated blob: its length is not the manifest's stored_size.
     env.put_raw(
         &victim.blob_key,
         original_blob[..original_blob.len() / 2].to_vec(),
@@ -352,7 +354,7 @@ async fn tampered_blob_fails_restore_naming_the_object() {
     .await;
     assert_integrity(&env.store.verify(&victim).await.unwrap_err(), "victim");
 
-    // Trailing garbage after the frame.
+    // Trailing garbage after the frame: likewise.
     let mut padded = original_blob.clone();
     padded.extend_from_slice(&content(100, 11));
     env.put_raw(&victim.blob_key, padded).await;

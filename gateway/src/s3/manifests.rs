@@ -2,13 +2,25 @@
 
 use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::primitives::ByteStream;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 
 use super::S3Store;
 use crate::format::{self, manifest_key, manifest_prefix, Manifest};
 use crate::Error;
+
 /// Concurrent manifest fetches when listing a bucket.
 const MANIFEST_FETCH_CONCURRENCY: usize = 8;
+
+/// One manifest key found by [`S3Store::scan_manifests`], and what reading it gave.
+#[derive(Debug)]
+pub struct ListedManifest {
+    /// The manifest's S3 key.
+    pub key: String,
+    /// The object name its key encodes.
+    pub name: String,
+    /// The manifest, or why it cannot be used.
+    pub manifest: Result<Manifest, Error>,
+}
 
 impl S3Store {
     /// Writes `m` at [`format::manifest_key`] (one PutObject: all or nothing).
@@ -108,10 +120,25 @@ impl S3Store {
 
     /// Every manifest of NATS bucket `bucket`, sorted by name.
     ///
-    /// Lists `P objects/<bucket>/` (paginated) and fetches each manifest, a few concurrently.
-    /// Keys that are not manifest keys are skipped with a warning; an invalid manifest is an
-    /// error (it would otherwise hide an object from a restore).
+    /// Strict: the first manifest that cannot be read (invalid, or of a format this version
+    /// does not read) is the error. `list` and `restore` use [`S3Store::scan_manifests`], which
+    /// reports such manifests one by one instead.
     pub async fn list_manifests(&self, bucket: &str) -> Result<Vec<Manifest>, Error> {
+        self.scan_manifests(bucket)
+            .await?
+            .into_iter()
+            .map(|listed| listed.manifest)
+            .collect()
+    }
+
+    /// Every manifest key of NATS bucket `bucket` with what reading it gave, sorted by name.
+    ///
+    /// Lists `P objects/<bucket>/` (paginated) and fetches each manifest, a few concurrently.
+    /// Keys that are not manifest keys are skipped with a warning; a manifest deleted since it
+    /// was listed is left out. A manifest that cannot be read is its own entry's error
+    /// ([`Error::Manifest`], or [`Error::UnsupportedFormat`] for a newer format), so one bad or
+    /// newer manifest never hides the others; only a failed listing is an error of the whole.
+    pub async fn scan_manifests(&self, bucket: &str) -> Result<Vec<ListedManifest>, Error> {
         let list_prefix = manifest_prefix(&self.prefix, Some(bucket));
         let mut keys = Vec::new();
         let mut pages = self
@@ -131,14 +158,24 @@ impl S3Store {
                 }
             }
         }
-        let mut manifests: Vec<Manifest> = futures::stream::iter(keys)
-            .map(|(key, name)| async move { self.get_manifest_at(&key, bucket, &name).await })
+        let mut listed: Vec<ListedManifest> = futures::stream::iter(keys)
+            .map(|(key, name)| async move {
+                let manifest = self.get_manifest_at(&key, bucket, &name).await;
+                (key, name, manifest)
+            })
             .buffered(MANIFEST_FETCH_CONCURRENCY)
-            .try_filter_map(|m| async move { Ok(m) }) // deleted since listed
-            .try_collect()
-            .await?;
-        manifests.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(manifests)
+            .filter_map(|(key, name, manifest)| async move {
+                let manifest = manifest.transpose()?; // None: deleted since listed
+                Some(ListedManifest {
+                    key,
+                    name,
+                    manifest,
+                })
+            })
+            .collect()
+            .await;
+        listed.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(listed)
     }
 
     /// The NATS buckets that have at least one manifest, sorted.

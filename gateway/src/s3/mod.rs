@@ -40,6 +40,7 @@ mod multipart;
 mod read;
 
 pub use blob_upload::{BlobUpload, UploadOptions, MAX_PARTS, MAX_PART_SIZE, MIN_PART_SIZE};
+pub use manifests::ListedManifest;
 
 /// Read buffer between the source and the compressor, and between decompressor and writer.
 const IO_BUF: usize = 64 * 1024;
