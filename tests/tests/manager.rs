@@ -96,6 +96,11 @@ async fn one_bad_object_or_bucket_never_stops_the_rest() {
             .unwrap();
     }
 
+    // The roles' control-plane streams exist before the node goes (an R3 stream cannot be
+    // created while a peer is offline; that is not what this test is about).
+    cim_tiering::work::WorkQueue::open(tiers.hub.clone(), &Default::default(), 3)
+        .await
+        .unwrap();
     topology.hub.nodes[index].kill();
 
     let roles = Roles::start(&topology, &config);
