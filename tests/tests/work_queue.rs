@@ -11,7 +11,7 @@ use async_nats::jetstream::{self, object_store, stream};
 use cim_tests::{wait_until, RoleProcess, Topology};
 use cim_tiering::digest::Sha256Digest;
 use cim_tiering::work::{ObjectMove, WorkItem, WorkQueue};
-use common::{content, sample, scrape, spawn_role, Tiers};
+use common::{content, sample, scrape, spawn_role, Roles, Tiers};
 
 /// The work stream's name (`[work] stream` default).
 const WORK_STREAM: &str = "CIM_WORK";
@@ -276,4 +276,284 @@ async fn a_newer_work_item_is_left_for_a_newer_role() {
         None,
         "a newer item is not invalid\n{metrics}"
     );
+}
+
+/// A hub → S3 `move` of everything in `bucket`, immediately.
+fn hub_to_s3(bucket: &str) -> String {
+    format!(
+        r#"
+[[policy]]
+name = "{bucket}-to-s3"
+buckets = ["{bucket}"]
+from = "hub"
+to = "s3"
+action = "move"
+after = "0s"
+"#
+    )
+}
+
+/// Objects of `bucket` the catalog places only in S3.
+async fn only_in_s3(tiers: &Tiers, bucket: &str) -> usize {
+    tiers
+        .catalog_locations(bucket)
+        .await
+        .values()
+        .filter(|l| l.as_slice() == ["s3"])
+        .count()
+}
+
+async fn transferred_to_s3(port: u16) -> f64 {
+    match reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await {
+        Ok(response) => sample(
+            &response.text().await.unwrap_or_default(),
+            "cim_transfer_objects_total",
+            &[("from", "hub"), ("to", "s3")],
+        )
+        .unwrap_or(0.0),
+        Err(_) => 0.0,
+    }
+}
+
+/// Waits until every one of `expected` objects of `bucket` is only in S3: the catalog says so,
+/// the hub bucket is empty, and each has its manifest in S3.
+async fn wait_all_in_s3(
+    tiers: &Tiers,
+    bucket: &str,
+    expected: usize,
+    timeout: Duration,
+    logs: impl Fn() -> String,
+) {
+    let result = wait_until(
+        &format!("{expected} objects of {bucket} only in s3"),
+        timeout,
+        || async {
+            only_in_s3(tiers, bucket).await == expected
+                && Tiers::names(&tiers.hub_tier, bucket).await.is_empty()
+        },
+    )
+    .await;
+    if let Err(e) = result {
+        panic!(
+            "{e:#}\nonly in s3: {} of {expected}; still on the hub: {}\n{}",
+            only_in_s3(tiers, bucket).await,
+            Tiers::names(&tiers.hub_tier, bucket).await.len(),
+            logs()
+        );
+    }
+}
+
+/// Issue 5 item 11: a hub server paused (SIGSTOP) during a move leaves handlers waiting on it;
+/// each stuck item is abandoned after `[work] ack_wait` without progress, logged with its
+/// bucket and object, and retried — and once the server runs again every object arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_item_stuck_on_a_paused_hub_server_is_abandoned_and_retried() {
+    const BUCKET: &str = "paused";
+    const OBJECTS: usize = 40;
+    let topology = Topology::start().await.unwrap();
+    let tiers = Tiers::connect(&topology).await;
+    let store = tiers.hub_tier.ensure_bucket(BUCKET).await.unwrap();
+    for i in 0..OBJECTS {
+        let data = content(1100 + i as u64, 2 * 1024 * 1024);
+        store
+            .put(format!("o/{i:02}").as_str(), &mut &data[..])
+            .await
+            .unwrap();
+    }
+    let config = topology.write_config(&hub_to_s3(BUCKET));
+    let dir = topology.dir();
+    let (manager_port, upload_port) = (cim_tests::free_port(), cim_tests::free_port());
+    let manager = spawn_role(
+        "cim-storage",
+        "run",
+        &config,
+        manager_port,
+        &dir.join("manager.log"),
+    );
+    let upload = spawn_role(
+        "cim-gateway",
+        "upload",
+        &config,
+        upload_port,
+        &dir.join("upload.log"),
+    );
+    let logs = || {
+        format!(
+            "--- manager ---\n{}\n--- upload ---\n{}",
+            manager.log(),
+            upload.log()
+        )
+    };
+
+    // Moves are under way: one has finished, so the next ones are in flight.
+    if let Err(e) = wait_until("a first object moved", Duration::from_secs(60), || async {
+        transferred_to_s3(upload_port).await >= 1.0
+    })
+    .await
+    {
+        panic!("{e:#}\n{}", logs());
+    }
+    // Freeze the whole hub: every handler now waits on a server that answers nothing.
+    for node in &topology.hub.nodes {
+        node.pause().unwrap();
+    }
+    let stalled = upload
+        .wait_for_log("abandon", Duration::from_secs(60))
+        .await;
+    for node in &topology.hub.nodes {
+        node.resume().unwrap();
+    }
+    if let Err(e) = stalled {
+        panic!("no stuck item was abandoned: {e:#}\n{}", logs());
+    }
+    let log = upload.log();
+    let line = log.lines().find(|l| l.contains("abandon")).unwrap();
+    assert!(
+        line.contains(&format!("bucket={BUCKET}")) && line.contains("object=o/"),
+        "the log line names the bucket and object: {line}"
+    );
+
+    wait_all_in_s3(&tiers, BUCKET, OBJECTS, Duration::from_secs(180), logs).await;
+}
+
+/// Issue 5 item 11: SIGTERM ends every role within 5 s while work is in flight — even with the
+/// hub frozen under them — releasing unfinished items for redelivery instead of waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_ends_every_role_within_five_seconds_with_work_in_flight() {
+    const BUCKET: &str = "sensors-term";
+    let topology = Topology::start().await.unwrap();
+    let tiers = Tiers::connect(&topology).await;
+    for i in 0..100 {
+        tiers
+            .put_leaf(
+                BUCKET,
+                &format!("o/{i:03}"),
+                &content(1200 + i, 1024 * 1024),
+            )
+            .await;
+    }
+    // A long ack_wait: waiting for in-flight work, as the roles did, takes that long.
+    let config = topology.write_config(&format!(
+        r#"
+[work]
+ack_wait = "60s"
+
+[[policy]]
+name = "edge-to-cluster"
+buckets = ["{BUCKET}"]
+from = "leaf"
+to = "hub"
+action = "move"
+after = "0s"
+{}"#,
+        hub_to_s3(BUCKET)
+    ));
+    let mut roles = Roles::start(&topology, &config);
+    let upload_port = roles.upload_metrics;
+    if let Err(e) = wait_until("a first object in s3", Duration::from_secs(60), || async {
+        transferred_to_s3(upload_port).await >= 1.0
+    })
+    .await
+    {
+        panic!("{e:#}\n{}", roles.logs());
+    }
+    for node in &topology.hub.nodes {
+        node.pause().unwrap();
+    }
+    let mut results = Vec::new();
+    for (name, role) in [
+        ("manager", &mut roles.manager),
+        ("mirror", &mut roles.mirror),
+        ("upload", &mut roles.upload),
+    ] {
+        let started = std::time::Instant::now();
+        let result = role.sigterm_and_wait(Duration::from_secs(5));
+        results.push((name, result.map(|_| started.elapsed())));
+    }
+    for node in &topology.hub.nodes {
+        node.resume().unwrap();
+    }
+    let failed: Vec<String> = results
+        .iter()
+        .filter_map(|(name, r)| r.as_ref().err().map(|e| format!("{name}: {e:#}")))
+        .collect();
+    assert!(failed.is_empty(), "{failed:?}\n{}", roles.logs());
+    eprintln!("exit times after SIGTERM: {results:?}");
+}
+
+/// Issue 5 item 11: 10,000 small objects through hub → S3, every one arriving (catalog and
+/// manifest). Reports how long it took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_thousand_small_objects_all_arrive() {
+    const BUCKET: &str = "many";
+    const OBJECTS: usize = 10_000;
+    let topology = Topology::start().await.unwrap();
+    let tiers = Tiers::connect(&topology).await;
+    let store = tiers.hub_tier.ensure_bucket(BUCKET).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let store = store.clone();
+        writers.push(tokio::spawn(async move {
+            for i in (w..OBJECTS).step_by(8) {
+                let data = content(i as u64, 1024 + (i * 37) % 3072);
+                store
+                    .put(format!("s/{i:05}").as_str(), &mut &data[..])
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    eprintln!(
+        "put {OBJECTS} objects on the hub in {:.1?}",
+        started.elapsed()
+    );
+
+    let config = topology.write_config(&format!("[work]\nconcurrency = 16\n{}", hub_to_s3(BUCKET)));
+    let dir = topology.dir();
+    let (manager_port, upload_port) = (cim_tests::free_port(), cim_tests::free_port());
+    let manager = spawn_role(
+        "cim-storage",
+        "run",
+        &config,
+        manager_port,
+        &dir.join("manager.log"),
+    );
+    let upload = spawn_role(
+        "cim-gateway",
+        "upload",
+        &config,
+        upload_port,
+        &dir.join("upload.log"),
+    );
+    let logs = || {
+        let tail = |t: String| t.lines().rev().take(40).collect::<Vec<_>>().join("\n");
+        format!(
+            "--- manager ---\n{}\n--- upload ---\n{}",
+            tail(manager.log()),
+            tail(upload.log())
+        )
+    };
+    let moving = std::time::Instant::now();
+    wait_all_in_s3(&tiers, BUCKET, OBJECTS, Duration::from_secs(1200), logs).await;
+    eprintln!(
+        "moved {OBJECTS} objects hub -> s3 in {:.1?}",
+        moving.elapsed()
+    );
+
+    // Every object has its manifest in S3.
+    let s3_config = cim_policies::Config::from_toml_str(
+        &std::fs::read_to_string(&config).unwrap(),
+        "test.toml",
+    )
+    .unwrap();
+    let Some(cim_policies::Tier::S3(s3)) = s3_config.tier("s3") else {
+        panic!("no s3 tier");
+    };
+    let s3 = cim_gateway::s3::S3Store::connect(s3).await.unwrap();
+    let manifests = s3.list_manifests(BUCKET).await.unwrap();
+    assert_eq!(manifests.len(), OBJECTS);
 }
