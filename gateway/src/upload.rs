@@ -16,7 +16,7 @@ use std::time::Duration;
 use cim_policies::{Action, Tier};
 use cim_tiering::catalog::Version;
 use cim_tiering::jetstream::ingest_digest;
-use cim_tiering::work::{Handler, ObjectMove, Retryable, WorkItem};
+use cim_tiering::work::{Handler, ObjectMove, Progress, Retryable, WorkItem};
 use cim_tiering::{metrics, System};
 use tracing::Instrument;
 
@@ -87,7 +87,7 @@ impl UploadHandler {
         })
     }
 
-    async fn upload(&self, job: &ObjectMove) -> Result<(), Error> {
+    async fn upload(&self, job: &ObjectMove, progress: &Progress) -> Result<(), Error> {
         let hub = self.system.jetstream_tier(&job.from)?;
         let store = self.store(&job.to)?;
         let catalog = &self.system.catalog;
@@ -129,7 +129,7 @@ impl UploadHandler {
                 .is_some_and(|m| m.digest == digest);
 
         if !manifest_present {
-            let reader = hub.open(bucket, info).await?;
+            let reader = progress.reader(hub.open(bucket, info).await?);
             let blob = store
                 .upload_blob(
                     reader,
@@ -166,7 +166,9 @@ impl UploadHandler {
                 source_seq: version.seq,
             };
             // Read the blob back before anything depends on it (invariant 1).
-            store.verify(&manifest).await?;
+            store
+                .read_verified(&manifest, &mut progress.writer(tokio::io::sink()))
+                .await?;
             // History first: whoever later finds this version current can publish it.
             let version_key = store.put_version_manifest(&manifest).await?;
             // The catalog's compare-and-set decides which version is current: an older version
@@ -260,11 +262,11 @@ impl UploadHandler {
 impl Handler for UploadHandler {
     type Error = Error;
 
-    async fn handle(&self, item: WorkItem) -> Result<(), Error> {
+    async fn handle(&self, item: WorkItem, progress: Progress) -> Result<(), Error> {
         match &item {
             WorkItem::Upload(job) => {
                 let span = tracing::info_span!("upload", bucket = %job.bucket, object = %job.name, from = %job.from, to = %job.to, size = job.size);
-                self.upload(job).instrument(span).await
+                self.upload(job, &progress).instrument(span).await
             }
             other => Err(Error::Config {
                 message: format!("{:?} items belong to the mirror role", other.role()),

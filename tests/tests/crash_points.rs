@@ -12,7 +12,7 @@ use cim_gateway::upload::UploadHandler;
 use cim_policies::{Action, Config};
 use cim_tests::Topology;
 use cim_tiering::jetstream::{chunk_subject, meta_subject, stream_name};
-use cim_tiering::work::{Handler, ObjectMove, WorkItem};
+use cim_tiering::work::{Handler, ObjectMove, Progress, WorkItem};
 use cim_tiering::System;
 use common::content;
 
@@ -61,7 +61,7 @@ async fn upload_killed_between_meta_and_chunk_purge_leaves_no_orphans() {
     };
     // A copy first: S3 holds a verified copy, recorded in the catalog; the hub keeps its own.
     handler
-        .handle(WorkItem::Upload(job(Action::Copy)))
+        .handle(WorkItem::Upload(job(Action::Copy)), Progress::new())
         .await
         .unwrap();
     let entry = system.catalog.get("crash", "obj").await.unwrap().unwrap();
@@ -106,7 +106,7 @@ async fn upload_killed_between_meta_and_chunk_purge_leaves_no_orphans() {
 
     // Redelivery of the move.
     handler
-        .handle(WorkItem::Upload(job(Action::Move)))
+        .handle(WorkItem::Upload(job(Action::Move)), Progress::new())
         .await
         .unwrap();
     assert!(

@@ -341,7 +341,7 @@ async fn upload_item(
 /// purges — so v1's upload can still read them.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_late_upload_of_an_older_version_never_replaces_the_newer_one() {
-    use cim_tiering::work::Handler;
+    use cim_tiering::work::{Handler, Progress};
     let topology = Topology::start().await.unwrap();
     let tiers = Tiers::connect(&topology).await;
     let system = system(&topology).await;
@@ -380,7 +380,7 @@ async fn a_late_upload_of_an_older_version_never_replaces_the_newer_one() {
     let v1_item = upload_item(&hub, bucket, "doc").await;
     let v1_upload = {
         let handler = handler.clone();
-        tokio::spawn(async move { handler.handle(v1_item).await })
+        tokio::spawn(async move { handler.handle(v1_item, Progress::new()).await })
     };
     wait_until(
         "v1's multipart upload in flight",
@@ -399,7 +399,7 @@ async fn a_late_upload_of_an_older_version_never_replaces_the_newer_one() {
     .await
     .unwrap();
     handler
-        .handle(upload_item(&hub, bucket, "doc").await)
+        .handle(upload_item(&hub, bucket, "doc").await, Progress::new())
         .await
         .unwrap();
     assert!(

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
 use cim_policies::Config;
 use tokio_util::sync::CancellationToken;
@@ -53,7 +54,13 @@ pub fn serve_metrics(config: &Config, override_listen: Option<SocketAddr>) -> an
     Ok(())
 }
 
-/// A token cancelled on SIGTERM or SIGINT, for graceful shutdown.
+/// After SIGTERM a role exits within this, whatever it was doing: a role that has not finished
+/// its graceful shutdown by then exits at once. That is safe (nothing may lose or corrupt an
+/// object if a process is killed at any line) and keeps the promise of exiting within 5 s.
+pub const SHUTDOWN_DEADLINE: Duration = Duration::from_millis(4500);
+
+/// A token cancelled on SIGTERM or SIGINT, for graceful shutdown; the process exits anyway
+/// [`SHUTDOWN_DEADLINE`] after the signal.
 pub fn shutdown_on_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let trigger = token.clone();
@@ -72,6 +79,12 @@ pub fn shutdown_on_signal() -> CancellationToken {
         }
         tracing::info!("shutting down");
         trigger.cancel();
+        // A plain thread: it must fire even if the runtime is what hangs.
+        std::thread::spawn(|| {
+            std::thread::sleep(SHUTDOWN_DEADLINE);
+            eprintln!("shutdown took longer than {SHUTDOWN_DEADLINE:?}; exiting now");
+            std::process::exit(1);
+        });
     });
     token
 }

@@ -6,6 +6,7 @@
 //!   bucket into the cluster, eviction by purge (never a user-visible delete).
 //! - [`catalog`]: where verified copies live, in a KV bucket, updated by compare-and-set.
 //! - [`work`]: the work-queue stream between the manager and the roles, and the worker loop.
+//! - [`progress`]: how a handler shows it is moving bytes (stalled handlers are abandoned).
 //! - [`manager`]: the storage manager: evaluates policies, queues work.
 //! - [`mirror`]: the mirror role: sets up sourcing, evicts verified leaf copies.
 //! - [`retry`]: the one retry helper (jittered backoff, attempt and deadline bounds).
@@ -24,6 +25,7 @@ pub mod jetstream;
 pub mod manager;
 pub mod metrics;
 pub mod mirror;
+pub mod progress;
 pub mod retry;
 pub mod system;
 pub mod work;

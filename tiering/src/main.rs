@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use cim_tiering::cli;
-use cim_tiering::manager::Manager;
+use cim_tiering::manager::{Manager, PASS_DEADLINE};
 use cim_tiering::mirror::MirrorHandler;
 use cim_tiering::work::Role;
 use cim_tiering::System;
@@ -97,7 +97,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
             );
             let manager = Manager::new(system);
             if once {
-                let report = manager.pass().await?;
+                let shutdown = cli::shutdown_on_signal();
+                let report = tokio::select! {
+                    report = tokio::time::timeout(PASS_DEADLINE, manager.pass()) => report
+                        .map_err(|_| anyhow::anyhow!("the pass exceeded its deadline ({PASS_DEADLINE:?})"))??,
+                    _ = shutdown.cancelled() => anyhow::bail!("interrupted"),
+                };
                 println!("due {} queued {}", report.due, report.queued);
                 return Ok(());
             }

@@ -5,6 +5,7 @@
 //! repeat: queued items are de-duplicated by id, and handlers re-check state before acting.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_nats::jetstream::object_store::ObjectInfo;
 use cim_policies::{Action, Policy, Route};
@@ -28,6 +29,11 @@ pub struct PassReport {
     pub skipped: usize,
 }
 
+/// A pass that takes longer is abandoned (logged) and the next one starts after the interval.
+/// Far above a pass over a large deployment; it only keeps a hung pass from stopping the
+/// manager for good. (A constant until the configuration grows a `[manager]` knob for it.)
+pub const PASS_DEADLINE: Duration = Duration::from_secs(15 * 60);
+
 /// The storage manager.
 pub struct Manager {
     system: Arc<System>,
@@ -39,15 +45,26 @@ impl Manager {
         Self { system }
     }
 
-    /// Runs passes every interval until `shutdown`.
+    /// Runs passes every interval until `shutdown`, which also cancels a pass under way:
+    /// dropping a pass is safe, it only queues items and queueing is idempotent.
     pub async fn run(&self, shutdown: CancellationToken) {
         let interval = self.system.config.manager.interval;
         loop {
-            match self.pass().await {
-                Ok(report) => {
+            let pass = tokio::select! {
+                pass = tokio::time::timeout(PASS_DEADLINE, self.pass()) => pass,
+                _ = shutdown.cancelled() => return,
+            };
+            match pass {
+                Ok(Ok(report)) => {
                     tracing::debug!(due = report.due, queued = report.queued, "manager pass")
                 }
-                Err(e) => tracing::warn!(error = %e, "manager pass failed; retrying next interval"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "manager pass failed; retrying next interval")
+                }
+                Err(_) => tracing::warn!(
+                    deadline = ?PASS_DEADLINE,
+                    "manager pass exceeded its deadline; abandoned, the next one starts over"
+                ),
             }
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}

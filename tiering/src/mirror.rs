@@ -15,7 +15,7 @@ use crate::error::Error;
 use crate::jetstream::ingest_digest;
 use crate::metrics;
 use crate::system::System;
-use crate::work::{Handler, ObjectMove, WorkItem};
+use crate::work::{Handler, ObjectMove, Progress, WorkItem};
 
 /// Handles [`WorkItem::EnsureSource`] and [`WorkItem::LeafEvict`].
 pub struct MirrorHandler {
@@ -37,7 +37,7 @@ impl MirrorHandler {
         hub.ensure_sourced_from(bucket, leaf).await
     }
 
-    async fn leaf_evict(&self, job: &ObjectMove) -> Result<(), Error> {
+    async fn leaf_evict(&self, job: &ObjectMove, progress: &Progress) -> Result<(), Error> {
         let leaf = self.system.jetstream_tier(&job.from)?;
         let hub = self.system.jetstream_tier(&job.to)?;
         let bucket = job.bucket.as_str();
@@ -69,7 +69,7 @@ impl MirrorHandler {
         match hub.version(bucket, name).await? {
             Some(hub_version) => {
                 // The cluster copy must be this version, read back in full against the ingest digest.
-                self.verify_cluster_copy(job, &leaf_info, &hub_version.info, &digest)
+                self.verify_cluster_copy(job, &leaf_info, &hub_version.info, &digest, progress)
                     .await?;
                 // Versions are ordered by the hub's sequence of their meta message.
                 let version = Version {
@@ -141,6 +141,7 @@ impl MirrorHandler {
         leaf_info: &ObjectInfo,
         hub_info: &ObjectInfo,
         digest: &Sha256Digest,
+        progress: &Progress,
     ) -> Result<(), Error> {
         let hub = self.system.jetstream_tier(&job.to)?;
         let (bucket, name) = (job.bucket.as_str(), job.name.as_str());
@@ -158,8 +159,14 @@ impl MirrorHandler {
         // The same nuid is the same meta message; what counts is the content, read back in
         // full and checked against the leaf's ingest size and digest.
         let size = leaf_info.size as u64;
-        hub.read_verified(bucket, hub_info, size, digest, &mut tokio::io::sink())
-            .await?;
+        hub.read_verified(
+            bucket,
+            hub_info,
+            size,
+            digest,
+            &mut progress.writer(tokio::io::sink()),
+        )
+        .await?;
         Ok(())
     }
 }
@@ -167,14 +174,14 @@ impl MirrorHandler {
 impl Handler for MirrorHandler {
     type Error = Error;
 
-    async fn handle(&self, item: WorkItem) -> Result<(), Error> {
+    async fn handle(&self, item: WorkItem, progress: Progress) -> Result<(), Error> {
         match &item {
             WorkItem::EnsureSource {
                 from, to, bucket, ..
             } => self.ensure_source(from, to, bucket).await,
             WorkItem::LeafEvict(job) => {
                 let span = tracing::info_span!("leaf_evict", bucket = %job.bucket, object = %job.name, from = %job.from, to = %job.to);
-                self.leaf_evict(job).instrument(span).await
+                self.leaf_evict(job, &progress).instrument(span).await
             }
             WorkItem::Upload(_) => Err(Error::Config(
                 "upload items belong to cim-gateway upload, not the mirror role".into(),

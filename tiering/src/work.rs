@@ -14,7 +14,11 @@
 //! - Every item also carries a `Nats-Msg-Id`, so an item finished moments ago is not queued
 //!   again within the stream's duplicate window.
 //! - A worker acks only after the work is done and recorded; a worker killed mid-item leaves the
-//!   message unacked and JetStream redelivers it after `ack_wait` (long items send progress acks).
+//!   message unacked and JetStream redelivers it after `ack_wait`. While a handler moves bytes
+//!   (reported through [`Progress`]) the worker sends progress acks, however long it takes; a
+//!   handler that moves nothing for `ack_wait` is abandoned (dropped), logged with its bucket
+//!   and object, and retried. On shutdown in-flight handlers are dropped and their items
+//!   released (nak) for redelivery at once, instead of being waited for.
 //! - An item is never left in the stream undeliverable (that would block its subject for good):
 //!   the consumer redelivers without limit and the worker itself terminates an item after
 //!   `[work] max_deliver` failed deliveries; the manager queues it again after the window.
@@ -50,6 +54,7 @@ use tracing::Instrument;
 use crate::digest::Sha256Digest;
 use crate::error::Error;
 use crate::metrics;
+pub use crate::progress::Progress;
 use crate::retry::{retry, Backoff};
 
 /// Subject prefix of the work-queue stream.
@@ -69,6 +74,13 @@ pub const READ_VERSIONS: [u32; 2] = [FORMAT_VERSION - 1, FORMAT_VERSION];
 /// How long a role leaves an item of a newer format before it is offered again (to a newer
 /// role, if one runs, or back to this one).
 const NEWER_ITEM_DELAY: Duration = Duration::from_secs(300);
+
+/// Deadline of one ack, nak or progress ack sent to the server.
+const ACK_DEADLINE: Duration = Duration::from_secs(2);
+
+/// How long a stopping worker waits for its in-flight items to release themselves (nak);
+/// well inside the 5 s in which a role must exit after SIGTERM.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// Last subject token of a [`WorkItem::EnsureSource`]. Never the base64url (no padding) of an
 /// object name: a canonical encoding of six characters ends in a character whose low four bits
@@ -162,6 +174,14 @@ impl WorkItem {
         }
     }
 
+    /// The object the item concerns; `None` for a whole-bucket item.
+    pub fn object(&self) -> Option<&str> {
+        match self {
+            WorkItem::EnsureSource { .. } => None,
+            WorkItem::LeafEvict(m) | WorkItem::Upload(m) => Some(&m.name),
+        }
+    }
+
     /// Subject the item is published on: one per object and step (see the module docs), so the
     /// stream's per-subject limit keeps at most one pending item for each.
     ///
@@ -217,13 +237,23 @@ impl Retryable for Error {
 /// Does the work of one role.
 ///
 /// # Contract
-/// `handle` must be idempotent: it may be called again for an item that already succeeded
-/// (redelivery after a crash) and must then succeed without repeating visible effects.
+/// - `handle` must be idempotent: it may be called again for an item that already succeeded
+///   (redelivery after a crash) and must then succeed without repeating visible effects.
+/// - It reports moved bytes to `progress` (wrap the transfer's reader or writer with
+///   [`Progress::reader`]/[`Progress::writer`]). A handler that reports nothing for
+///   `[work] ack_wait` is abandoned: its future is dropped and the item retried. So every step
+///   that moves no data must finish within `ack_wait` (each has its own, shorter deadline).
+/// - The future may be dropped at any await point (stall, shutdown): a drop must leave what a
+///   SIGKILL there would leave, which a redelivered item finishes.
 pub trait Handler: Send + Sync + 'static {
     /// The handler's error.
     type Error: Retryable;
     /// Performs one item.
-    fn handle(&self, item: WorkItem) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    fn handle(
+        &self,
+        item: WorkItem,
+        progress: Progress,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 }
 
 /// The work-queue stream and its consumers.
@@ -357,8 +387,8 @@ impl WorkQueue {
     }
 
     /// Consumes `role`'s items (every format in [`READ_VERSIONS`]) with at most `concurrency`
-    /// in flight until `shutdown` fires, then waits (up to `ack_wait`) for in-flight items;
-    /// unfinished ones are redelivered later.
+    /// in flight until `shutdown` fires. Then every in-flight handler is dropped and its item
+    /// released (nak) for immediate redelivery, within [`SHUTDOWN_GRACE`].
     pub async fn run_worker<H: Handler>(
         &self,
         role: Role,
@@ -410,11 +440,11 @@ impl WorkQueue {
         .await;
 
         worker.tracker.close();
-        if tokio::time::timeout(self.config.ack_wait, worker.tracker.wait())
+        if tokio::time::timeout(SHUTDOWN_GRACE, worker.tracker.wait())
             .await
             .is_err()
         {
-            tracing::warn!(%role, "in-flight work did not finish in time; it will be redelivered");
+            tracing::warn!(%role, "in-flight items not released in time; they are redelivered after ack_wait");
         }
         gauge_task.abort();
         tracing::info!(%role, "worker stopped");
@@ -455,7 +485,11 @@ impl<H: Handler> Worker<H> {
                     continue;
                 }
             };
-            let message = match batch.next().await {
+            let next = tokio::select! {
+                next = batch.next() => next,
+                _ = shutdown.cancelled() => break,
+            };
+            let message = match next {
                 Some(Ok(message)) => message,
                 Some(Err(e)) => {
                     tracing::warn!(%role, error = %e, "fetch failed; retrying");
@@ -467,12 +501,32 @@ impl<H: Handler> Worker<H> {
             let handler = self.handler.clone();
             let in_flight = self.in_flight.clone();
             let (ack_wait, max_deliver) = (self.ack_wait, self.max_deliver);
+            let shutdown = shutdown.clone();
             self.tracker.spawn(async move {
-                process(role, message, handler, in_flight, ack_wait, max_deliver).await;
+                process(
+                    role,
+                    message,
+                    handler,
+                    in_flight,
+                    ack_wait,
+                    max_deliver,
+                    shutdown,
+                )
+                .await;
                 drop(permit);
             });
         }
     }
+}
+
+/// How an item's handling ended, short of the handler's own result.
+enum Ended<E> {
+    /// The handler returned.
+    Finished(Result<(), E>),
+    /// The handler made no progress for this long and was abandoned (its future dropped).
+    Stalled(Duration),
+    /// The role is shutting down; the handler was dropped.
+    ShutDown,
 }
 
 async fn process<H: Handler>(
@@ -482,6 +536,7 @@ async fn process<H: Handler>(
     in_flight: Arc<Mutex<HashSet<String>>>,
     ack_wait: Duration,
     max_deliver: i64,
+    shutdown: CancellationToken,
 ) {
     let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
     let item = match decode(&message.payload) {
@@ -490,13 +545,13 @@ async fn process<H: Handler>(
             // Not ours to judge: a newer role reads it. Offered again later, never dropped.
             tracing::warn!(%role, subject = %message.subject, version, understood = FORMAT_VERSION, "work item of a newer format; leaving it for a newer role");
             metrics::work_item(role, "newer");
-            let _ = message.ack_with(AckKind::Nak(Some(NEWER_ITEM_DELAY))).await;
+            reply(&message, AckKind::Nak(Some(NEWER_ITEM_DELAY))).await;
             return;
         }
         Decoded::Garbage(e) => {
             tracing::error!(%role, subject = %message.subject, error = %e, "undecodable work item; terminating it");
             metrics::work_item(role, "invalid");
-            let _ = message.ack_with(AckKind::Term).await;
+            reply(&message, AckKind::Term).await;
             return;
         }
     };
@@ -504,50 +559,102 @@ async fn process<H: Handler>(
     // The same logical item twice in one process (one an older manager queued on its per-bucket
     // subject, say) waits instead of racing the first.
     if !in_flight.lock().expect("lock").insert(id.clone()) {
-        let _ = message.ack_with(AckKind::Nak(Some(ack_wait))).await;
+        reply(&message, AckKind::Nak(Some(ack_wait))).await;
         return;
     }
-
-    // Keep the message ours while a long item runs; a killed worker stops these and the item
-    // is redelivered after ack_wait.
-    let progress = {
-        let message_ack = message.clone();
-        tokio::spawn(async move {
-            let every = (ack_wait / 3).max(Duration::from_millis(200));
-            loop {
-                tokio::time::sleep(every).await;
-                if message_ack.ack_with(AckKind::Progress).await.is_err() {
-                    return;
-                }
-            }
-        })
-    };
-
+    let (bucket, object) = (
+        item.bucket().to_string(),
+        item.object().unwrap_or("").to_string(),
+    );
     let span = tracing::info_span!("work", %role, id = %id, delivered);
-    let result = handler.handle(item).instrument(span.clone()).await;
-    progress.abort();
+
+    // Run the handler under watch: progress acks keep the message ours while it moves bytes
+    // (a killed worker stops them and the item is redelivered after ack_wait); a handler that
+    // moved nothing for ack_wait is abandoned; shutdown drops it at once.
+    let progress = Progress::new();
+    let mut work = Box::pin(
+        handler
+            .handle(item, progress.clone())
+            .instrument(span.clone()),
+    );
+    let mut watch = tokio::time::interval(
+        (ack_wait / 3).clamp(Duration::from_millis(100), Duration::from_secs(5)),
+    );
+    watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    watch.tick().await;
+    let ended = loop {
+        tokio::select! {
+            result = &mut work => break Ended::Finished(result),
+            _ = shutdown.cancelled() => break Ended::ShutDown,
+            _ = watch.tick() => {
+                let idle = progress.idle();
+                if idle >= ack_wait {
+                    break Ended::Stalled(idle);
+                }
+                reply(&message, AckKind::Progress).await;
+            }
+        }
+    };
+    drop(work);
     in_flight.lock().expect("lock").remove(&id);
 
     let _guard = span.enter();
-    match result {
-        Ok(()) => {
+    match ended {
+        Ended::Finished(Ok(())) => {
             metrics::work_item(role, "done");
-            if let Err(e) = message.double_ack().await {
-                tracing::warn!(error = %e, "ack failed; the item will be redelivered and found done");
+            match tokio::time::timeout(ACK_DEADLINE, message.double_ack()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "ack failed; the item will be redelivered and found done")
+                }
+                Err(_) => {
+                    tracing::warn!("ack timed out; the item will be redelivered and found done")
+                }
             }
         }
-        Err(e) => match after_failure(e.is_transient(), delivered, max_deliver) {
+        Ended::Finished(Err(e)) => match after_failure(e.is_transient(), delivered, max_deliver) {
             Some(delay) => {
                 metrics::work_item(role, "retry");
                 tracing::warn!(error = %e, retry_in = ?delay, "work failed; will retry");
-                let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+                reply(&message, AckKind::Nak(Some(delay))).await;
             }
             None => {
                 metrics::work_item(role, "failed");
                 tracing::error!(error = %e, delivered, "work failed, giving up; the manager queues it again after the duplicate window");
-                let _ = message.ack_with(AckKind::Term).await;
+                reply(&message, AckKind::Term).await;
             }
         },
+        Ended::Stalled(idle) => {
+            metrics::work_item(role, "stalled");
+            match after_failure(true, delivered, max_deliver) {
+                Some(delay) => {
+                    tracing::error!(%bucket, %object, idle = ?idle, moved_bytes = progress.bytes(), retry_in = ?delay, "no progress; abandoned the item, will retry");
+                    reply(&message, AckKind::Nak(Some(delay))).await;
+                }
+                None => {
+                    tracing::error!(%bucket, %object, idle = ?idle, moved_bytes = progress.bytes(), delivered, "no progress; abandoned the item, giving up; the manager queues it again after the duplicate window");
+                    reply(&message, AckKind::Term).await;
+                }
+            }
+        }
+        Ended::ShutDown => {
+            metrics::work_item(role, "released");
+            tracing::info!(%bucket, %object, "shutting down; released the item for redelivery");
+            reply(&message, AckKind::Nak(None)).await;
+        }
+    }
+}
+
+/// Sends an ack of `kind` (nak, term, progress) within [`ACK_DEADLINE`]. Best effort: an ack
+/// that is lost only means the item is redelivered after `ack_wait`, and handlers are
+/// idempotent.
+async fn reply(message: &jetstream::Message, kind: AckKind) {
+    match tokio::time::timeout(ACK_DEADLINE, message.ack_with(kind)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "ack failed; the item will be redelivered after ack_wait")
+        }
+        Err(_) => tracing::debug!("ack timed out; the item will be redelivered after ack_wait"),
     }
 }
 
