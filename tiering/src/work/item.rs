@@ -1,0 +1,328 @@
+//! Work items: what they say, their subjects and their format versions (see [`super`]).
+
+use std::fmt;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use cim_policies::Action;
+use serde::{Deserialize, Serialize};
+
+use super::SUBJECT_PREFIX;
+use crate::digest::Sha256Digest;
+
+/// The work-item format this version writes (subject `cim.work.v<N>.…`, JSON field `"v"`).
+/// Version 0 is the unversioned layout of earlier releases (`cim.work.<role>.…`).
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Formats a role reads: its own and the one before, so that a role upgraded before the
+/// manager still serves the older manager's items.
+pub const READ_VERSIONS: [u32; 2] = [FORMAT_VERSION - 1, FORMAT_VERSION];
+
+/// Last subject token of a [`WorkItem::EnsureSource`]. Never the base64url (no padding) of an
+/// object name: a canonical encoding of six characters ends in a character whose low four bits
+/// are zero, and `e` is not one.
+pub(super) const ENSURE_SOURCE_TOKEN: &str = "source";
+
+/// The role that consumes an item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Leaf → cluster: sets up sourcing, evicts leaf copies (`cim-storage mirror`).
+    Mirror,
+    /// Cluster → S3: uploads, verifies, evicts hub copies (`cim-gateway upload`).
+    Upload,
+}
+
+impl Role {
+    /// Name used in subjects, consumer names and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Mirror => "mirror",
+            Role::Upload => "upload",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One version of one object to move from tier `from` to tier `to`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectMove {
+    /// The policy that asked for the move.
+    pub policy: String,
+    /// Source tier name.
+    pub from: String,
+    /// Destination tier name.
+    pub to: String,
+    /// Copy keeps the source copy; move evicts it once the destination is verified.
+    pub action: Action,
+    /// Object-store bucket.
+    pub bucket: String,
+    /// Object name.
+    pub name: String,
+    /// Size recorded at ingest.
+    pub size: u64,
+    /// Digest recorded at ingest.
+    pub digest: Sha256Digest,
+    /// The version (object-store nuid) the manager saw; a different current nuid means the
+    /// object changed and the manager will re-evaluate it.
+    pub nuid: String,
+}
+
+/// A unit of work.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum WorkItem {
+    /// Make the `to` tier's bucket source the `from` tier's bucket of the same name.
+    EnsureSource {
+        /// The policy that asked.
+        policy: String,
+        /// Leaf tier.
+        from: String,
+        /// Cluster tier.
+        to: String,
+        /// Bucket name.
+        bucket: String,
+    },
+    /// Verify the cluster copy of a leaf object and, for `move`, evict the leaf copy.
+    LeafEvict(ObjectMove),
+    /// Upload a cluster object to S3, verify it and, for `move`, evict the cluster copy.
+    Upload(ObjectMove),
+}
+
+impl WorkItem {
+    /// The role that handles this item.
+    pub fn role(&self) -> Role {
+        match self {
+            WorkItem::EnsureSource { .. } | WorkItem::LeafEvict(_) => Role::Mirror,
+            WorkItem::Upload(_) => Role::Upload,
+        }
+    }
+
+    /// The bucket the item concerns.
+    pub fn bucket(&self) -> &str {
+        match self {
+            WorkItem::EnsureSource { bucket, .. } => bucket,
+            WorkItem::LeafEvict(m) | WorkItem::Upload(m) => &m.bucket,
+        }
+    }
+
+    /// The object the item concerns; `None` for a whole-bucket item.
+    pub fn object(&self) -> Option<&str> {
+        match self {
+            WorkItem::EnsureSource { .. } => None,
+            WorkItem::LeafEvict(m) | WorkItem::Upload(m) => Some(&m.name),
+        }
+    }
+
+    /// Subject the item is published on: one per object and step (see the module docs), so the
+    /// stream's per-subject limit keeps at most one pending item for each.
+    ///
+    /// Every token is a valid subject token: bucket names are stream-name suffixes and tier
+    /// names are `[A-Za-z0-9_-]+` (checked by the configuration), object names are base64url.
+    pub fn subject(&self) -> String {
+        let (from, to, last) = match self {
+            WorkItem::EnsureSource { from, to, .. } => (from, to, ENSURE_SOURCE_TOKEN.to_string()),
+            WorkItem::LeafEvict(m) | WorkItem::Upload(m) => {
+                (&m.from, &m.to, URL_SAFE_NO_PAD.encode(&m.name))
+            }
+        };
+        format!(
+            "{}.{}.{from}.{to}.{last}",
+            role_prefix(FORMAT_VERSION, self.role()),
+            self.bucket()
+        )
+    }
+
+    /// De-duplication id: the same logical work gets the same id.
+    pub fn id(&self) -> String {
+        match self {
+            WorkItem::EnsureSource {
+                from, to, bucket, ..
+            } => {
+                format!("ensure-source:{from}:{to}:{bucket}")
+            }
+            WorkItem::LeafEvict(m) | WorkItem::Upload(m) => format!(
+                "{}:{}:{}:{}:{}:{}",
+                self.role(),
+                m.from,
+                m.to,
+                m.bucket,
+                URL_SAFE_NO_PAD.encode(&m.name),
+                m.nuid
+            ),
+        }
+    }
+}
+
+/// Subject prefix of `role`'s items of format `version` (see the module docs).
+pub(super) fn role_prefix(version: u32, role: Role) -> String {
+    match version {
+        0 => format!("{SUBJECT_PREFIX}.{role}"),
+        v => format!("{SUBJECT_PREFIX}.v{v}.{role}"),
+    }
+}
+
+/// Durable consumer of `role`'s items of format `version`.
+pub(super) fn consumer_name(role: Role, version: u32) -> String {
+    match version {
+        0 => role.as_str().to_string(),
+        v => format!("{role}-v{v}"),
+    }
+}
+
+/// An item as published: its JSON with the format version `"v"`.
+pub(super) fn encode(item: &WorkItem) -> Result<Vec<u8>, serde_json::Error> {
+    let mut value = serde_json::to_value(item)?;
+    if let serde_json::Value::Object(fields) = &mut value {
+        fields.insert("v".into(), FORMAT_VERSION.into());
+    }
+    serde_json::to_vec(&value)
+}
+
+/// What a delivered payload turned out to be.
+#[derive(Debug)]
+pub(super) enum Decoded {
+    /// An item of a version this role reads.
+    Item(WorkItem),
+    /// An item stating a newer format version: left for a newer role.
+    Newer(u64),
+    /// Neither: does not decode and states no newer version.
+    Garbage(serde_json::Error),
+}
+
+pub(super) fn decode(payload: &[u8]) -> Decoded {
+    /// Only the version, whatever else the item holds (version 0 has no `"v"`).
+    #[derive(Deserialize)]
+    struct Version {
+        #[serde(default)]
+        v: u64,
+    }
+    if let Ok(Version { v }) = serde_json::from_slice::<Version>(payload) {
+        if v > u64::from(FORMAT_VERSION) {
+            return Decoded::Newer(v);
+        }
+    }
+    match serde_json::from_slice::<WorkItem>(payload) {
+        Ok(item) => Decoded::Item(item),
+        Err(e) => Decoded::Garbage(e),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn job(name: &str, nuid: &str) -> ObjectMove {
+        ObjectMove {
+            policy: "p".into(),
+            from: "hub".into(),
+            to: "s3".into(),
+            action: Action::Move,
+            bucket: "sensors".into(),
+            name: name.into(),
+            size: 3,
+            digest: Sha256Digest::of(b"abc"),
+            nuid: nuid.into(),
+        }
+    }
+
+    #[test]
+    fn items_route_to_their_role_and_round_trip_as_json() {
+        let upload = WorkItem::Upload(job("a b/c", "N1"));
+        assert_eq!(upload.role(), Role::Upload);
+        assert_eq!(
+            upload.subject(),
+            "cim.work.v1.upload.sensors.hub.s3.YSBiL2M"
+        );
+        let evict = WorkItem::LeafEvict(job("x", "N1"));
+        assert_eq!(evict.subject(), "cim.work.v1.mirror.sensors.hub.s3.eA");
+        let source = WorkItem::EnsureSource {
+            policy: "p".into(),
+            from: "leaf".into(),
+            to: "hub".into(),
+            bucket: "sensors".into(),
+        };
+        assert_eq!(
+            source.subject(),
+            "cim.work.v1.mirror.sensors.leaf.hub.source"
+        );
+        let json = String::from_utf8(encode(&upload).unwrap()).unwrap();
+        assert!(json.contains("\"kind\":\"upload\""), "{json}");
+        assert!(json.contains("\"action\":\"move\""), "{json}");
+        assert!(json.contains("\"v\":1"), "{json}");
+        assert!(matches!(decode(json.as_bytes()), Decoded::Item(i) if i == upload));
+    }
+
+    #[test]
+    fn ids_identify_one_version_of_one_object() {
+        let a1 = WorkItem::Upload(job("a", "N1")).id();
+        assert_eq!(a1, WorkItem::Upload(job("a", "N1")).id());
+        assert_ne!(
+            a1,
+            WorkItem::Upload(job("a", "N2")).id(),
+            "a new version is new work"
+        );
+        assert_ne!(a1, WorkItem::Upload(job("b", "N1")).id());
+        assert_ne!(a1, WorkItem::LeafEvict(job("a", "N1")).id());
+        // Names with dots, spaces or slashes never leak into the id's structure.
+        assert!(!WorkItem::Upload(job("x.y z/w", "N")).id().contains(' '));
+    }
+
+    #[test]
+    fn subjects_are_one_per_object_and_step_whatever_the_version() {
+        let a1 = WorkItem::Upload(job("a", "N1")).subject();
+        assert_eq!(a1, WorkItem::Upload(job("a", "N2")).subject());
+        assert_ne!(a1, WorkItem::Upload(job("b", "N1")).subject());
+        let mut other_step = job("a", "N1");
+        other_step.from = "hub2".into();
+        assert_ne!(a1, WorkItem::Upload(other_step).subject());
+        // Dots, spaces and wildcards in names stay inside one token.
+        let subject = WorkItem::Upload(job("x.y z/*>", "N")).subject();
+        assert_eq!(subject.split('.').count(), 8, "{subject}");
+        assert!(!subject.contains([' ', '*', '>']), "{subject}");
+        // No object name can take the ensure-source token.
+        assert!(URL_SAFE_NO_PAD.decode(ENSURE_SOURCE_TOKEN).is_err());
+    }
+
+    #[test]
+    fn items_of_the_previous_version_decode_newer_ones_are_left_and_garbage_is_garbage() {
+        let item = WorkItem::Upload(job("a", "N1"));
+        // Version 0 (no "v") is read.
+        let v0 = serde_json::to_vec(&item).unwrap();
+        assert!(matches!(decode(&v0), Decoded::Item(i) if i == item));
+        // A newer version is left alone even when it would decode.
+        let mut newer = serde_json::to_value(&item).unwrap();
+        newer["v"] = 2.into();
+        assert!(matches!(
+            decode(newer.to_string().as_bytes()),
+            Decoded::Newer(2)
+        ));
+        let future = br#"{"v": 7, "kind": "batch", "objects": []}"#;
+        assert!(matches!(decode(future), Decoded::Newer(7)));
+        // Garbage states no newer version.
+        for garbage in [
+            &b"not json"[..],
+            br#"{"kind": "nonsense"}"#,
+            br#"{"v": "x"}"#,
+        ] {
+            assert!(matches!(decode(garbage), Decoded::Garbage(_)));
+        }
+    }
+
+    #[test]
+    fn versions_have_subjects_and_consumers_that_never_overlap() {
+        assert_eq!(role_prefix(0, Role::Upload), "cim.work.upload");
+        assert_eq!(role_prefix(1, Role::Upload), "cim.work.v1.upload");
+        assert_eq!(consumer_name(Role::Upload, 0), "upload");
+        assert_eq!(consumer_name(Role::Mirror, 1), "mirror-v1");
+        // `cim.work.upload.>` cannot match `cim.work.v1.upload.…`: token 3 differs.
+        for role in [Role::Mirror, Role::Upload] {
+            assert_ne!(role.as_str(), "v1");
+        }
+    }
+}
