@@ -132,10 +132,10 @@ async fn process<H: Handler>(
     let id = item.id();
     // The same logical item twice in one process (one an older manager queued on its per-bucket
     // subject, say) waits instead of racing the first.
-    if !in_flight.lock().expect("lock").insert(id.clone()) {
+    let Some(_claim) = InFlight::claim(&in_flight, &id) else {
         reply(&message, AckKind::Nak(Some(ack_wait))).await;
         return;
-    }
+    };
     let (bucket, object) = (
         item.bucket().to_string(),
         item.object().unwrap_or("").to_string(),
@@ -170,9 +170,62 @@ async fn process<H: Handler>(
         }
     };
     drop(work);
-    in_flight.lock().expect("lock").remove(&id);
+    // The outcome is logged and acked inside the item's span, never by holding `span.enter()`
+    // across an await: a task resumed on another thread would corrupt the span stack (seen:
+    // "tried to clone Id(..), but no span exists with that ID", a panic that left its item
+    // claimed and silently renewed forever).
+    settle(
+        role,
+        &message,
+        ended,
+        delivered,
+        max_deliver,
+        &bucket,
+        &object,
+        &progress,
+    )
+    .instrument(span)
+    .await;
+}
 
-    let _guard = span.enter();
+/// An item id claimed by this process while its handler runs; released on drop, panics
+/// included, so that a failed task never leaves its item unclaimable.
+struct InFlight<'a> {
+    set: &'a Mutex<HashSet<String>>,
+    id: String,
+}
+
+impl<'a> InFlight<'a> {
+    fn claim(set: &'a Mutex<HashSet<String>>, id: &str) -> Option<Self> {
+        let mut ids = set.lock().unwrap_or_else(|e| e.into_inner());
+        ids.insert(id.to_string()).then(|| InFlight {
+            set,
+            id: id.to_string(),
+        })
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+    }
+}
+
+/// Logs, counts and acks how an item's handling ended.
+#[allow(clippy::too_many_arguments)]
+async fn settle<E: Retryable>(
+    role: Role,
+    message: &jetstream::Message,
+    ended: Ended<E>,
+    delivered: i64,
+    max_deliver: i64,
+    bucket: &str,
+    object: &str,
+    progress: &Progress,
+) {
     match ended {
         Ended::Finished(Ok(())) => {
             metrics::work_item(role, "done");
@@ -190,12 +243,12 @@ async fn process<H: Handler>(
             Some(delay) => {
                 metrics::work_item(role, "retry");
                 tracing::warn!(error = %e, retry_in = ?delay, "work failed; will retry");
-                reply(&message, AckKind::Nak(Some(delay))).await;
+                reply(message, AckKind::Nak(Some(delay))).await;
             }
             None => {
                 metrics::work_item(role, "failed");
                 tracing::error!(error = %e, delivered, "work failed, giving up; the manager queues it again after the duplicate window");
-                reply(&message, AckKind::Term).await;
+                reply(message, AckKind::Term).await;
             }
         },
         Ended::Stalled(idle) => {
@@ -203,18 +256,18 @@ async fn process<H: Handler>(
             match after_failure(true, delivered, max_deliver) {
                 Some(delay) => {
                     tracing::error!(%bucket, %object, idle = ?idle, moved_bytes = progress.bytes(), retry_in = ?delay, "no progress; abandoned the item, will retry");
-                    reply(&message, AckKind::Nak(Some(delay))).await;
+                    reply(message, AckKind::Nak(Some(delay))).await;
                 }
                 None => {
                     tracing::error!(%bucket, %object, idle = ?idle, moved_bytes = progress.bytes(), delivered, "no progress; abandoned the item, giving up; the manager queues it again after the duplicate window");
-                    reply(&message, AckKind::Term).await;
+                    reply(message, AckKind::Term).await;
                 }
             }
         }
         Ended::ShutDown => {
             metrics::work_item(role, "released");
             tracing::info!(%bucket, %object, "shutting down; released the item for redelivery");
-            reply(&message, AckKind::Nak(None)).await;
+            reply(message, AckKind::Nak(None)).await;
         }
     }
 }
