@@ -90,14 +90,24 @@ async fn waiting_objects_are_queued_once_however_long_they_wait() {
 
     // The work stream as an older deployment created it; the window is short so that the test
     // need not wait ten minutes for it to pass.
-    hub.create_stream(stream::Config {
-        name: WORK_STREAM.to_string(),
-        subjects: vec!["cim.work.>".to_string()],
-        retention: stream::RetentionPolicy::WorkQueue,
-        num_replicas: 3,
-        duplicate_window: Duration::from_secs(1),
-        ..Default::default()
-    })
+    // (Right after start-up a peer may not be current yet: placement can fail for a moment.)
+    cim_tests::wait_for(
+        "the old-style work stream created",
+        Duration::from_secs(30),
+        || async {
+            let created = hub
+                .create_stream(stream::Config {
+                    name: WORK_STREAM.to_string(),
+                    subjects: vec!["cim.work.>".to_string()],
+                    retention: stream::RetentionPolicy::WorkQueue,
+                    num_replicas: 3,
+                    duplicate_window: Duration::from_secs(1),
+                    ..Default::default()
+                })
+                .await;
+            Ok(created.err().map(|e| e.to_string()))
+        },
+    )
     .await
     .unwrap();
     for i in 0..OBJECTS {
