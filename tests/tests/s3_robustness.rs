@@ -1,0 +1,244 @@
+//! The S3 side under stress: an endpoint that never answers, identical content uploaded twice
+//! at once, and blobs or sources that fail verification. Real servers throughout (3-node hub,
+//! leaf, Garage); the only stand-in is a TCP listener that accepts and never answers, which is
+//! what a hung S3 endpoint looks like from the client.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cim_gateway::s3::S3Store;
+use cim_tests::{cim_bin, free_port, wait_until, RoleProcess, Topology};
+use cim_tiering::digest::Sha256Digest;
+use common::{content, spawn_role, Tiers};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Only hub → S3, immediately (objects are written straight into hub buckets).
+const HUB_TO_S3: &str = r#"
+[[policy]]
+name = "hub-to-s3"
+buckets = ["*"]
+from = "hub"
+to = "s3"
+action = "move"
+after = "0s"
+"#;
+
+/// How long a command may take against an S3 endpoint that never answers before the test calls
+/// it hung. Well above the client's deadlines (`cim_gateway::s3::REQUEST_TIMEOUT`), far below
+/// "forever".
+const HANG_BOUND: Duration = Duration::from_secs(90);
+
+/// A TCP listener on 127.0.0.1 that accepts every connection and never sends a byte (the
+/// connections are kept open, so the client sees neither an answer nor a reset).
+struct SilentEndpoint {
+    port: u16,
+    accepted: Arc<Mutex<Vec<TcpStream>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SilentEndpoint {
+    async fn start() -> SilentEndpoint {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(Mutex::new(Vec::new()));
+        let keep = accepted.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                keep.lock().unwrap().push(stream);
+            }
+        });
+        SilentEndpoint {
+            port,
+            accepted,
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn connections(&self) -> usize {
+        self.accepted.lock().unwrap().len()
+    }
+}
+
+impl Drop for SilentEndpoint {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Config for this topology with the S3 tier pointed at `endpoint` (when given).
+fn config_with_s3(topology: &Topology, endpoint: Option<&str>, extra: &str) -> std::path::PathBuf {
+    let s3 = endpoint
+        .map(|e| format!("[tiers.s3]\nendpoint = \"{e}\"\n"))
+        .unwrap_or_default();
+    topology.write_config(&format!("{s3}{HUB_TO_S3}{extra}"))
+}
+
+/// Puts `data` as `bucket`/`name` straight into the hub tier (creating the bucket).
+async fn put_hub(tiers: &Tiers, bucket: &str, name: &str, data: &[u8]) {
+    let store = tiers.hub_tier.ensure_bucket(bucket).await.unwrap();
+    let mut reader = data;
+    store.put(name, &mut reader).await.unwrap();
+}
+
+/// Waits for `child` to exit on its own within `bound`; kills it and panics otherwise.
+async fn wait_exit(mut child: Child, what: &str, bound: Duration) -> std::process::Output {
+    let exited = wait_until(what, bound, || {
+        let done = child.try_wait().unwrap().is_some();
+        async move { done }
+    })
+    .await;
+    if let Err(e) = exited {
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        panic!(
+            "{e:#}: it hangs\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn upload_role(config: &Path, dir: &Path, log: &str) -> (RoleProcess, u16) {
+    let port = free_port();
+    let role = spawn_role("cim-gateway", "upload", config, port, &dir.join(log));
+    (role, port)
+}
+
+fn manager_role(config: &Path, dir: &Path) -> (RoleProcess, u16) {
+    let port = free_port();
+    let role = spawn_role("cim-storage", "run", config, port, &dir.join("manager.log"));
+    (role, port)
+}
+
+/// The first log line containing every needle, if any.
+fn log_line(log: &str, needles: &[&str]) -> Option<String> {
+    log.lines()
+        .find(|l| needles.iter().all(|n| l.contains(n)))
+        .map(str::to_string)
+}
+
+async fn wait_log_line(role: &RoleProcess, needles: &[&str], bound: Duration) -> String {
+    let found = wait_until(&format!("a log line with {needles:?}"), bound, || {
+        let hit = log_line(&role.log(), needles).is_some();
+        async move { hit }
+    })
+    .await;
+    if let Err(e) = found {
+        panic!("{e:#}\nlog:\n{}", role.log());
+    }
+    log_line(&role.log(), needles).unwrap()
+}
+
+async fn s3_store(topology: &Topology) -> S3Store {
+    let tier = cim_policies::S3Tier {
+        endpoint: Some(topology.s3.endpoint.clone()),
+        region: topology.s3.region.clone(),
+        bucket: topology.s3.bucket.clone(),
+        prefix: "cim/".into(),
+        credentials_file: Some(topology.s3.credentials_file()),
+        flavor: cim_policies::S3Flavor::Garage,
+        force_path_style: true,
+    };
+    S3Store::connect(&tier).await.unwrap()
+}
+
+/// Waits until the catalog places `bucket`/`name` in S3 only and its manifest is there.
+async fn wait_in_s3(
+    tiers: &Tiers,
+    s3: &S3Store,
+    bucket: &str,
+    name: &str,
+    logs: &dyn Fn() -> String,
+) {
+    let arrived = wait_until(
+        &format!("{bucket}/{name} in s3"),
+        Duration::from_secs(120),
+        || async {
+            let catalog = tiers.catalog_locations(bucket).await;
+            catalog
+                .get(name)
+                .is_some_and(|l| l == &vec!["s3".to_string()])
+                && matches!(s3.get_manifest(bucket, name).await, Ok(Some(_)))
+        },
+    )
+    .await;
+    if let Err(e) = arrived {
+        panic!(
+            "{e:#}\ncatalog: {:?}\n{}",
+            tiers.catalog_locations(bucket).await,
+            logs()
+        );
+    }
+}
+
+/// Item 11 (S3 half): an S3 endpoint that accepts connections and never answers. `list` gives
+/// up within a bounded time naming the operation and the endpoint; the upload role logs a
+/// timeout naming the object, keeps running, answers SIGTERM, and the item is not lost: an
+/// upload role pointed at the real S3 finishes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_s3_endpoint_that_never_answers_hangs_nothing() {
+    let topology = Topology::start().await.unwrap();
+    let silent = SilentEndpoint::start().await;
+    let config = config_with_s3(&topology, Some(&silent.url()), "");
+
+    // (a) `list` exits non-zero within a bounded time, naming the operation and endpoint.
+    let child = Command::new(cim_bin("cim-gateway"))
+        .args(["list", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_exit(child, "`cim-gateway list` to exit", HANG_BOUND).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "list must fail: {stderr}");
+    assert!(silent.connections() > 0, "list never reached the endpoint");
+    assert!(
+        stderr.contains("list_objects_v2") && stderr.contains(&silent.url()),
+        "the error must name the operation and the endpoint: {stderr}"
+    );
+    assert!(
+        stderr.to_lowercase().contains("timed out") || stderr.to_lowercase().contains("timeout"),
+        "the error must say it timed out: {stderr}"
+    );
+
+    // (b) the upload role with an object to upload.
+    let tiers = Tiers::connect(&topology).await;
+    let (bucket, name) = ("robust-hang", "waits/for-s3");
+    let data = content(1100, 300_000);
+    put_hub(&tiers, bucket, name, &data).await;
+    let dir = topology.dir().to_path_buf();
+    let (mut manager, _) = manager_role(&config, &dir);
+    let (mut upload, _) = upload_role(&config, &dir, "upload-silent.log");
+    let line = wait_log_line(&upload, &["will retry", name], HANG_BOUND).await;
+    assert!(
+        line.to_lowercase().contains("timed out") || line.to_lowercase().contains("timeout"),
+        "the retry must be for a timeout: {line}"
+    );
+    assert!(upload.is_running(), "the upload role must keep running");
+    upload
+        .sigterm_and_wait(Duration::from_secs(15))
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", upload.log()));
+
+    // The item is not lost: the same role against the real S3 finishes it.
+    let real = config_with_s3(&topology, None, "");
+    let (mut upload, _) = upload_role(&real, &dir, "upload-real.log");
+    let s3 = s3_store(&topology).await;
+    wait_in_s3(&tiers, &s3, bucket, name, &|| upload.log()).await;
+    let manifest = s3.get_manifest(bucket, name).await.unwrap().unwrap();
+    let mut restored = Vec::new();
+    s3.read_verified(&manifest, &mut restored).await.unwrap();
+    assert!(restored == data, "{name} differs in s3");
+    assert_eq!(manifest.digest, Sha256Digest::of(&data));
+    let _ = upload.sigterm_and_wait(Duration::from_secs(15));
+    let _ = manager.sigterm_and_wait(Duration::from_secs(15));
+}
