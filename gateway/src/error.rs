@@ -20,12 +20,15 @@ pub enum Error {
     ///
     /// When it comes from the AWS SDK the source is an [`S3Failure`], which records the HTTP
     /// status, the service error code and whether a retry can help.
-    #[error("s3 {op} {key}: {source}")]
+    #[error("s3 {op} {key}{}: {source}", object_suffix(.object))]
     S3 {
         /// The S3 operation, e.g. `"put_object"`.
         op: &'static str,
         /// The key (or key prefix, for listings) the operation was about.
         key: String,
+        /// The NATS object the call was for (`bucket/name`), where there is one (see
+        /// [`Error::for_object`]): a blob key alone does not tell an operator which object waits.
+        object: Option<String>,
         /// What went wrong.
         #[source]
         source: BoxError,
@@ -217,6 +220,25 @@ impl Error {
         }
     }
 
+    /// Names the NATS object an S3 call was for, if the error does not name one yet; other
+    /// errors are returned unchanged.
+    pub fn for_object(self, bucket: &str, name: &str) -> Self {
+        match self {
+            Error::S3 {
+                op,
+                key,
+                object: None,
+                source,
+            } => Error::S3 {
+                op,
+                key,
+                object: Some(format!("{bucket}/{name}")),
+                source,
+            },
+            other => other,
+        }
+    }
+
     /// Builds an [`Error::S3`] from an SDK error, classifying it (see [`S3Failure`]).
     pub(crate) fn s3<E>(op: &'static str, key: impl Into<String>, err: SdkError<E>) -> Self
     where
@@ -225,6 +247,7 @@ impl Error {
         Error::S3 {
             op,
             key: key.into(),
+            object: None,
             source: Box::new(S3Failure::from_sdk(&err)),
         }
     }
@@ -238,6 +261,7 @@ impl Error {
         Error::S3 {
             op,
             key: key.into(),
+            object: None,
             source: Box::new(S3Failure {
                 message: format!("reading response body: {err}"),
                 status: None,
@@ -260,6 +284,13 @@ impl Error {
         Error::Config {
             message: message.into(),
         }
+    }
+}
+
+fn object_suffix(object: &Option<String>) -> String {
+    match object {
+        Some(object) => format!(" (object {object:?})"),
+        None => String::new(),
     }
 }
 
@@ -316,8 +347,13 @@ impl S3Failure {
             // ConstructionFailure and future variants: a bug or bad input, not the network.
             _ => false,
         };
+        let message = DisplayErrorContext(err).to_string();
         S3Failure {
-            message: DisplayErrorContext(err).to_string(),
+            // The SDK renders a deadline as "timeout: ... occurred after 30s"; say it plainly.
+            message: match err {
+                SdkError::TimeoutError(_) => format!("timed out ({message})"),
+                _ => message,
+            },
             status,
             code,
             transient,
@@ -360,6 +396,7 @@ mod tests {
         let s3 = |transient, status| Error::S3 {
             op: "get_object",
             key: "k".into(),
+            object: None,
             source: Box::new(S3Failure {
                 message: "boom".into(),
                 status,
@@ -371,6 +408,11 @@ mod tests {
         assert!(!s3(false, Some(403)).is_transient());
         assert!(s3(false, Some(404)).is_not_found());
         assert_eq!(s3(true, None).to_string(), "s3 get_object k: boom");
+        assert_eq!(
+            s3(true, None).for_object("media", "a b").to_string(),
+            "s3 get_object k (object \"media/a b\"): boom"
+        );
+        assert!(s3(true, None).for_object("m", "n").is_transient());
         assert!(Error::io("x", std::io::Error::other("y")).is_transient());
         assert!(!Error::config("bad").is_transient());
     }

@@ -177,7 +177,11 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     .context("connecting to nats")?,
             );
             let stores = connect_s3_tiers(&system).await?;
-            sweep_stale_uploads(&stores).await;
+            // In the background: a slow or unreachable S3 must not delay taking work.
+            tokio::spawn({
+                let stores = stores.clone();
+                async move { sweep_stale_uploads(&stores).await }
+            });
             let handler = Arc::new(UploadHandler::new(system.clone(), stores));
             system
                 .work
@@ -252,15 +256,16 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 bail!("{s3_name:?} is not an s3 tier");
             };
             let store = cim_gateway::s3::S3Store::connect(s3_config).await?;
+            let listing = || format!("listing s3 tier {s3_name:?} at {}", store.endpoint());
             let buckets = match bucket {
                 Some(b) => vec![b],
-                None => store.list_buckets().await?,
+                None => store.list_buckets().await.with_context(listing)?,
             };
             // One unreadable manifest never hides the others: each is reported on stderr, the
             // listing (stdout) goes on.
             let (mut failed, mut skipped) = (0, 0);
             for b in buckets {
-                for listed in store.scan_manifests(&b).await? {
+                for listed in store.scan_manifests(&b).await.with_context(listing)? {
                     match listed.manifest {
                         Ok(m) => println!("{}\t{}\t{}\t{}", m.bucket, m.size, m.digest, m.name),
                         Err(e @ cim_gateway::Error::UnsupportedFormat { .. }) => {

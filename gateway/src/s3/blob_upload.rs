@@ -15,6 +15,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use super::deadlines;
 use super::hashing::HashingReader;
 use super::{
     check_content, integrity_failure, Origin, S3Store, IO_BUF, META_COMPRESSION, META_SHA256,
@@ -128,6 +129,7 @@ impl S3Store {
         self.upload_blob_inner(content, key, expected_size, expected, origin, opts)
             .instrument(span)
             .await
+            .map_err(|e| e.for_object(origin.bucket, origin.name))
     }
 
     async fn upload_blob_inner<R: AsyncRead + Unpin + Send>(
@@ -292,6 +294,8 @@ impl BlobWrite<'_> {
             request = request.metadata(k, v);
         }
         request
+            .customize()
+            .config_override(deadlines::with_timeouts(deadlines::upload_timeouts(len)))
             .send()
             .await
             .map_err(|e| Error::s3("put_object", self.key, e))?;
@@ -325,6 +329,7 @@ impl BlobWrite<'_> {
             .ok_or_else(|| Error::S3 {
                 op: "create_multipart_upload",
                 key: key.to_string(),
+                object: None,
                 source: "response has no upload id".into(),
             })?;
         tracing::debug!(upload_id, part_size, "multipart upload started");
@@ -436,6 +441,8 @@ impl BlobWrite<'_> {
                     .set_parts(Some(parts))
                     .build(),
             )
+            .customize()
+            .config_override(deadlines::with_timeouts(deadlines::complete_timeouts()))
             .send()
             .await
             .map_err(|e| Error::s3("complete_multipart_upload", self.key, e))?;
@@ -482,6 +489,8 @@ async fn upload_part(
         .part_number(part_number)
         .content_length(len as i64)
         .body(ByteStream::from(body))
+        .customize()
+        .config_override(deadlines::with_timeouts(deadlines::upload_timeouts(len)))
         .send()
         .await
         .map_err(|e| Error::s3("upload_part", &key, e))?;

@@ -1,12 +1,16 @@
 //! Readers that watch content as it passes: [`HashingReader`] hashes what is uploaded,
 //! [`BodyReader`] tells a failing GetObject body from bad stored bytes.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use cim_tiering::digest::{Hasher, Sha256Digest};
 use tokio::io::{AsyncBufRead, AsyncRead, ReadBuf};
+use tokio::time::Sleep;
+
+use super::deadlines::BODY_IDLE_TIMEOUT;
 
 /// Hashes and counts plaintext as it is read; fails as soon as more than `limit` bytes arrive.
 ///
@@ -73,10 +77,39 @@ impl<R: AsyncRead + Unpin> AsyncRead for HashingReader<R> {
 
 /// The GetObject body, remembering whether it (rather than the decompressor) failed, so that a
 /// dropped connection is reported as a transient S3 error and not as corrupted content.
+///
+/// Also the body's idle-read deadline: a read that waits [`BODY_IDLE_TIMEOUT`] without a byte
+/// fails with [`io::ErrorKind::TimedOut`]. The clock runs only while the reader waits for S3,
+/// never while the consumer is busy elsewhere.
 pub(super) struct BodyReader {
-    pub(super) inner: Pin<Box<dyn AsyncBufRead + Send>>,
+    inner: Pin<Box<dyn AsyncBufRead + Send>>,
+    idle: Option<Pin<Box<Sleep>>>,
+    /// Whether the body (not the decompressor) failed.
     pub(super) failed: bool,
+    /// Bytes read from the body so far.
     pub(super) bytes: u64,
+}
+
+impl BodyReader {
+    pub(super) fn new(inner: impl AsyncBufRead + Send + 'static) -> Self {
+        BodyReader {
+            inner: Box::pin(inner),
+            idle: None,
+            failed: false,
+            bytes: 0,
+        }
+    }
+}
+
+/// Polls the idle deadline (arming it on the first wait); the error once it has passed.
+fn idle_expired(idle: &mut Option<Pin<Box<Sleep>>>, cx: &mut Context<'_>) -> Option<io::Error> {
+    let sleep = idle.get_or_insert_with(|| Box::pin(tokio::time::sleep(BODY_IDLE_TIMEOUT)));
+    sleep.as_mut().poll(cx).is_ready().then(|| {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("timed out: no data for {BODY_IDLE_TIMEOUT:?}"),
+        )
+    })
 }
 
 impl AsyncRead for BodyReader {
@@ -87,24 +120,46 @@ impl AsyncRead for BodyReader {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
-        let result = ready!(this.inner.as_mut().poll_read(cx, buf));
-        match &result {
-            Ok(()) => this.bytes += (buf.filled().len() - before) as u64,
-            Err(_) => this.failed = true,
+        match this.inner.as_mut().poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                this.idle = None;
+                this.bytes += (buf.filled().len() - before) as u64;
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => {
+                this.failed = true;
+                Poll::Ready(Err(e))
+            }
+            Poll::Pending => match idle_expired(&mut this.idle, cx) {
+                Some(e) => {
+                    this.failed = true;
+                    Poll::Ready(Err(e))
+                }
+                None => Poll::Pending,
+            },
         }
-        Poll::Ready(result)
     }
 }
 
 impl AsyncBufRead for BodyReader {
     fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
         let this = self.get_mut();
-        match ready!(this.inner.as_mut().poll_fill_buf(cx)) {
-            Ok(data) => Poll::Ready(Ok(data)),
-            Err(e) => {
+        match this.inner.as_mut().poll_fill_buf(cx) {
+            Poll::Ready(Ok(data)) => {
+                this.idle = None;
+                Poll::Ready(Ok(data))
+            }
+            Poll::Ready(Err(e)) => {
                 this.failed = true;
                 Poll::Ready(Err(e))
             }
+            Poll::Pending => match idle_expired(&mut this.idle, cx) {
+                Some(e) => {
+                    this.failed = true;
+                    Poll::Ready(Err(e))
+                }
+                None => Poll::Pending,
+            },
         }
     }
 
@@ -141,5 +196,33 @@ mod tests {
         let err = r.read_to_end(&mut Vec::new()).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         assert!(r.oversize);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_body_times_out_and_is_blamed_on_s3() {
+        let (_writer, reader) = tokio::io::duplex(64);
+        let mut body = BodyReader::new(tokio::io::BufReader::new(reader));
+        let started = tokio::time::Instant::now();
+        let err = body.read(&mut [0u8; 16]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(body.failed);
+        assert_eq!(started.elapsed(), BODY_IDLE_TIMEOUT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_but_steady_body_does_not_time_out() {
+        let (mut writer, reader) = tokio::io::duplex(64);
+        let mut body = BodyReader::new(tokio::io::BufReader::new(reader));
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            for _ in 0..5 {
+                tokio::time::sleep(BODY_IDLE_TIMEOUT / 2).await;
+                writer.write_all(b"x").await.unwrap();
+            }
+        });
+        let mut out = Vec::new();
+        body.read_to_end(&mut out).await.unwrap();
+        assert_eq!(out, b"xxxxx");
+        assert_eq!(body.bytes, 5);
     }
 }

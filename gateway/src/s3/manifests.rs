@@ -4,6 +4,7 @@ use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::primitives::ByteStream;
 use futures::StreamExt;
 
+use super::deadlines::BODY_IDLE_TIMEOUT;
 use super::S3Store;
 use crate::format::{self, manifest_key, manifest_prefix, Manifest};
 use crate::Error;
@@ -67,7 +68,7 @@ impl S3Store {
             .body(ByteStream::from(json))
             .send()
             .await
-            .map_err(|e| Error::s3("put_object", key, e))?;
+            .map_err(|e| Error::s3("put_object", key, e).for_object(&m.bucket, &m.name))?;
         tracing::debug!(key, bucket = %m.bucket, name = %m.name, "manifest written");
         Ok(())
     }
@@ -78,7 +79,9 @@ impl S3Store {
     /// [`Error::Manifest`] naming its key.
     pub async fn get_manifest(&self, bucket: &str, name: &str) -> Result<Option<Manifest>, Error> {
         let key = manifest_key(&self.prefix, bucket, name);
-        self.get_manifest_at(&key, bucket, name).await
+        self.get_manifest_at(&key, bucket, name)
+            .await
+            .map_err(|e| e.for_object(bucket, name))
     }
 
     async fn get_manifest_at(
@@ -99,10 +102,16 @@ impl S3Store {
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
             Err(e) => return Err(Error::s3("get_object", key, e)),
         };
-        let bytes = response
-            .body
-            .collect()
+        // A manifest is a few KiB: the idle deadline bounds the whole body.
+        let bytes = tokio::time::timeout(BODY_IDLE_TIMEOUT, response.body.collect())
             .await
+            .map_err(|_| {
+                Error::s3_body(
+                    "get_object",
+                    key,
+                    &format!("timed out after {BODY_IDLE_TIMEOUT:?}"),
+                )
+            })?
             .map_err(|e| Error::s3_body("get_object", key, &DisplayErrorContext(&e)))?
             .into_bytes();
         let manifest = Manifest::from_json(key, &bytes)?;

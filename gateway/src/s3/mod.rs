@@ -17,7 +17,8 @@
 //! * `multipart` — listing and aborting unfinished multipart uploads;
 //! * `manifests` — writing, reading and listing manifests;
 //! * `read` — verified streaming reads of blobs;
-//! * `hashing` — the readers that hash content on the way in and watch response bodies.
+//! * `hashing` — the readers that hash content on the way in and watch response bodies;
+//! * [`deadlines`] — the timeouts of every S3 call.
 
 use std::path::Path;
 
@@ -34,6 +35,7 @@ use cim_tiering::digest::Sha256Digest;
 
 use crate::Error;
 mod blob_upload;
+pub mod deadlines;
 mod hashing;
 mod manifests;
 mod multipart;
@@ -79,6 +81,8 @@ pub struct S3Store {
     bucket: String,
     prefix: String,
     tier_name: String,
+    /// The endpoint URL, or `"<aws default>"` (named in errors and logs).
+    endpoint: String,
 }
 
 impl S3Store {
@@ -98,6 +102,8 @@ impl S3Store {
     ///   shared-credentials file, resolved now so a missing or bad file is an [`Error::Config`]
     ///   at startup rather than a failure on the first upload; otherwise the SDK's standard chain
     ///   (environment, `~/.aws`, instance metadata, ...).
+    /// * Deadlines: every call has connect, per-attempt and whole-operation timeouts and at most
+    ///   [`deadlines::MAX_ATTEMPTS`] attempts (see [`deadlines`]).
     pub async fn connect(tier: &S3Tier) -> Result<S3Store, Error> {
         if !(tier.prefix.is_empty() || tier.prefix.ends_with('/')) || tier.prefix.starts_with('/') {
             return Err(Error::config(format!(
@@ -135,6 +141,8 @@ impl S3Store {
         let sdk_config = loader.load().await;
         let config = aws_sdk_s3::config::Builder::from(&sdk_config)
             .force_path_style(path_style)
+            .timeout_config(deadlines::client_timeouts())
+            .retry_config(deadlines::retries())
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
             .build();
@@ -151,12 +159,18 @@ impl S3Store {
             bucket: tier.bucket.clone(),
             prefix: tier.prefix.clone(),
             tier_name: TIER_S3.to_string(),
+            endpoint: endpoint.unwrap_or_else(|| "<aws default>".to_string()),
         })
     }
 
     /// The tier's key prefix: `""` or ending with `/`.
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// The endpoint URL (`"<aws default>"` for AWS without one), for messages.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
     }
 
     /// The tier's S3 bucket.

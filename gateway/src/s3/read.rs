@@ -42,7 +42,10 @@ impl S3Store {
             bucket = %m.bucket,
             name = %m.name,
         );
-        self.read_verified_inner(m, out).instrument(span).await
+        self.read_verified_inner(m, out)
+            .instrument(span)
+            .await
+            .map_err(|e| e.for_object(&m.bucket, &m.name))
     }
 
     async fn read_verified_inner<W: AsyncWrite + Unpin + Send>(
@@ -76,11 +79,7 @@ impl S3Store {
                 ));
             }
         }
-        let body = BodyReader {
-            inner: Box::pin(response.body.into_async_read()),
-            failed: false,
-            bytes: 0,
-        };
+        let body = BodyReader::new(response.body.into_async_read());
         decode_verified(body, m, &origin, out).await
     }
 
@@ -180,11 +179,7 @@ mod tests {
     }
 
     fn body(blob: &[u8]) -> BodyReader {
-        BodyReader {
-            inner: Box::pin(std::io::Cursor::new(blob.to_vec())),
-            failed: false,
-            bytes: 0,
-        }
+        BodyReader::new(std::io::Cursor::new(blob.to_vec()))
     }
 
     const ORIGIN: Origin<'static> = Origin {
