@@ -24,7 +24,7 @@ echo "== tests"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 status=0
-cargo test --workspace --locked -- --test-threads "${CIM_TEST_THREADS:-2}" 2>&1 | tee "$log" || status=$?
+cargo test --workspace --locked --no-fail-fast -- --test-threads "${CIM_TEST_THREADS:-2}" 2>&1 | tee "$log" || status=$?
 
 # cargo prints one summary per test binary (the last is often a crate's empty doc tests);
 # close with the totals.

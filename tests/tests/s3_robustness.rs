@@ -189,7 +189,13 @@ async fn wait_in_s3(
 async fn an_s3_endpoint_that_never_answers_hangs_nothing() {
     let topology = Topology::start().await.unwrap();
     let silent = SilentEndpoint::start().await;
-    let config = config_with_s3(&topology, Some(&silent.url()), "");
+    // An ack_wait above the S3 deadlines, as in the defaults (60 s), so the S3 timeout fires
+    // before the worker's no-progress watchdog (which would also end the hang, differently).
+    let config = config_with_s3(
+        &topology,
+        Some(&silent.url()),
+        "\n[work]\nack_wait = \"60s\"\n",
+    );
 
     // (a) `list` exits non-zero within a bounded time, naming the operation and endpoint.
     let child = Command::new(cim_bin("cim-gateway"))
