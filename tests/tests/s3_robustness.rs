@@ -14,7 +14,7 @@ use std::time::Duration;
 use cim_gateway::s3::S3Store;
 use cim_tests::{cim_bin, free_port, wait_until, RoleProcess, Topology};
 use cim_tiering::digest::Sha256Digest;
-use common::{content, spawn_role, Tiers};
+use common::{content, sample, scrape, spawn_role, Tiers};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Only hub → S3, immediately (objects are written straight into hub buckets).
@@ -245,6 +245,80 @@ async fn an_s3_endpoint_that_never_answers_hangs_nothing() {
     s3.read_verified(&manifest, &mut restored).await.unwrap();
     assert!(restored == data, "{name} differs in s3");
     assert_eq!(manifest.digest, Sha256Digest::of(&data));
+    let _ = upload.sigterm_and_wait(Duration::from_secs(15));
+    let _ = manager.sigterm_and_wait(Duration::from_secs(15));
+}
+
+/// A role's /metrics text, or nothing while its endpoint is not up yet.
+async fn try_scrape(port: u16) -> String {
+    match reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await {
+        Ok(response) => response.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// Item 5: two objects with the same incompressible 20 MiB content (multipart-sized) under
+/// different names, uploaded at the same time by one upload role (concurrency 4). Both end in S3,
+/// and neither upload is terminated because the other aborted its multipart upload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn identical_content_in_flight_twice_both_finish() {
+    let topology = Topology::start().await.unwrap();
+    let config = config_with_s3(&topology, None, "[work]\nconcurrency = 4\n");
+    let tiers = Tiers::connect(&topology).await;
+    let bucket = "robust-twins";
+    let names = ["twin-a", "twin-b"];
+    let data = content(1200, 20 * 1024 * 1024);
+    for name in names {
+        put_hub(&tiers, bucket, name, &data).await;
+    }
+    let dir = topology.dir().to_path_buf();
+    let (mut manager, _) = manager_role(&config, &dir);
+    let (mut upload, upload_port) = upload_role(&config, &dir, "upload-twins.log");
+    let s3 = s3_store(&topology).await;
+
+    // Both in S3, or one terminated (what happened before leases).
+    let settled = wait_until("both twins in s3, or one failed", HANG_BOUND, || async {
+        let failed = sample(
+            &try_scrape(upload_port).await,
+            "cim_work_items_total",
+            &[("role", "upload"), ("outcome", "failed")],
+        );
+        if failed.unwrap_or(0.0) > 0.0 {
+            return true;
+        }
+        let catalog = tiers.catalog_locations(bucket).await;
+        names.iter().all(|n| {
+            catalog
+                .get(*n)
+                .is_some_and(|l| l == &vec!["s3".to_string()])
+        })
+    })
+    .await;
+    let metrics = scrape(upload_port).await;
+    let log = upload.log();
+    settled.unwrap_or_else(|e| panic!("{e:#}\n{log}"));
+    for terminated in ["permanently", "giving up"] {
+        if let Some(line) = log_line(&log, &[terminated]) {
+            panic!("an upload was terminated: {line}");
+        }
+    }
+    assert_eq!(
+        sample(
+            &metrics,
+            "cim_work_items_total",
+            &[("role", "upload"), ("outcome", "failed")]
+        )
+        .unwrap_or(0.0),
+        0.0,
+        "no upload item may fail"
+    );
+    for name in names {
+        let manifest = s3.get_manifest(bucket, name).await.unwrap().unwrap();
+        let mut restored = Vec::new();
+        s3.read_verified(&manifest, &mut restored).await.unwrap();
+        assert!(restored == data, "{name} differs in s3");
+    }
+    assert!(s3.list_multipart_uploads().await.unwrap().is_empty());
     let _ = upload.sigterm_and_wait(Duration::from_secs(15));
     let _ = manager.sigterm_and_wait(Duration::from_secs(15));
 }
