@@ -324,6 +324,9 @@ const TRANSIENT_CODES: &[&str] = &[
     "InternalError",
     "ServiceUnavailable",
     "OperationAborted",
+    // The multipart upload was aborted under us (by a lease holder that took over after ours
+    // expired, or the day-old sweep): the retry finds the blob complete or uploads it again.
+    "NoSuchUpload",
 ];
 
 impl S3Failure {

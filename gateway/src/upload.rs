@@ -8,16 +8,27 @@
 //! Every step is idempotent, so a redelivered item (after a crash or SIGKILL) resumes: a blob
 //! already complete is reused, a stale multipart upload of the same blob is aborted before a new
 //! one starts, and a catalog entry already naming S3 skips straight to eviction.
+//!
+//! One uploader at a time writes a given blob: the blob's lease ([`cim_tiering::lease`]) is taken
+//! before anything is read or written, so two objects with the same content (in one process or
+//! several) never undo each other's multipart upload; the second waits, then reuses the blob.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use cim_policies::{Action, Tier};
 use cim_tiering::catalog::Version;
+use cim_tiering::digest::Sha256Digest;
 use cim_tiering::jetstream::ingest_digest;
+use cim_tiering::lease::{Lease, Leases, LEASE_POLL};
+use cim_tiering::retry::{retry, Backoff};
 use cim_tiering::work::{Handler, ObjectMove, Progress, Retryable, WorkItem};
 use cim_tiering::{metrics, System};
+use tokio::sync::OnceCell;
+use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::format::{self, Compression, Manifest, FORMAT_VERSION};
@@ -34,6 +45,17 @@ impl Retryable for Error {
 /// retried (e.g. deleted meanwhile); the upload role aborts them at start-up. Far above the
 /// longest plausible upload.
 pub const STALE_MULTIPART_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// How long an upload waits for another uploader's lease on the same blob before giving its
+/// work item back to be retried later. A lease lives only while its holder renews it (a dead
+/// holder's expires within [`cim_tiering::lease::LEASE_TTL`]), so this bounds how long one
+/// handler slot stays occupied, not the correctness of anything.
+pub const LEASE_WAIT_LIMIT: Duration = Duration::from_secs(10 * 60);
+
+/// The lease key of the blob of `digest` on S3 tier `tier` (different tiers are different blobs).
+pub fn blob_lease_key(tier: &str, digest: &Sha256Digest) -> String {
+    format!("blob.{}.{}", URL_SAFE_NO_PAD.encode(tier), digest.to_hex())
+}
 
 /// Connects to every S3 tier of the configuration, keyed by tier name.
 pub async fn connect_s3_tiers(system: &System) -> Result<BTreeMap<String, S3Store>, Error> {
@@ -68,16 +90,70 @@ pub struct UploadHandler {
     system: Arc<System>,
     stores: BTreeMap<String, S3Store>,
     options: UploadOptions,
+    leases: OnceCell<Leases>,
 }
 
 impl UploadHandler {
-    /// A handler over the role's connections.
+    /// A handler over the role's connections. The lease bucket is opened (created if needed)
+    /// on first use.
     pub fn new(system: Arc<System>, stores: BTreeMap<String, S3Store>) -> Self {
         let options = UploadOptions::from(&system.config.upload);
         Self {
             system,
             stores,
             options,
+            leases: OnceCell::new(),
+        }
+    }
+
+    /// The lease bucket, opened on first use.
+    async fn leases(&self) -> Result<&Leases, Error> {
+        let open = || async {
+            // Roles start together and race to create it; the cluster may still be electing.
+            retry("open leases", Backoff::STARTUP, || {
+                Leases::open(self.system.control(), self.system.config.nats.replicas)
+            })
+            .await
+        };
+        Ok(self.leases.get_or_try_init(open).await?)
+    }
+
+    /// Takes the lease of the blob of `digest` on `tier`, waiting (up to [`LEASE_WAIT_LIMIT`])
+    /// while another uploader holds it. Waiting on a held lease counts as progress: its holder
+    /// renews it only while it lives, and the worker abandons a holder that stalls.
+    async fn blob_lease(
+        &self,
+        tier: &str,
+        digest: &Sha256Digest,
+        job: &ObjectMove,
+        progress: &Progress,
+    ) -> Result<Lease, Error> {
+        let key = blob_lease_key(tier, digest);
+        let holder = format!("pid {} {}/{}", std::process::id(), job.bucket, job.name);
+        let deadline = Instant::now() + LEASE_WAIT_LIMIT;
+        let mut waiting = false;
+        loop {
+            if let Some(lease) = self.leases().await?.try_acquire(&key, &holder).await? {
+                if waiting {
+                    tracing::info!(key, "blob lease free; going on");
+                }
+                return Ok(lease);
+            }
+            if !waiting {
+                let other = self.leases().await?.holder(&key).await?.unwrap_or_default();
+                tracing::info!(key, holder = %other, "same content is being uploaded by another worker; waiting for it");
+                waiting = true;
+            }
+            if Instant::now() >= deadline {
+                return Err(cim_tiering::Error::Lease {
+                    op: "wait",
+                    key,
+                    source: format!("still held after {LEASE_WAIT_LIMIT:?}").into(),
+                }
+                .into());
+            }
+            progress.advance(0);
+            tokio::time::sleep(LEASE_POLL).await;
         }
     }
 
@@ -129,6 +205,8 @@ impl UploadHandler {
                 .is_some_and(|m| m.digest == digest);
 
         if !manifest_present {
+            // Held until the blob is verified; dropped on error (released in the background).
+            let lease = self.blob_lease(&job.to, &digest, job, progress).await?;
             let reader = progress.reader(hub.open(bucket, info).await?);
             let blob = store
                 .upload_blob(
@@ -169,6 +247,7 @@ impl UploadHandler {
             store
                 .read_verified(&manifest, &mut progress.writer(tokio::io::sink()))
                 .await?;
+            lease.release().await;
             // History first: whoever later finds this version current can publish it.
             let version_key = store.put_version_manifest(&manifest).await?;
             // The catalog's compare-and-set decides which version is current: an older version

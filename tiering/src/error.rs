@@ -61,6 +61,17 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+    /// A lease (see [`crate::lease`]) could not be read, taken or released.
+    #[error("lease {op} failed for key {key:?}: {source}")]
+    Lease {
+        /// What we were doing.
+        op: &'static str,
+        /// The lease key.
+        key: String,
+        /// Cause.
+        #[source]
+        source: BoxError,
+    },
     /// The work queue could not be set up, published to or consumed from.
     #[error("work queue {op} failed: {source}")]
     Work {
@@ -130,6 +141,7 @@ impl Error {
             | Error::JetStream { .. }
             | Error::NotReady { .. }
             | Error::Catalog { .. }
+            | Error::Lease { .. }
             | Error::Work { .. } => true,
             Error::Integrity(_) | Error::BadMeta { .. } | Error::Config(_) => false,
         }

@@ -5,6 +5,7 @@
 //! - [`jetstream`]: JetStream object-store tiers — listing, verified reads, sourcing a leaf
 //!   bucket into the cluster, eviction by purge (never a user-visible delete).
 //! - [`catalog`]: where verified copies live, in a KV bucket, updated by compare-and-set.
+//! - [`lease`]: leases in a KV bucket, so one worker at a time does a piece of work (an S3 blob).
 //! - [`work`]: the work-queue stream between the manager and the roles, and the worker loop.
 //! - [`progress`]: how a handler shows it is moving bytes (stalled handlers are abandoned).
 //! - [`manager`]: the storage manager: evaluates policies, queues work.
@@ -22,6 +23,7 @@ pub mod cli;
 pub mod digest;
 pub mod error;
 pub mod jetstream;
+pub mod lease;
 pub mod manager;
 pub mod metrics;
 pub mod mirror;

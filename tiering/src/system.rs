@@ -19,6 +19,7 @@ pub struct System {
     pub catalog: Catalog,
     /// The work queue on the control plane.
     pub work: WorkQueue,
+    control: jetstream::Context,
     tiers: BTreeMap<String, JetStreamTier>,
 }
 
@@ -71,8 +72,15 @@ impl System {
             config,
             catalog,
             work,
+            control: control_js,
             tiers,
         })
+    }
+
+    /// JetStream on the control plane (`[nats]`), where the catalog, the work queue and the
+    /// leases live.
+    pub fn control(&self) -> &jetstream::Context {
+        &self.control
     }
 
     /// The JetStream tier named `name`.

@@ -104,7 +104,9 @@ impl S3Store {
     ///   is aborted and [`Error::Integrity`] names `origin` (with `origin.tier` as the bad tier);
     ///   content longer than `expected_size` is rejected as soon as it overflows.
     /// * Before a multipart upload, unfinished uploads of the same key (left by a killed
-    ///   uploader) are aborted, so retrying the work leaves no orphaned parts. Cancelling this
+    ///   uploader) are aborted, so retrying the work leaves no orphaned parts. Callers that may
+    ///   run several uploads of one blob at once hold the blob's lease
+    ///   ([`cim_tiering::lease`]), so that what is aborted is never a live upload. Cancelling this
     ///   future mid-upload can likewise leave one, cleaned up by the next attempt.
     /// * The blob's user metadata: `cim-sha256` (hex), `cim-size` (uncompressed bytes),
     ///   `cim-compression` (`zstd`).
