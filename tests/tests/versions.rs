@@ -423,3 +423,56 @@ async fn a_late_upload_of_an_older_version_never_replaces_the_newer_one() {
     s3.read_verified(&manifest, &mut out).await.unwrap();
     assert!(out == v2, "S3 does not restore v2");
 }
+
+/// Item 12 (upload side): a current manifest written by a newer format is left for the newer
+/// software — an upload of the same object by this version never overwrites it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upload_never_overwrites_a_manifest_of_a_newer_format() {
+    use cim_tiering::work::Handler;
+    let topology = Topology::start().await.unwrap();
+    let system = system(&topology).await;
+    let hub = system.jetstream_tier("hub").unwrap().clone();
+    let (bucket, name) = ("formats-up", "doc");
+    let key = cim_gateway::format::manifest_key("cim/", bucket, name);
+    let future =
+        serde_json::json!({ "format": 99, "bucket": bucket, "name": name, "anything": [1, 2] });
+    let s3 = topology.s3.client().await;
+    s3.put_object()
+        .bucket(&topology.s3.bucket)
+        .key(&key)
+        .body(serde_json::to_vec(&future).unwrap().into())
+        .send()
+        .await
+        .unwrap();
+
+    let store = hub.ensure_bucket(bucket).await.unwrap();
+    store.put(name, &mut &content(50, 5000)[..]).await.unwrap();
+    let stores = cim_gateway::upload::connect_s3_tiers(&system)
+        .await
+        .unwrap();
+    let handler = cim_gateway::upload::UploadHandler::new(system.clone(), stores);
+    let result = handler
+        .handle(
+            upload_item(&hub, bucket, name).await,
+            cim_tiering::work::Progress::new(),
+        )
+        .await;
+    let stored = s3
+        .get_object()
+        .bucket(&topology.s3.bucket)
+        .key(&key)
+        .send()
+        .await
+        .unwrap()
+        .body
+        .collect()
+        .await
+        .unwrap()
+        .into_bytes();
+    let stored: serde_json::Value = serde_json::from_slice(&stored).unwrap();
+    assert_eq!(
+        stored["format"], 99,
+        "the upload (result {result:?}) overwrote a newer format's manifest: {stored}"
+    );
+    assert!(result.is_err(), "the upload must report the newer manifest");
+}
