@@ -271,6 +271,12 @@ impl UploadHandler {
                 );
                 return Ok(());
             }
+            // A current manifest written by a newer version of this software is left for it:
+            // never overwritten by a format this role writes.
+            if let Err(e @ Error::UnsupportedFormat { .. }) = store.get_manifest(bucket, name).await
+            {
+                return Err(e);
+            }
             store.put_manifest(&manifest).await?;
             // A newer version may have committed and published while we wrote: never leave
             // this one over it.
