@@ -322,3 +322,212 @@ async fn identical_content_in_flight_twice_both_finish() {
     let _ = upload.sigterm_and_wait(Duration::from_secs(15));
     let _ = manager.sigterm_and_wait(Duration::from_secs(15));
 }
+/// Sum of `cim_work_items_total{role}` over every outcome: the items a role has handled.
+fn work_items_handled(metrics: &str, role: &str) -> f64 {
+    ["done", "retry", "failed", "invalid"]
+        .iter()
+        .filter_map(|outcome| {
+            sample(
+                metrics,
+                "cim_work_items_total",
+                &[("role", role), ("outcome", outcome)],
+            )
+        })
+        .sum()
+}
+
+/// Whether the catalog entry of `bucket`/`name` is for version `digest` and marks it damaged
+/// (read as raw JSON: the field is optional).
+async fn damaged_in_catalog(
+    tiers: &Tiers,
+    bucket: &str,
+    name: &str,
+    digest: &Sha256Digest,
+) -> bool {
+    let Ok(kv) = tiers.hub.get_key_value("cim_catalog").await else {
+        return false;
+    };
+    let Ok(Some(value)) = kv.get(cim_tiering::catalog::key(bucket, name)).await else {
+        return false;
+    };
+    let entry: serde_json::Value = serde_json::from_slice(&value).unwrap();
+    entry["digest"] == serde_json::to_value(digest).unwrap() && !entry["damaged"].is_null()
+}
+
+/// Item 7 (a): a blob already in S3 under the right key with matching metadata but wrong bytes
+/// (bit rot, tampering). The upload finds it, fails to verify it, counts and logs that naming the
+/// object, uploads the blob again from the hub and verifies again: the object ends in S3
+/// verified, and restores byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bad_blob_in_s3_is_repaired_from_the_verified_source() {
+    let topology = Topology::start().await.unwrap();
+    let config = config_with_s3(&topology, None, "");
+    let tiers = Tiers::connect(&topology).await;
+    let (bucket, name) = ("robust-repair", "victim");
+    let data = content(1300, 300_000);
+    let digest = Sha256Digest::of(&data);
+
+    // Plant the bad blob: right key, right metadata, other (valid zstd) bytes.
+    let raw = topology.s3.client().await;
+    raw.put_object()
+        .bucket(&topology.s3.bucket)
+        .key(cim_gateway::format::blob_key("cim/", &digest))
+        .metadata("cim-sha256", digest.to_hex())
+        .metadata("cim-size", data.len().to_string())
+        .metadata("cim-compression", "zstd")
+        .body(
+            zstd::encode_all(&content(1301, 300_000)[..], 3)
+                .unwrap()
+                .into(),
+        )
+        .send()
+        .await
+        .unwrap();
+
+    put_hub(&tiers, bucket, name, &data).await;
+    let dir = topology.dir().to_path_buf();
+    let (mut manager, _) = manager_role(&config, &dir);
+    let (mut upload, upload_port) = upload_role(&config, &dir, "upload-repair.log");
+    let s3 = s3_store(&topology).await;
+    wait_in_s3(&tiers, &s3, bucket, name, &|| upload.log()).await;
+
+    let metrics = scrape(upload_port).await;
+    assert!(
+        sample(&metrics, "cim_integrity_failures_total", &[("tier", "s3")]).unwrap_or(0.0) >= 1.0,
+        "the bad blob must be counted:\n{metrics}"
+    );
+    let log = upload.log();
+    assert!(
+        log_line(&log, &["integrity check failed", name]).is_some(),
+        "the bad blob must be logged naming the object:\n{log}"
+    );
+    let manifest = s3.get_manifest(bucket, name).await.unwrap().unwrap();
+    let mut restored = Vec::new();
+    s3.read_verified(&manifest, &mut restored).await.unwrap();
+    assert!(restored == data, "the repaired blob differs");
+    let _ = upload.sigterm_and_wait(Duration::from_secs(15));
+    let _ = manager.sigterm_and_wait(Duration::from_secs(15));
+
+    // The hub copy was evicted (move): restore brings it back byte for byte.
+    assert!(Tiers::names(&tiers.hub_tier, bucket).await.is_empty());
+    let out = Command::new(cim_bin("cim-gateway"))
+        .args(["restore", "--config", config.to_str().unwrap()])
+        .args(["--bucket", bucket, "--name", name])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(Tiers::read(&tiers.hub, bucket, name).await.0 == data);
+}
+
+/// Item 7 (b): an object on the hub whose chunks do not match its digest (its meta claims
+/// another digest), and no blob in S3: no verified copy is left anywhere. The upload role marks
+/// the version damaged in the catalog, counts and logs it once, and the manager stops
+/// dispatching it: over further manager passes the upload role handles no further item for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_object_with_no_verified_copy_is_marked_damaged_once() {
+    let topology = Topology::start().await.unwrap();
+    let config = config_with_s3(&topology, None, "");
+    let tiers = Tiers::connect(&topology).await;
+    let (bucket, name) = ("robust-rot", "rotten");
+    let data = content(1400, 300_000);
+    put_hub(&tiers, bucket, name, &data).await;
+
+    // Rewrite the meta message (rolled up, as the object store does) to claim another digest
+    // for the same chunks and size.
+    let claimed = Sha256Digest::of(&content(1401, 300_000));
+    let subject = cim_tiering::jetstream::meta_subject(bucket, name);
+    let stream = tiers
+        .hub
+        .get_stream(cim_tiering::jetstream::stream_name(bucket))
+        .await
+        .unwrap();
+    let meta = stream
+        .get_last_raw_message_by_subject(&subject)
+        .await
+        .unwrap();
+    let mut info: serde_json::Value = serde_json::from_slice(&meta.payload).unwrap();
+    info["digest"] = serde_json::Value::String(claimed.to_nats());
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Rollup", "sub");
+    tiers
+        .hub
+        .publish_with_headers(subject, headers, serde_json::to_vec(&info).unwrap().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    let dir = topology.dir().to_path_buf();
+    let (mut manager, manager_port) = manager_role(&config, &dir);
+    let (mut upload, upload_port) = upload_role(&config, &dir, "upload-rot.log");
+
+    // Marked damaged, or a second attempt at it (what happened before: retried forever).
+    let settled = wait_until("damaged, or a second attempt", HANG_BOUND, || async {
+        damaged_in_catalog(&tiers, bucket, name, &claimed).await
+            || work_items_handled(&try_scrape(upload_port).await, "upload") >= 2.0
+    })
+    .await;
+    settled.unwrap_or_else(|e| panic!("{e:#}\n{}", upload.log()));
+
+    // Let the manager pass over it a few more times: nothing more may be dispatched or handled.
+    let passes = |m: &str| sample(m, "cim_manager_passes_total", &[]).unwrap_or(0.0);
+    let start = passes(&try_scrape(manager_port).await);
+    wait_until("three more manager passes", HANG_BOUND, || async {
+        passes(&try_scrape(manager_port).await) >= start + 3.0
+    })
+    .await
+    .unwrap();
+    let upload_metrics = scrape(upload_port).await;
+    let manager_metrics = scrape(manager_port).await;
+    let log = upload.log();
+    assert_eq!(
+        work_items_handled(&upload_metrics, "upload"),
+        1.0,
+        "one attempt, no retries or re-dispatches:\n{upload_metrics}\n{log}"
+    );
+    assert!(
+        damaged_in_catalog(&tiers, bucket, name, &claimed).await,
+        "the catalog must mark the version damaged: {:?}",
+        tiers.catalog.get(bucket, name).await
+    );
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("marked damaged") && l.contains(name))
+            .count(),
+        1,
+        "reported exactly once:\n{log}"
+    );
+    assert_eq!(
+        sample(
+            &upload_metrics,
+            "cim_integrity_failures_total",
+            &[("tier", "hub")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &upload_metrics,
+            "cim_damaged_objects_total",
+            &[("tier", "hub")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &manager_metrics,
+            "cim_manager_backlog_objects",
+            &[("from", "hub"), ("to", "s3")]
+        ),
+        Some(0.0),
+        "a damaged version is not due for a move"
+    );
+    // The object itself is left where it is, for an operator to look at.
+    assert_eq!(Tiers::names(&tiers.hub_tier, bucket).await, vec![name]);
+    let _ = upload.sigterm_and_wait(Duration::from_secs(15));
+    let _ = manager.sigterm_and_wait(Duration::from_secs(15));
+}
