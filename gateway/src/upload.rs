@@ -22,7 +22,7 @@ use base64::Engine;
 use cim_policies::{Action, Tier};
 use cim_tiering::catalog::Version;
 use cim_tiering::digest::Sha256Digest;
-use cim_tiering::jetstream::ingest_digest;
+use cim_tiering::jetstream::{ingest_digest, JetStreamTier, StoredObject};
 use cim_tiering::lease::{Lease, Leases, LEASE_POLL};
 use cim_tiering::retry::{retry, Backoff};
 use cim_tiering::work::{Handler, ObjectMove, Progress, Retryable, WorkItem};
@@ -32,7 +32,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::format::{self, Compression, Manifest, FORMAT_VERSION};
-use crate::s3::{Origin, S3Store, UploadOptions};
+use crate::s3::{BlobUpload, Origin, S3Store, UploadOptions};
 use crate::Error;
 
 impl Retryable for Error {
@@ -157,6 +157,101 @@ impl UploadHandler {
         }
     }
 
+    /// Stores the blob of `digest`, read from `hub`, and verifies it by reading it back
+    /// (invariant 1: before anything depends on it); returns the manifest to commit and what
+    /// the upload did.
+    ///
+    /// A blob already stored that fails verification (bit rot, tampering: its metadata matches,
+    /// its bytes do not) is not reused forever: the failure is counted and logged naming the
+    /// object (by [`S3Store::read_verified`]), the blob is uploaded again from the source —
+    /// checked against the ingest digest as it is read — and verified again. The new upload
+    /// uses the configured zstd level, so with the level unchanged it writes the bytes the blob
+    /// had before it went bad, and the manifests of other objects or versions sharing it
+    /// (their `stored_size`) stay valid.
+    async fn store_verified_blob(
+        &self,
+        hub: &JetStreamTier,
+        store: &S3Store,
+        version: &StoredObject,
+        digest: &Sha256Digest,
+        origin: &Origin<'_>,
+        progress: &Progress,
+    ) -> Result<(Manifest, BlobUpload), Error> {
+        let info = &version.info;
+        let mut options = self.options.clone();
+        loop {
+            let reader = progress.reader(hub.open(origin.bucket, info).await?);
+            let blob = store
+                .upload_blob(reader, info.size as u64, digest, origin, &options)
+                .await?;
+            let manifest = manifest_of(origin, version, digest, &blob);
+            match store
+                .read_verified(&manifest, &mut progress.writer(tokio::io::sink()))
+                .await
+            {
+                Ok(_) => return Ok((manifest, blob)),
+                Err(Error::Integrity { .. }) if blob.reused => {
+                    tracing::warn!(key = %blob.key, "stored blob failed verification; uploading it again from the source");
+                    options.reuse_existing = false;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The source copy failed its digest while being uploaded. Unless it changed meanwhile, no
+    /// verified copy of this version is left: S3 had none (else the source would not have been
+    /// read) and the source is bad. Marks the version damaged in the catalog, counts and logs it
+    /// once, and finishes the item: the manager dispatches no more work for a damaged version.
+    async fn source_damaged(
+        &self,
+        hub: &JetStreamTier,
+        job: &ObjectMove,
+        version: &StoredObject,
+        digest: &Sha256Digest,
+        what: &str,
+    ) -> Result<(), Error> {
+        let (bucket, name) = (job.bucket.as_str(), job.name.as_str());
+        let current = hub.info(bucket, name).await?;
+        if current.map(|i| i.nuid) != Some(version.info.nuid.clone()) {
+            // Overwritten or evicted while we read it: gone, not damaged.
+            return Err(cim_tiering::Error::NotReady {
+                bucket: bucket.to_string(),
+                object: name.to_string(),
+                tier: hub.name().to_string(),
+                reason: "removed or replaced while being read".into(),
+            }
+            .into());
+        }
+        let marked = self
+            .system
+            .catalog
+            .record_damaged(
+                bucket,
+                name,
+                &Version {
+                    size: version.info.size as u64,
+                    digest: *digest,
+                    seq: version.seq,
+                },
+                hub.name(),
+                what,
+            )
+            .await?;
+        if marked.is_none() {
+            tracing::info!("a newer version was recorded meanwhile; this one is not marked");
+            return Ok(());
+        }
+        metrics::damaged(hub.name());
+        tracing::error!(
+            tier = hub.name(),
+            what,
+            "no verified copy left anywhere: object marked damaged in the catalog; not retried \
+             until it is written again"
+        );
+        Ok(())
+    }
+
     fn store(&self, tier: &str) -> Result<&S3Store, Error> {
         self.stores.get(tier).ok_or_else(|| Error::Config {
             message: format!("no s3 tier named {tier:?}"),
@@ -197,6 +292,10 @@ impl UploadHandler {
             tracing::info!("a newer version is already recorded; this one is not uploaded");
             return Ok(());
         }
+        if entry.as_ref().is_some_and(|e| e.is_damaged(&digest)) {
+            tracing::debug!("version marked damaged; nothing to do until it is written again");
+            return Ok(());
+        }
         let recorded = entry.is_some_and(|entry| entry.has(&job.to, &digest));
         let manifest_present = recorded
             && store
@@ -207,46 +306,24 @@ impl UploadHandler {
         if !manifest_present {
             // Held until the blob is verified; dropped on error (released in the background).
             let lease = self.blob_lease(&job.to, &digest, job, progress).await?;
-            let reader = progress.reader(hub.open(bucket, info).await?);
-            let blob = store
-                .upload_blob(
-                    reader,
-                    size,
-                    &digest,
-                    &Origin {
-                        bucket,
-                        name,
-                        tier: hub.name(),
-                    },
-                    &self.options,
-                )
-                .await?;
-            let manifest = Manifest {
-                format: FORMAT_VERSION,
-                bucket: bucket.to_string(),
-                name: name.to_string(),
-                size,
-                digest,
-                sha256_hex: digest.to_hex(),
-                compression: Compression::Zstd,
-                stored_size: blob.stored_size,
-                blob_key: blob.key.clone(),
-                description: info.description.clone(),
-                metadata: info.metadata.clone(),
-                headers: info.headers.clone(),
-                modified: info.modified.and_then(|m| {
-                    m.format(&time::format_description::well_known::Rfc3339)
-                        .ok()
-                }),
-                uploaded_at: format::now_rfc3339(),
-                source_tier: hub.name().to_string(),
-                source_nuid: info.nuid.clone(),
-                source_seq: version.seq,
+            let origin = Origin {
+                bucket,
+                name,
+                tier: hub.name(),
             };
-            // Read the blob back before anything depends on it (invariant 1).
-            store
-                .read_verified(&manifest, &mut progress.writer(tokio::io::sink()))
-                .await?;
+            let (manifest, blob) = match self
+                .store_verified_blob(hub, store, &version, &digest, &origin, progress)
+                .await
+            {
+                Ok(stored) => stored,
+                Err(Error::Integrity { tier, what, .. }) if tier == hub.name() => {
+                    drop(lease);
+                    return self
+                        .source_damaged(hub, job, &version, &digest, &what)
+                        .await;
+                }
+                Err(e) => return Err(e),
+            };
             lease.release().await;
             // History first: whoever later finds this version current can publish it.
             let version_key = store.put_version_manifest(&manifest).await?;
@@ -341,6 +418,38 @@ impl UploadHandler {
             "published the newer version's manifest over an older one"
         );
         Ok(())
+    }
+}
+
+/// The manifest of `version`, read from `origin`, stored as `blob`.
+fn manifest_of(
+    origin: &Origin<'_>,
+    version: &StoredObject,
+    digest: &Sha256Digest,
+    blob: &BlobUpload,
+) -> Manifest {
+    let info = &version.info;
+    Manifest {
+        format: FORMAT_VERSION,
+        bucket: origin.bucket.to_string(),
+        name: origin.name.to_string(),
+        size: info.size as u64,
+        digest: *digest,
+        sha256_hex: digest.to_hex(),
+        compression: Compression::Zstd,
+        stored_size: blob.stored_size,
+        blob_key: blob.key.clone(),
+        description: info.description.clone(),
+        metadata: info.metadata.clone(),
+        headers: info.headers.clone(),
+        modified: info.modified.and_then(|m| {
+            m.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        }),
+        uploaded_at: format::now_rfc3339(),
+        source_tier: origin.tier.to_string(),
+        source_nuid: info.nuid.clone(),
+        source_seq: version.seq,
     }
 }
 

@@ -48,12 +48,33 @@ pub struct Entry {
     pub locations: BTreeMap<String, Location>,
     /// Last change (RFC 3339).
     pub updated_at: String,
+    /// Set when this version has no verified copy left anywhere (see
+    /// [`Catalog::record_damaged`]): nothing dispatches work for it any more, so it is reported
+    /// once instead of retried forever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub damaged: Option<Damage>,
+}
+
+/// Why a version was marked damaged: the copy that failed its digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Damage {
+    /// The tier whose copy failed.
+    pub tier: String,
+    /// What differed: `"sha-256"` or `"size"`.
+    pub what: String,
+    /// When it was found (RFC 3339).
+    pub found_at: String,
 }
 
 impl Entry {
     /// True when `tier` holds a verified copy of exactly this digest.
     pub fn has(&self, tier: &str, digest: &Sha256Digest) -> bool {
         &self.digest == digest && self.locations.contains_key(tier)
+    }
+
+    /// True when the version with `digest` is marked damaged.
+    pub fn is_damaged(&self, digest: &Sha256Digest) -> bool {
+        &self.digest == digest && self.damaged.is_some()
     }
 }
 
@@ -175,9 +196,12 @@ impl Catalog {
                     seq,
                     locations: BTreeMap::new(),
                     updated_at: String::new(),
+                    damaged: None,
                 },
             };
             entry.seq = seq;
+            // A verified copy exists after all: the version is no longer damaged.
+            entry.damaged = None;
             entry.locations.insert(
                 tier.to_string(),
                 Location {
@@ -185,6 +209,48 @@ impl Catalog {
                     locator: locator.clone(),
                 },
             );
+            Some(entry)
+        })
+        .await
+    }
+
+    /// Marks `version` damaged: no tier holds a verified copy of it (the copy on `tier` failed
+    /// its digest and no other was found), and `tier` no longer counts as holding it. Managers
+    /// stop dispatching it; a newer version (an overwrite) or a verified copy
+    /// ([`Catalog::record_copy`]) clears the mark. Like `record_copy`, writes nothing (`None`)
+    /// when the catalog already records a newer version.
+    pub async fn record_damaged(
+        &self,
+        bucket: &str,
+        name: &str,
+        version: &Version,
+        tier: &str,
+        what: &str,
+    ) -> Result<Option<Entry>, Error> {
+        let Version { size, digest, seq } = *version;
+        let digest = &digest;
+        self.modify(bucket, name, |current| {
+            let mut entry = match current {
+                Some(e) if e.seq > seq => return None,
+                Some(e) if &e.digest == digest => e,
+                _ => Entry {
+                    bucket: bucket.to_string(),
+                    name: name.to_string(),
+                    size,
+                    digest: *digest,
+                    seq,
+                    locations: BTreeMap::new(),
+                    updated_at: String::new(),
+                    damaged: None,
+                },
+            };
+            entry.seq = seq;
+            entry.locations.remove(tier);
+            entry.damaged = Some(Damage {
+                tier: tier.to_string(),
+                what: what.to_string(),
+                found_at: now(),
+            });
             Some(entry)
         })
         .await

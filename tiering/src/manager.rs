@@ -184,17 +184,21 @@ impl Manager {
         let item = match route {
             Route::LeafToCluster => WorkItem::LeafEvict(job),
             Route::ClusterToS3 => {
+                let entry = self
+                    .system
+                    .catalog
+                    .get(bucket, &info.name)
+                    .await
+                    .map_err(|e| (Skip::CatalogUnavailable, e))?;
+                // A damaged version has no verified copy to move: reported once, never retried.
+                if entry.as_ref().is_some_and(|e| e.is_damaged(&job.digest)) {
+                    return Ok(());
+                }
                 // A copy that is already in S3 needs nothing more; a move still needs eviction.
-                if policy.action == Action::Copy {
-                    let entry = self
-                        .system
-                        .catalog
-                        .get(bucket, &info.name)
-                        .await
-                        .map_err(|e| (Skip::CatalogUnavailable, e))?;
-                    if entry.is_some_and(|e| e.has(&policy.to, &job.digest)) {
-                        return Ok(());
-                    }
+                if policy.action == Action::Copy
+                    && entry.is_some_and(|e| e.has(&policy.to, &job.digest))
+                {
+                    return Ok(());
                 }
                 WorkItem::Upload(job)
             }

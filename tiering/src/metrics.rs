@@ -17,6 +17,8 @@ pub const TRANSFER_OBJECTS: &str = "cim_transfer_objects_total";
 pub const EVICTIONS: &str = "cim_evictions_total";
 /// Integrity check failures (digest or size mismatch), by tier holding the bad copy.
 pub const INTEGRITY_FAILURES: &str = "cim_integrity_failures_total";
+/// Versions marked damaged (no verified copy left anywhere), by tier whose copy failed.
+pub const DAMAGED_OBJECTS: &str = "cim_damaged_objects_total";
 /// Objects the manager found due for a move in its last pass, by tier pair.
 pub const MANAGER_BACKLOG: &str = "cim_manager_backlog_objects";
 /// Items the manager queued (not counting de-duplicated ones), by role.
@@ -66,6 +68,10 @@ fn describe() {
         INTEGRITY_FAILURES,
         "digest or size mismatches, by tier of the bad copy"
     );
+    describe_counter!(
+        DAMAGED_OBJECTS,
+        "versions marked damaged (no verified copy left), by tier of the failed copy"
+    );
     describe_gauge!(
         MANAGER_BACKLOG,
         "objects due for a move in the last manager pass"
@@ -107,6 +113,11 @@ pub fn evicted(tier: &str) {
 /// One integrity failure on `tier`.
 pub fn integrity_failure(tier: &str) {
     counter!(INTEGRITY_FAILURES, "tier" => tier.to_string()).increment(1);
+}
+
+/// A version marked damaged after its copy on `tier` failed and no verified copy was left.
+pub fn damaged(tier: &str) {
+    counter!(DAMAGED_OBJECTS, "tier" => tier.to_string()).increment(1);
 }
 
 /// The manager's view of due objects for a tier pair.

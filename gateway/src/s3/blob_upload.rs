@@ -240,8 +240,11 @@ fn hashing_result<R: AsyncRead + Unpin>(encoder: &Encoder<R>) -> (Sha256Digest, 
 }
 
 impl BlobWrite<'_> {
-    /// Maps an error reading the compressed stream: content overflowing the expected size is an
-    /// integrity failure of the source; anything else is the source's I/O error.
+    /// Maps an error reading the compressed stream: content overflowing the expected size, or a
+    /// source reader that found its own content contradicting the digest (`InvalidData`, as
+    /// async-nats' object reader reports "wrong digest" at its end), is an integrity failure of
+    /// the source — reported once, not retried as if it were a network error; anything else is
+    /// the source's I/O error.
     fn read_error<R: AsyncRead + Unpin>(&self, encoder: &Encoder<R>, e: io::Error) -> Error {
         if encoder.get_ref().get_ref().oversize {
             integrity_failure(
@@ -250,6 +253,14 @@ impl BlobWrite<'_> {
                 "size",
                 self.expected_size.to_string(),
                 format!("more than {}", self.expected_size),
+            )
+        } else if e.kind() == io::ErrorKind::InvalidData {
+            integrity_failure(
+                self.origin,
+                self.key,
+                "sha-256",
+                self.expected.to_nats(),
+                format!("content that does not hash to it ({e})"),
             )
         } else {
             Error::io(
