@@ -89,6 +89,28 @@ pub struct Version {
     pub seq: u64,
 }
 
+/// The entry `version` of an object is recorded in, given the current one: `None` when the
+/// catalog already records a newer version (a higher `seq`), which must then stay; the current
+/// entry when the content is the same (its copies hold those bytes); a fresh one otherwise.
+fn entry_for(current: Option<Entry>, bucket: &str, name: &str, version: &Version) -> Option<Entry> {
+    let mut entry = match current {
+        Some(e) if e.seq > version.seq => return None,
+        Some(e) if e.digest == version.digest => e,
+        _ => Entry {
+            bucket: bucket.to_string(),
+            name: name.to_string(),
+            size: version.size,
+            digest: version.digest,
+            seq: version.seq,
+            locations: BTreeMap::new(),
+            updated_at: String::new(),
+            damaged: None,
+        },
+    };
+    entry.seq = version.seq;
+    Some(entry)
+}
+
 /// The catalog KV bucket.
 #[derive(Clone)]
 pub struct Catalog {
@@ -182,24 +204,8 @@ impl Catalog {
         tier: &str,
         locator: Option<String>,
     ) -> Result<Option<Entry>, Error> {
-        let Version { size, digest, seq } = *version;
-        let digest = &digest;
         self.modify(bucket, name, |current| {
-            let mut entry = match current {
-                Some(e) if e.seq > seq => return None,
-                Some(e) if &e.digest == digest => e,
-                _ => Entry {
-                    bucket: bucket.to_string(),
-                    name: name.to_string(),
-                    size,
-                    digest: *digest,
-                    seq,
-                    locations: BTreeMap::new(),
-                    updated_at: String::new(),
-                    damaged: None,
-                },
-            };
-            entry.seq = seq;
+            let mut entry = entry_for(current, bucket, name, version)?;
             // A verified copy exists after all: the version is no longer damaged.
             entry.damaged = None;
             entry.locations.insert(
@@ -227,24 +233,8 @@ impl Catalog {
         tier: &str,
         what: &str,
     ) -> Result<Option<Entry>, Error> {
-        let Version { size, digest, seq } = *version;
-        let digest = &digest;
         self.modify(bucket, name, |current| {
-            let mut entry = match current {
-                Some(e) if e.seq > seq => return None,
-                Some(e) if &e.digest == digest => e,
-                _ => Entry {
-                    bucket: bucket.to_string(),
-                    name: name.to_string(),
-                    size,
-                    digest: *digest,
-                    seq,
-                    locations: BTreeMap::new(),
-                    updated_at: String::new(),
-                    damaged: None,
-                },
-            };
-            entry.seq = seq;
+            let mut entry = entry_for(current, bucket, name, version)?;
             entry.locations.remove(tier);
             entry.damaged = Some(Damage {
                 tier: tier.to_string(),
@@ -356,6 +346,32 @@ impl Catalog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn an_older_version_never_replaces_a_newer_one() {
+        let v = |data: &[u8], seq| Version {
+            size: data.len() as u64,
+            digest: Sha256Digest::of(data),
+            seq,
+        };
+        let mut recorded = entry_for(None, "b", "n", &v(b"two", 20)).unwrap();
+        recorded.locations.insert(
+            "s3".into(),
+            Location {
+                verified_at: now(),
+                locator: None,
+            },
+        );
+        // Older: refused, whatever its content.
+        assert!(entry_for(Some(recorded.clone()), "b", "n", &v(b"one", 10)).is_none());
+        assert!(entry_for(Some(recorded.clone()), "b", "n", &v(b"two", 19)).is_none());
+        // Newer with the same content keeps the verified copies; with other content starts afresh.
+        let same = entry_for(Some(recorded.clone()), "b", "n", &v(b"two", 30)).unwrap();
+        assert_eq!((same.seq, same.locations.len()), (30, 1));
+        let other = entry_for(Some(recorded), "b", "n", &v(b"three", 30)).unwrap();
+        assert_eq!((other.seq, other.locations.len()), (30, 0));
+    }
 
     #[test]
     fn keys_are_valid_kv_keys_for_any_name() {
