@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use cim_tests::{wait_until, Topology};
 use cim_tiering::jetstream::{bucket_stream_config, meta_subject, stream_name};
-use common::{content, sample, scrape, Roles, Tiers};
+use common::{content, rewrite_meta, sample, scrape, Roles, Tiers};
 
 const COPY_ALL_TO_S3: &str = r#"
 [[policy]]
@@ -58,26 +58,10 @@ async fn one_bad_object_or_bucket_never_stops_the_rest() {
         .put("no-digest", &mut &content(83, 100)[..])
         .await
         .unwrap();
-    let subject = meta_subject(bad, "no-digest");
-    let last = tiers
-        .hub
-        .get_stream(stream_name(bad))
-        .await
-        .unwrap()
-        .get_last_raw_message_by_subject(&subject)
-        .await
-        .unwrap();
-    let mut meta: serde_json::Value = serde_json::from_slice(&last.payload).unwrap();
-    meta.as_object_mut().unwrap().remove("digest");
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Nats-Rollup", "sub");
-    tiers
-        .hub
-        .publish_with_headers(subject, headers, serde_json::to_vec(&meta).unwrap().into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    rewrite_meta(&tiers.hub, bad, "no-digest", |m| {
+        m.as_object_mut().unwrap().remove("digest");
+    })
+    .await;
     tiers
         .hub
         .publish(meta_subject(bad, "garbage"), "this is not json".into())

@@ -14,7 +14,7 @@ use std::time::Duration;
 use cim_gateway::s3::S3Store;
 use cim_tests::{cim_bin, free_port, wait_until, RoleProcess, Topology};
 use cim_tiering::digest::Sha256Digest;
-use common::{content, sample, scrape, spawn_role, Tiers};
+use common::{content, rewrite_meta, sample, scrape, spawn_role, Tiers};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Only hub → S3, immediately (objects are written straight into hub buckets).
@@ -439,27 +439,10 @@ async fn an_object_with_no_verified_copy_is_marked_damaged_once() {
     // Rewrite the meta message (rolled up, as the object store does) to claim another digest
     // for the same chunks and size.
     let claimed = Sha256Digest::of(&content(1401, 300_000));
-    let subject = cim_tiering::jetstream::meta_subject(bucket, name);
-    let stream = tiers
-        .hub
-        .get_stream(cim_tiering::jetstream::stream_name(bucket))
-        .await
-        .unwrap();
-    let meta = stream
-        .get_last_raw_message_by_subject(&subject)
-        .await
-        .unwrap();
-    let mut info: serde_json::Value = serde_json::from_slice(&meta.payload).unwrap();
-    info["digest"] = serde_json::Value::String(claimed.to_nats());
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Nats-Rollup", "sub");
-    tiers
-        .hub
-        .publish_with_headers(subject, headers, serde_json::to_vec(&info).unwrap().into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    rewrite_meta(&tiers.hub, bucket, name, |m| {
+        m["digest"] = serde_json::Value::String(claimed.to_nats())
+    })
+    .await;
 
     let dir = topology.dir().to_path_buf();
     let (mut manager, manager_port) = manager_role(&config, &dir);

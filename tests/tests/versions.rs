@@ -9,27 +9,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use cim_tests::{wait_until, Topology};
 use cim_tiering::jetstream::{meta_subject, stream_name};
-use common::{content, sample, Roles, Tiers};
-
-/// Rewrites the `mtime` (the writer's `modified`) of an object's current meta message in place:
-/// same nuid and chunks, as a device with a wrong clock would have written it.
-async fn set_writer_clock(js: &jetstream::Context, bucket: &str, name: &str, mtime: &str) {
-    let stream = js.get_stream(stream_name(bucket)).await.unwrap();
-    let subject = meta_subject(bucket, name);
-    let last = stream
-        .get_last_raw_message_by_subject(&subject)
-        .await
-        .unwrap();
-    let mut meta: serde_json::Value = serde_json::from_slice(&last.payload).unwrap();
-    meta["mtime"] = serde_json::Value::String(mtime.to_string());
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Nats-Rollup", "sub");
-    js.publish_with_headers(subject, headers, serde_json::to_vec(&meta).unwrap().into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-}
+use common::{content, rewrite_meta, sample, Roles, Tiers};
 
 /// Messages in the work-queue stream (queued or in flight).
 async fn work_items(js: &jetstream::Context) -> u64 {
@@ -83,7 +63,11 @@ after = "1s"
             .await
             .unwrap_or_else(|e| panic!("{bucket}: {e}"));
         store.put("obj", &mut &content(6, 4096)[..]).await.unwrap();
-        set_writer_clock(&tiers.hub, bucket, "obj", mtime).await;
+        // Same nuid and chunks, as a device with a wrong clock would have written it.
+        rewrite_meta(&tiers.hub, bucket, "obj", |m| {
+            m["mtime"] = serde_json::Value::String(mtime.to_string())
+        })
+        .await;
     }
 
     let roles = Roles::start(&topology, &config);

@@ -222,3 +222,32 @@ impl Tiers {
             .collect()
     }
 }
+
+/// Rewrites the current meta message of `bucket`/`name` in place (same nuid and chunks, rolled up
+/// over the old one) after `edit` changed its JSON: how tests make a writer with a wrong clock, a
+/// missing digest or a digest that lies.
+pub async fn rewrite_meta(
+    js: &jetstream::Context,
+    bucket: &str,
+    name: &str,
+    edit: impl FnOnce(&mut serde_json::Value),
+) {
+    let stream = js
+        .get_stream(cim_tiering::jetstream::stream_name(bucket))
+        .await
+        .unwrap();
+    let subject = cim_tiering::jetstream::meta_subject(bucket, name);
+    let last = stream
+        .get_last_raw_message_by_subject(&subject)
+        .await
+        .unwrap();
+    let mut meta: serde_json::Value = serde_json::from_slice(&last.payload).unwrap();
+    edit(&mut meta);
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Rollup", "sub");
+    js.publish_with_headers(subject, headers, serde_json::to_vec(&meta).unwrap().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
