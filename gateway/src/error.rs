@@ -165,6 +165,31 @@ pub enum Error {
         limit: String,
     },
 
+    /// `delete` was asked for an object that a JetStream tier still holds: it is deleted there,
+    /// and the delete then reaches S3; deleting only the S3 copy would leave tiers disagreeing.
+    #[error(
+        "object {name:?} in bucket {bucket:?} is held by tier {tier}; delete it there (e.g.          `nats object rm`), and the delete reaches S3 by itself"
+    )]
+    HeldByTier {
+        /// The object-store bucket.
+        bucket: String,
+        /// The object's name.
+        name: String,
+        /// The JetStream tier holding it.
+        tier: String,
+    },
+
+    /// The S3 tier holds no manifest for the object.
+    #[error("no object {name:?} in bucket {bucket:?} on s3 tier {tier}")]
+    NotInS3 {
+        /// The object-store bucket.
+        bucket: String,
+        /// The object's name.
+        name: String,
+        /// The S3 tier.
+        tier: String,
+    },
+
     /// A NATS object-store operation failed (used by the upload and restore orchestration).
     #[error("nats {op} {bucket}/{name}: {source}")]
     Nats {
@@ -206,7 +231,9 @@ impl Error {
             | Error::Config { .. }
             | Error::WouldLoseVersion { .. }
             | Error::CatalogDisagrees { .. }
-            | Error::NoRoom { .. } => false,
+            | Error::NoRoom { .. }
+            | Error::HeldByTier { .. }
+            | Error::NotInS3 { .. } => false,
         }
     }
 

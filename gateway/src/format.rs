@@ -28,8 +28,9 @@ use crate::Error;
 
 /// The manifest format version this crate writes. It reads every version from 1 up to this one.
 ///
-/// 2 added `source_seq` (the order of versions) and the per-version history under `versions/`.
-pub const FORMAT_VERSION: u32 = 2;
+/// 2 added `source_seq` (the order of versions) and the per-version history under `versions/`;
+/// 3 added tombstones (`deleted`).
+pub const FORMAT_VERSION: u32 = 3;
 
 /// The manifest formats this crate reads: every format from 1 up to the one it writes, so a
 /// reader of format N also reads N−1 (bumping [`FORMAT_VERSION`] is the only change needed).
@@ -81,6 +82,41 @@ pub fn version_seq_of_key(prefix: &str, bucket: &str, name: &str, key: &str) -> 
         return None;
     }
     digits.parse().ok()
+}
+
+/// Listing prefix of every history manifest of the tier.
+pub fn versions_prefix(prefix: &str) -> String {
+    format!("{prefix}versions/")
+}
+
+/// Recovers `(bucket, name, seq)` from a [`version_manifest_key`], or `None` if `key` is not one.
+pub fn decode_version_key(prefix: &str, key: &str) -> Option<(String, String, u64)> {
+    let rest = key.strip_prefix(prefix)?.strip_prefix("versions/")?;
+    let mut parts = rest.split('/');
+    let (bucket, encoded) = (parts.next()?, parts.next()?);
+    if bucket.is_empty() {
+        return None;
+    }
+    let name = String::from_utf8(URL_SAFE_NO_PAD.decode(encoded).ok()?).ok()?;
+    // Checks the rest: exactly one more part, 20 digits and `.json`.
+    let seq = version_seq_of_key(prefix, bucket, &name, key)?;
+    Some((bucket.to_string(), name, seq))
+}
+
+/// Listing prefix of every blob of the tier.
+pub fn blobs_prefix(prefix: &str) -> String {
+    format!("{prefix}blobs/sha256/")
+}
+
+/// The digest whose blob is at `key`, or `None` if `key` is not a [`blob_key`].
+pub fn digest_of_blob_key(prefix: &str, key: &str) -> Option<Sha256Digest> {
+    let hex = key
+        .strip_prefix(&blobs_prefix(prefix))?
+        .split_once('/')?
+        .1
+        .strip_suffix(".zst")?;
+    let digest = Sha256Digest::from_hex(hex).ok()?;
+    (blob_key(prefix, &digest) == key).then_some(digest)
 }
 
 /// Listing prefix for the manifests of one bucket (`Some`), or of all buckets (`None`).
@@ -183,9 +219,29 @@ pub struct Manifest {
     /// are ordered by it (a higher one is newer), never by clocks. 0 in format 1.
     #[serde(default)]
     pub source_seq: u64,
+    /// Set on a tombstone: the object was deleted, `source_seq` is the delete's sequence, and
+    /// the content fields describe the last version this tier held (`restore
+    /// --include-deleted` restores it while its blob is kept, see `docs/s3-format.md`). A
+    /// tombstone keeps no blob alive. Absent before format 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted: Option<Deletion>,
+}
+
+/// What a tombstone records about the delete.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Deletion {
+    /// When the tombstone was written (RFC 3339).
+    pub at: String,
+    /// Who deleted: `"user delete on <tier>"` or `"cim-gateway delete"`.
+    pub by: String,
 }
 
 impl Manifest {
+    /// True for a tombstone (the object was deleted).
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.is_some()
+    }
+
     /// Pretty JSON, as stored on S3.
     pub fn to_json(&self) -> Vec<u8> {
         // Serialising plain data with string map keys cannot fail.
@@ -267,7 +323,26 @@ mod tests {
             source_tier: "hub".into(),
             source_nuid: "NUID123".into(),
             source_seq: 7,
+            deleted: None,
         }
+    }
+
+    #[test]
+    fn tombstones_round_trip_and_older_formats_read_as_live() {
+        let mut tombstone = sample();
+        tombstone.deleted = Some(Deletion {
+            at: "2026-11-26T10:00:00Z".into(),
+            by: "user delete on hub".into(),
+        });
+        let read = Manifest::from_json("k", &tombstone.to_json()).unwrap();
+        assert!(read.is_deleted());
+        assert_eq!(read, tombstone);
+        // A format-2 manifest knows no `deleted`: it is a live object.
+        let mut v2 = serde_json::to_value(sample()).unwrap();
+        v2["format"] = 2.into();
+        v2.as_object_mut().unwrap().remove("deleted");
+        let read = Manifest::from_json("k", v2.to_string().as_bytes()).unwrap();
+        assert!(!read.is_deleted());
     }
 
     #[test]
@@ -277,6 +352,14 @@ mod tests {
         assert_eq!(version_seq_of_key("t/", "b", "dir/x y", &key), Some(42));
         assert!(version_manifest_key("t/", "b", "n", 9) < version_manifest_key("t/", "b", "n", 10));
         assert_eq!(version_seq_of_key("t/", "b", "other", &key), None);
+        assert_eq!(
+            decode_version_key("t/", &key),
+            Some(("b".to_string(), "dir/x y".to_string(), 42))
+        );
+        assert_eq!(decode_version_key("t/", "t/versions/b/x.json"), None);
+        let d = Sha256Digest::of(b"x");
+        assert_eq!(digest_of_blob_key("t/", &blob_key("t/", &d)), Some(d));
+        assert_eq!(digest_of_blob_key("t/", "t/blobs/sha256/00/zz.zst"), None);
         assert_eq!(
             version_seq_of_key("t/", "b", "n", &manifest_key("t/", "b", "n")),
             None

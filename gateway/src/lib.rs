@@ -26,6 +26,9 @@
 //!   (single or multipart), manifests, listing, verified streaming reads.
 //! * [`upload`] — the upload worker (NATS cluster → S3), built on [`s3`].
 //! * [`restore`] — the restore path (S3 → NATS), built on [`s3`].
+//! * [`versions`] — which version is current on S3: publishing the catalog's choice, tombstones
+//!   for deletes, `delete` of objects only S3 holds.
+//! * [`gc`] — removing what deletes and overwrites leave behind, after the tier's retention.
 //!
 //! The read path serving objects no longer held by NATS comes next; the `cim-gateway` binary
 //! (`main.rs`) wires the roles together.
@@ -36,8 +39,10 @@
 
 pub mod error;
 pub mod format;
+pub mod gc;
 pub mod restore;
 pub mod s3;
 pub mod upload;
+pub mod versions;
 
 pub use error::Error;

@@ -6,9 +6,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
+use cim_gateway::gc;
 use cim_gateway::restore::{Restored, Restorer};
 use cim_gateway::upload::{connect_s3_tiers, sweep_stale_uploads, UploadHandler};
+use cim_gateway::versions::{delete_s3_only, Tombstoned};
 use cim_policies::{Config, Route, Tier};
+use cim_tiering::lease::Leases;
 use cim_tiering::work::Role;
 use cim_tiering::{cli, System};
 use clap::{Args, Parser, Subcommand};
@@ -60,6 +63,10 @@ enum Command {
         /// copy of it.
         #[arg(long)]
         overwrite: bool,
+        /// Restore deleted objects too: the last version the S3 tier held before the delete
+        /// (while the retention keeps its blob).
+        #[arg(long)]
+        include_deleted: bool,
         /// S3 tier to read from (default: the only S3 tier).
         #[arg(long)]
         from: Option<String>,
@@ -67,10 +74,44 @@ enum Command {
         #[arg(long)]
         to: Option<String>,
     },
+    /// Delete an object that lives only in S3 (a tombstone manifest; the catalog records it).
+    ///
+    /// Refused, naming the tier, when a JetStream tier still holds the object: delete it there
+    /// (`nats object rm`), and the delete reaches S3 by itself. Deleting an object already
+    /// deleted succeeds. The deleted version stays restorable (`restore --include-deleted`)
+    /// until `gc` removes it after the tier's retention.
+    Delete {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The object-store bucket.
+        #[arg(long)]
+        bucket: String,
+        /// The object to delete.
+        #[arg(long)]
+        name: String,
+        /// S3 tier to delete from (default: the only S3 tier).
+        #[arg(long)]
+        from: Option<String>,
+    },
+    /// Remove what deletes and overwrites left behind longer ago than the tier's retention:
+    /// history of superseded versions, and blobs no manifest references (never one an upload
+    /// holds the lease of). Tombstones stay.
+    Gc {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// S3 tier to collect (default: the only S3 tier).
+        #[arg(long)]
+        from: Option<String>,
+        /// Only report what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// List what an S3 tier holds, from its manifests alone (no NATS needed).
     ///
-    /// One line per object on stdout: bucket, size, digest, name (tab-separated). A manifest
-    /// that cannot be read, or has a format this version cannot read, is reported on stderr.
+    /// One line per object on stdout: bucket, size, digest, name (tab-separated). Deleted
+    /// objects (tombstones) are left out unless --include-deleted, which lists them with
+    /// `deleted` as a fifth field. A manifest that cannot be read, or has a format this
+    /// version cannot read, is reported on stderr.
     #[command(after_help = LIST_EXIT_STATUS_HELP)]
     List {
         #[command(flatten)]
@@ -81,15 +122,19 @@ enum Command {
         /// S3 tier to read from (default: the only S3 tier).
         #[arg(long)]
         from: Option<String>,
+        /// List deleted objects too.
+        #[arg(long)]
+        include_deleted: bool,
     },
 }
 
 /// Exit status of `restore`: 0 when everything was restored (or listed), 1 when an
 /// object failed, [`EXIT_SKIPPED`] when none failed but some were skipped.
-const EXIT_STATUS_HELP: &str = "Exit status: 0 every object restored or already present; \
-1 at least one object failed (or the run could not start); 3 none failed, but at least one was \
-skipped (the target holds another version, or its manifest has a format this version cannot \
-read) and is named on its own line.";
+const EXIT_STATUS_HELP: &str = "Exit status: 0 every object restored or already present \
+(deleted objects are named and left out); 1 at least one object failed (or the run could not \
+start); 3 none failed, but at least one was skipped (the target holds another version, or its \
+manifest has a format this version cannot read) and is named on its own line, or the one object \
+asked for by --name is deleted.";
 
 /// Exit status of `list`, in the same scheme as `restore`'s.
 const LIST_EXIT_STATUS_HELP: &str = "Exit status: 0 every manifest listed; 1 at least one \
@@ -195,6 +240,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             name,
             all,
             overwrite,
+            include_deleted,
             from,
             to,
         } => {
@@ -212,7 +258,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let store = cim_gateway::s3::S3Store::connect(&s3_config)
                 .await?
                 .with_tier_name(s3_name.as_str());
-            let restorer = Restorer::new(system, store, &target)?.overwrite(overwrite);
+            let restorer = Restorer::new(system, store, &target)?
+                .overwrite(overwrite)
+                .include_deleted(include_deleted);
             let results = if all {
                 let results = restorer.restore_bucket(&bucket).await?;
                 if results.is_empty() {
@@ -233,6 +281,13 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                         skipped += 1;
                         println!("skipped  {bucket}/{name}: {why}");
                     }
+                    Ok(Restored::Deleted(why)) => {
+                        // Asked for by name, it was not restored: say so in the status too.
+                        if !all {
+                            skipped += 1;
+                        }
+                        println!("deleted  {bucket}/{name}: {why}; not restored (--include-deleted restores it)");
+                    }
                     Err(e) => {
                         failed += 1;
                         eprintln!("FAILED   {bucket}/{name}: {e}");
@@ -245,10 +300,73 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             );
             Ok(exit_status(failed, skipped))
         }
+        Command::Delete {
+            config,
+            bucket,
+            name,
+            from,
+        } => {
+            let config = cli::load_config(&config.config)?;
+            let s3_name = s3_tier_name(&config, from)?;
+            let source = restore_target(&config, &s3_name, None)?;
+            let Some(Tier::S3(s3_config)) = config.tier(&s3_name).cloned() else {
+                bail!("{s3_name:?} is not an s3 tier");
+            };
+            let system = System::connect(config, "cim-gateway delete")
+                .await
+                .context("connecting to nats")?;
+            let store = cim_gateway::s3::S3Store::connect(&s3_config)
+                .await?
+                .with_tier_name(s3_name.as_str());
+            let outcome = delete_s3_only(&system, &store, &source, &bucket, &name).await?;
+            match outcome {
+                Tombstoned::AlreadyDeleted => println!("already deleted {bucket}/{name}"),
+                _ => println!("deleted {bucket}/{name}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Gc {
+            config,
+            from,
+            dry_run,
+        } => {
+            let config = cli::load_config(&config.config)?;
+            let s3_name = s3_tier_name(&config, from)?;
+            let Some(Tier::S3(s3_config)) = config.tier(&s3_name).cloned() else {
+                bail!("{s3_name:?} is not an s3 tier");
+            };
+            let system = System::connect(config, "cim-gateway gc")
+                .await
+                .context("connecting to nats")?;
+            let leases = Leases::open(system.control(), system.config.nats.replicas).await?;
+            let store = cim_gateway::s3::S3Store::connect(&s3_config)
+                .await?
+                .with_tier_name(s3_name.as_str());
+            let report = gc::collect(&store, &leases, s3_config.retention, dry_run).await?;
+            let verb = if dry_run { "would remove" } else { "removed" };
+            for key in report.manifests_removed.iter().chain(&report.blobs_removed) {
+                println!("{verb} {key}");
+            }
+            for key in &report.blobs_in_use {
+                println!("in use   {key} (an upload holds its lease; kept)");
+            }
+            println!(
+                "{verb} {} history manifests and {} blobs; kept {} referenced, {} younger than \
+                 the retention ({}), {} in use",
+                report.manifests_removed.len(),
+                report.blobs_removed.len(),
+                report.blobs_referenced,
+                report.blobs_too_young,
+                humantime::format_duration(s3_config.retention),
+                report.blobs_in_use.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::List {
             config,
             bucket,
             from,
+            include_deleted,
         } => {
             let config = cli::load_config(&config.config)?;
             let s3_name = s3_tier_name(&config, from)?;
@@ -267,6 +385,14 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             for b in buckets {
                 for listed in store.scan_manifests(&b).await.with_context(listing)? {
                     match listed.manifest {
+                        Ok(m) if m.is_deleted() => {
+                            if include_deleted {
+                                println!(
+                                    "{}\t{}\t{}\t{}\tdeleted",
+                                    m.bucket, m.size, m.digest, m.name
+                                )
+                            }
+                        }
                         Ok(m) => println!("{}\t{}\t{}\t{}", m.bucket, m.size, m.digest, m.name),
                         Err(e @ cim_gateway::Error::UnsupportedFormat { .. }) => {
                             skipped += 1;

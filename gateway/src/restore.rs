@@ -17,6 +17,14 @@
 //! replaced only when the catalog records a verified copy of exactly that version on another
 //! tier; otherwise [`Error::WouldLoseVersion`] refuses it, naming the object.
 //!
+//! # Restore never resurrects
+//!
+//! A deleted object stays deleted: a tombstone manifest, a catalog entry recording a delete
+//! newer than the manifest, or a delete marker on the target newer than the manifest's version
+//! makes the object [`Restored::Deleted`] — reported, nothing written. [`Restorer::include_deleted`]
+//! (`--include-deleted`) restores the last version the S3 tier held before the delete instead,
+//! while its blob is still kept (see `docs/s3-format.md`, retention).
+//!
 //! # Manifests are untrusted input
 //!
 //! Before anything is read or written: a manifest whose digest disagrees with the catalog's
@@ -54,6 +62,8 @@ pub enum Restored {
     AlreadyPresent,
     /// Left as it is, nothing written; the operator should look (see [`Skip`]).
     Skipped(Skip),
+    /// Deleted by a user: not restored (see the module docs); says when and by whom, if known.
+    Deleted(String),
 }
 
 /// Why an object was not restored although nothing failed.
@@ -118,6 +128,7 @@ pub struct Restorer {
     target: JetStreamTier,
     staging_dir: PathBuf,
     overwrite: bool,
+    include_deleted: bool,
 }
 
 impl Restorer {
@@ -138,6 +149,7 @@ impl Restorer {
             target,
             staging_dir,
             overwrite: false,
+            include_deleted: false,
         })
     }
 
@@ -145,6 +157,13 @@ impl Restorer {
     /// even then only when another tier holds a verified copy of it (see the module docs).
     pub fn overwrite(mut self, overwrite: bool) -> Self {
         self.overwrite = overwrite;
+        self
+    }
+
+    /// Whether deleted objects are restored too (`--include-deleted`): the last version the S3
+    /// tier held before the delete, while its blob is kept.
+    pub fn include_deleted(mut self, include_deleted: bool) -> Self {
+        self.include_deleted = include_deleted;
         self
     }
 
@@ -158,8 +177,10 @@ impl Restorer {
         let manifest = match self.store.get_manifest(bucket, name).await {
             Ok(Some(manifest)) => manifest,
             Ok(None) => {
-                return Err(Error::Config {
-                    message: format!("no object {name:?} in bucket {bucket:?} on s3"),
+                return Err(Error::NotInS3 {
+                    bucket: bucket.to_string(),
+                    name: name.to_string(),
+                    tier: self.store.tier_name().to_string(),
                 })
             }
             Err(e) => return Skip::of(&e).map(Restored::Skipped).ok_or(e),
@@ -200,6 +221,12 @@ impl Restorer {
     async fn restore_inner(&self, m: &Manifest) -> Result<Restored, Error> {
         let (bucket, name) = (m.bucket.as_str(), m.name.as_str());
         let entry = self.system.catalog.get(bucket, name).await?;
+        if !self.include_deleted {
+            if let Some(why) = self.deleted(m, entry.as_ref()).await? {
+                tracing::info!(why, "deleted; not restored");
+                return Ok(Restored::Deleted(why));
+            }
+        }
         self.check_against_catalog(m, entry.as_ref())?;
         let existing = self.target.info(bucket, name).await?;
         if let Some(existing) = &existing {
@@ -303,6 +330,32 @@ impl Restorer {
         metrics::restored(self.target.name());
         tracing::info!("restored");
         Ok(Restored::Written)
+    }
+
+    /// Why the object `m` describes counts as deleted, if it does: `m` is a tombstone, the
+    /// catalog records a delete newer than `m`'s version, or the target's latest meta for it is
+    /// a delete marker newer than `m`'s version (sequences compare only on the tier `m` was
+    /// uploaded from).
+    async fn deleted(&self, m: &Manifest, entry: Option<&Entry>) -> Result<Option<String>, Error> {
+        if let Some(d) = &m.deleted {
+            return Ok(Some(format!("{} at {}", d.by, d.at)));
+        }
+        if let Some(e) = entry.filter(|e| e.seq > m.source_seq) {
+            if let Some(d) = &e.deleted {
+                return Ok(Some(format!("deleted at {} (catalog)", d.at)));
+            }
+        }
+        if m.source_tier == self.target.name() {
+            let latest = self.target.latest(&m.bucket, &m.name).await?;
+            if let Some(marker) = latest.filter(|l| l.info.deleted && l.seq > m.source_seq) {
+                return Ok(Some(format!(
+                    "deleted on {} (delete marker at sequence {})",
+                    self.target.name(),
+                    marker.seq
+                )));
+            }
+        }
+        Ok(None)
     }
 
     /// Refuses a manifest whose digest is not the one the catalog records as verified on this

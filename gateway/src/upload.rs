@@ -25,7 +25,7 @@ use cim_tiering::digest::Sha256Digest;
 use cim_tiering::jetstream::{ingest_digest, JetStreamTier, StoredObject};
 use cim_tiering::lease::{Lease, Leases, LEASE_POLL};
 use cim_tiering::retry::{retry, Backoff};
-use cim_tiering::work::{Handler, ObjectMove, Progress, Retryable, WorkItem};
+use cim_tiering::work::{Handler, ObjectDelete, ObjectMove, Progress, Retryable, WorkItem};
 use cim_tiering::{metrics, System};
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
@@ -33,6 +33,7 @@ use tracing::Instrument;
 
 use crate::format::{self, Compression, Manifest, FORMAT_VERSION};
 use crate::s3::{BlobUpload, Origin, S3Store, UploadOptions};
+use crate::versions::{self, Tombstoned};
 use crate::Error;
 
 impl Retryable for Error {
@@ -274,12 +275,12 @@ impl UploadHandler {
                     .await?;
             }
             // An earlier attempt may have died between its commit and its manifest check.
-            self.publish_current(store, bucket, name).await?;
+            versions::publish_current(catalog, store, bucket, name).await?;
             tracing::debug!("object no longer on the cluster; nothing to do");
             return Ok(());
         };
         if version.info.nuid != job.nuid {
-            self.publish_current(store, bucket, name).await?;
+            versions::publish_current(catalog, store, bucket, name).await?;
             tracing::info!("object changed since dispatch; the manager will re-evaluate it");
             return Ok(());
         }
@@ -324,9 +325,11 @@ impl UploadHandler {
                 }
                 Err(e) => return Err(e),
             };
-            lease.release().await;
-            // History first: whoever later finds this version current can publish it.
+            // History first: whoever later finds this version current can publish it. Written
+            // under the blob's lease: garbage collection takes the same lease before removing
+            // a blob, so it never removes one that a manifest is about to reference.
             let version_key = store.put_version_manifest(&manifest).await?;
+            lease.release().await;
             // The catalog's compare-and-set decides which version is current: an older version
             // finishing after a newer one was recorded stays history and changes nothing.
             let committed = catalog
@@ -357,7 +360,7 @@ impl UploadHandler {
             store.put_manifest(&manifest).await?;
             // A newer version may have committed and published while we wrote: never leave
             // this one over it.
-            self.publish_current(store, bucket, name).await?;
+            versions::publish_current(catalog, store, bucket, name).await?;
             metrics::transferred(hub.name(), &job.to, size);
             tracing::info!(
                 size,
@@ -375,48 +378,6 @@ impl UploadHandler {
             metrics::evicted(hub.name());
             tracing::info!("evicted cluster copy after verified upload");
         }
-        Ok(())
-    }
-}
-
-impl UploadHandler {
-    /// Makes the current manifest of `bucket`/`name` on `store` the version the catalog records
-    /// there, when the current manifest is older (or missing): the repair step after a commit,
-    /// which closes the race in which an older version's manifest write lands after a newer
-    /// version's. Uses the history manifest the catalog's locator names; entries written before
-    /// version history existed (their locator is the current manifest) need nothing.
-    async fn publish_current(
-        &self,
-        store: &S3Store,
-        bucket: &str,
-        name: &str,
-    ) -> Result<(), Error> {
-        let Some(entry) = self.system.catalog.get(bucket, name).await? else {
-            return Ok(());
-        };
-        let Some(locator) = entry
-            .locations
-            .get(store.tier_name())
-            .and_then(|l| l.locator.as_deref())
-        else {
-            return Ok(());
-        };
-        let Some(seq) = format::version_seq_of_key(store.prefix(), bucket, name, locator) else {
-            return Ok(());
-        };
-        let current = store.get_manifest(bucket, name).await?;
-        if current.is_some_and(|c| c.source_seq >= seq) {
-            return Ok(());
-        }
-        let Some(newer) = store.get_version_manifest(locator, bucket, name).await? else {
-            tracing::warn!(key = locator, "the catalog names a version manifest that does not exist; leaving the current manifest");
-            return Ok(());
-        };
-        store.put_manifest(&newer).await?;
-        tracing::info!(
-            seq,
-            "published the newer version's manifest over an older one"
-        );
         Ok(())
     }
 }
@@ -450,6 +411,39 @@ fn manifest_of(
         source_tier: origin.tier.to_string(),
         source_nuid: info.nuid.clone(),
         source_seq: version.seq,
+        deleted: None,
+    }
+}
+
+impl UploadHandler {
+    /// Carries a user delete to S3 (see [`versions::write_tombstone`]), after dropping the
+    /// deleted version's chunks from the tier holding the delete marker: a delete on the leaf
+    /// purges the leaf's chunks only, and the hub's copy of them would stay forever.
+    async fn delete(&self, job: &ObjectDelete) -> Result<(), Error> {
+        let from = self.system.jetstream_tier(&job.from)?;
+        let store = self.store(&job.to)?;
+        let catalog = &self.system.catalog;
+        let (bucket, name) = (job.bucket.as_str(), job.name.as_str());
+        let latest = from.latest(bucket, name).await?;
+        if latest.as_ref().is_some_and(|l| l.seq > job.seq) {
+            versions::publish_current(catalog, store, bucket, name).await?;
+            tracing::info!(
+                "object written again since the delete; the manager will re-evaluate it"
+            );
+            return Ok(());
+        }
+        if latest.is_none_or(|l| l.info.deleted) {
+            from.purge_chunks(bucket, name, &job.nuid).await?;
+        }
+        let by = format!("user delete on {}", job.from);
+        match versions::write_tombstone(catalog, store, bucket, name, job.seq, &by).await? {
+            Tombstoned::Written => {
+                metrics::deleted(&job.to);
+                tracing::info!("delete carried to s3: tombstone written");
+            }
+            outcome => tracing::info!(?outcome, "delete needs nothing more on s3"),
+        }
+        Ok(())
     }
 }
 
@@ -461,6 +455,10 @@ impl Handler for UploadHandler {
             WorkItem::Upload(job) => {
                 let span = tracing::info_span!("upload", bucket = %job.bucket, object = %job.name, from = %job.from, to = %job.to, size = job.size);
                 self.upload(job, &progress).instrument(span).await
+            }
+            WorkItem::Delete(job) => {
+                let span = tracing::info_span!("delete", bucket = %job.bucket, object = %job.name, from = %job.from, to = %job.to, seq = job.seq);
+                self.delete(job).instrument(span).await
             }
             other => Err(Error::Config {
                 message: format!("{:?} items belong to the mirror role", other.role()),

@@ -148,6 +148,7 @@ async fn s3_store(topology: &Topology) -> S3Store {
         credentials_file: Some(topology.s3.credentials_file()),
         flavor: cim_policies::S3Flavor::Garage,
         force_path_style: true,
+        retention: std::time::Duration::from_secs(90 * 86_400),
     };
     S3Store::connect(&tier).await.unwrap()
 }

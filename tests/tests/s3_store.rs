@@ -47,6 +47,7 @@ impl Env {
                         credentials_file: Some(garage.credentials_file()),
                         flavor: S3Flavor::Garage,
                         force_path_style: true,
+                        retention: std::time::Duration::from_secs(90 * 86_400),
                     };
                     let store = S3Store::connect(&tier).await.context("connect")?;
                     store.check_bucket().await.context("check_bucket")?;
@@ -189,6 +190,7 @@ fn manifest_for(name: &str, data: &[u8], blob: &BlobUpload) -> Manifest {
         source_tier: "hub".to_string(),
         source_nuid: format!("NUID-{name}"),
         source_seq: 1,
+        deleted: None,
     }
 }
 

@@ -192,7 +192,7 @@ async fn a_newer_work_item_is_left_for_a_newer_role() {
 
     // A future role's item, as a future version might write it: a higher version, a kind and
     // fields this version does not know. Once on the subjects this version's upload role reads
-    // (the oldest layout), once on the subjects of its own version.
+    // (the oldest layout it reads, version 1), once on the subjects of its own version.
     let future = serde_json::json!({
         "v": 99,
         "kind": "upload_batch",
@@ -201,7 +201,7 @@ async fn a_newer_work_item_is_left_for_a_newer_role() {
     });
     let mut future_seqs = Vec::new();
     for subject in [
-        format!("cim.work.upload.{BUCKET}"),
+        format!("cim.work.v1.upload.{BUCKET}"),
         format!("cim.work.v99.upload.{BUCKET}.hub.s3.YQ"),
     ] {
         let ack = tiers
@@ -233,7 +233,7 @@ async fn a_newer_work_item_is_left_for_a_newer_role() {
     tiers
         .hub
         .publish(
-            format!("cim.work.upload.{BUCKET}.hub.s3.bGF0ZXI"),
+            format!("cim.work.v1.upload.{BUCKET}.hub.s3.bGF0ZXI"),
             serde_json::to_vec(&item).unwrap().into(),
         )
         .await

@@ -5,8 +5,12 @@
 //! is a compare-and-set on the key's revision, so concurrent roles never lose each other's
 //! updates. A tier drops an object only after the catalog durably records the destination copy
 //! (invariant 1): callers `record_copy` first, evict, then `record_eviction`.
+//!
+//! A user delete turns the entry into a *tombstone* ([`Entry::deleted`]): no tier holds the
+//! object any more, and the entry keeps the delete's sequence, so a copy of an older version
+//! finishing late is refused like any older version (see [`Catalog::record_deletion`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use async_nats::jetstream::{self, kv};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -53,6 +57,20 @@ pub struct Entry {
     /// once instead of retried forever.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub damaged: Option<Damage>,
+    /// Set when the object was deleted by a user: `seq` is then the sequence of the delete
+    /// marker, `size` and `digest` describe the version it deleted, and `locations` is empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted: Option<Deletion>,
+}
+
+/// A user delete, as the catalog records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deletion {
+    /// When the first tier recorded it (RFC 3339).
+    pub at: String,
+    /// The tiers (S3 tiers) the delete has reached: each holds a tombstone, or never held the
+    /// object. The manager dispatches the delete to the others.
+    pub reached: BTreeSet<String>,
 }
 
 /// Why a version was marked damaged: the copy that failed its digest.
@@ -69,7 +87,17 @@ pub struct Damage {
 impl Entry {
     /// True when `tier` holds a verified copy of exactly this digest.
     pub fn has(&self, tier: &str, digest: &Sha256Digest) -> bool {
-        &self.digest == digest && self.locations.contains_key(tier)
+        self.deleted.is_none() && &self.digest == digest && self.locations.contains_key(tier)
+    }
+
+    /// True when this is the tombstone of a delete with sequence `seq` or a later one, which
+    /// has reached `tier`.
+    pub fn deletion_reached(&self, seq: u64, tier: &str) -> bool {
+        self.seq >= seq
+            && self
+                .deleted
+                .as_ref()
+                .is_some_and(|d| d.reached.contains(tier))
     }
 
     /// True when the version with `digest` is marked damaged.
@@ -95,7 +123,8 @@ pub struct Version {
 fn entry_for(current: Option<Entry>, bucket: &str, name: &str, version: &Version) -> Option<Entry> {
     let mut entry = match current {
         Some(e) if e.seq > version.seq => return None,
-        Some(e) if e.digest == version.digest => e,
+        // A version written after a delete starts afresh, whatever its content.
+        Some(e) if e.digest == version.digest && e.deleted.is_none() => e,
         _ => Entry {
             bucket: bucket.to_string(),
             name: name.to_string(),
@@ -105,6 +134,7 @@ fn entry_for(current: Option<Entry>, bucket: &str, name: &str, version: &Version
             locations: BTreeMap::new(),
             updated_at: String::new(),
             damaged: None,
+            deleted: None,
         },
     };
     entry.seq = version.seq;
@@ -246,6 +276,54 @@ impl Catalog {
         .await
     }
 
+    /// Records a user delete, with sequence `version.seq` (the delete marker's), of the object
+    /// whose last content was `version.size`/`version.digest`, as reached by `tier`: the entry
+    /// becomes a tombstone with no locations; a tombstone of the same delete gains `tier`. True
+    /// when the catalog now records this delete as reached by `tier` (written now or before);
+    /// false, writing nothing, when it records a newer version or delete. A copy of any version
+    /// older than the delete is refused from then on ([`Catalog::record_copy`]), so a late
+    /// upload never brings the object back.
+    pub async fn record_deletion(
+        &self,
+        bucket: &str,
+        name: &str,
+        version: &Version,
+        tier: &str,
+    ) -> Result<bool, Error> {
+        let written = self
+            .modify(bucket, name, |current| {
+                let mut entry = match current {
+                    Some(e) if e.seq > version.seq => return None,
+                    Some(e) if e.seq == version.seq && e.deleted.is_some() => e,
+                    _ => Entry {
+                        bucket: bucket.to_string(),
+                        name: name.to_string(),
+                        size: version.size,
+                        digest: version.digest,
+                        seq: version.seq,
+                        locations: BTreeMap::new(),
+                        updated_at: String::new(),
+                        damaged: None,
+                        deleted: Some(Deletion {
+                            at: now(),
+                            reached: BTreeSet::new(),
+                        }),
+                    },
+                };
+                let deletion = entry.deleted.as_mut()?;
+                if !deletion.reached.insert(tier.to_string()) {
+                    return None; // already recorded
+                }
+                Some(entry)
+            })
+            .await?;
+        if written.is_some() {
+            return Ok(true);
+        }
+        let now = self.get(bucket, name).await?;
+        Ok(now.is_some_and(|e| e.seq == version.seq && e.deletion_reached(version.seq, tier)))
+    }
+
     /// Records that `tier` no longer holds the version with `digest`.
     pub async fn record_eviction(
         &self,
@@ -369,8 +447,25 @@ mod tests {
         // Newer with the same content keeps the verified copies; with other content starts afresh.
         let same = entry_for(Some(recorded.clone()), "b", "n", &v(b"two", 30)).unwrap();
         assert_eq!((same.seq, same.locations.len()), (30, 1));
-        let other = entry_for(Some(recorded), "b", "n", &v(b"three", 30)).unwrap();
+        let other = entry_for(Some(recorded.clone()), "b", "n", &v(b"three", 30)).unwrap();
         assert_eq!((other.seq, other.locations.len()), (30, 0));
+        // After a delete (seq 25), only a later version is recorded, and it starts afresh even
+        // with the deleted content.
+        let mut tombstone = recorded;
+        tombstone.seq = 25;
+        tombstone.locations.clear();
+        tombstone.deleted = Some(Deletion {
+            at: now(),
+            reached: BTreeSet::from(["s3".to_string()]),
+        });
+        assert!(!tombstone.has("s3", &Sha256Digest::of(b"two")));
+        assert!(tombstone.deletion_reached(25, "s3") && !tombstone.deletion_reached(26, "s3"));
+        assert!(entry_for(Some(tombstone.clone()), "b", "n", &v(b"two", 24)).is_none());
+        let again = entry_for(Some(tombstone), "b", "n", &v(b"two", 26)).unwrap();
+        assert_eq!(
+            (again.seq, again.deleted, again.locations.len()),
+            (26, None, 0)
+        );
     }
 
     #[test]

@@ -105,11 +105,15 @@ impl StoredObject {
     }
 }
 
-/// A bucket's live objects, plus the meta messages that could not be decoded.
+/// A bucket's live objects and its deleted ones, plus the meta messages that could not be
+/// decoded.
 #[derive(Debug, Default)]
 pub struct Listing {
     /// Live objects (not deleted, not links), sorted by name.
     pub objects: Vec<StoredObject>,
+    /// Objects whose latest meta message is a user delete (`deleted: true`), sorted by name:
+    /// the delete marker's sequence orders the delete among the object's versions.
+    pub deleted: Vec<StoredObject>,
     /// One [`Error::BadMeta`] per object whose meta message does not decode.
     pub unreadable: Vec<Error>,
 }
@@ -220,14 +224,18 @@ impl JetStreamTier {
         let mut listing = Listing::default();
         for (subject, _) in subjects {
             match self.last_meta(&stream, bucket, &subject).await {
-                Ok(Some(version)) => listing.objects.push(version),
-                Ok(None) => {}
+                Ok(Some(version)) if version.info.deleted => listing.deleted.push(version),
+                Ok(Some(version)) if is_live(&version.info) => listing.objects.push(version),
+                Ok(_) => {}
                 Err(e @ Error::BadMeta { .. }) => listing.unreadable.push(e),
                 Err(e) => return Err(e),
             }
         }
         listing
             .objects
+            .sort_by(|a, b| a.info.name.cmp(&b.info.name));
+        listing
+            .deleted
             .sort_by(|a, b| a.info.name.cmp(&b.info.name));
         Ok(listing)
     }
@@ -240,11 +248,37 @@ impl JetStreamTier {
 
     /// Like [`JetStreamTier::info`], with the meta message's stream sequence and stored time.
     pub async fn version(&self, bucket: &str, object: &str) -> Result<Option<StoredObject>, Error> {
+        Ok(self
+            .latest(bucket, object)
+            .await?
+            .filter(|v| is_live(&v.info)))
+    }
+
+    /// The object's latest meta message, whatever it says: a live version, a user delete
+    /// (`info.deleted`), or a link; `None` when the tier holds no meta for it (never written, or
+    /// evicted).
+    pub async fn latest(&self, bucket: &str, object: &str) -> Result<Option<StoredObject>, Error> {
         let Some(stream) = self.stream(bucket).await? else {
             return Ok(None);
         };
         self.last_meta(&stream, bucket, &meta_subject(bucket, object))
             .await
+    }
+
+    /// The bucket stream's last sequence (0 when the bucket does not exist): every message
+    /// stored later has a higher one.
+    pub async fn last_sequence(&self, bucket: &str) -> Result<u64, Error> {
+        Ok(match self.stream(bucket).await? {
+            Some(mut stream) => {
+                stream
+                    .info()
+                    .await
+                    .map_err(|e| Error::bucket_op("stream info", &self.name, bucket, e))?
+                    .state
+                    .last_sequence
+            }
+            None => 0,
+        })
     }
 
     /// The bucket's stream (with its info as of now), or `None` when it does not exist.
@@ -263,7 +297,7 @@ impl JetStreamTier {
         }
     }
 
-    /// The live object whose latest meta message is on `subject`, if any.
+    /// The latest meta message on `subject` (live, deleted or a link), if any.
     async fn last_meta(
         &self,
         stream: &stream::Stream,
@@ -284,7 +318,7 @@ impl JetStreamTier {
                 object: object_of_meta_subject(bucket, subject),
                 reason: e.to_string(),
             })?;
-        Ok(is_live(&info).then_some(StoredObject {
+        Ok(Some(StoredObject {
             info,
             seq: message.sequence,
             stored_at: message.time,

@@ -13,10 +13,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::error::Error;
+use crate::jetstream::StoredObject;
 use crate::jetstream::{ingest_digest, JetStreamTier};
 use crate::metrics;
 use crate::system::System;
-use crate::work::{ObjectMove, WorkItem};
+use crate::work::{ObjectDelete, ObjectMove, WorkItem};
 
 /// What one pass found and queued.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -152,6 +153,18 @@ impl Manager {
         for e in &listing.unreadable {
             skipped(policy, Skip::UndecodableMeta, e, report);
         }
+        // User deletes go on to S3 at once, whatever the policy's age: a deleted object must
+        // not stay listed and restorable there.
+        if route == Route::ClusterToS3 {
+            for marker in &listing.deleted {
+                if let Err(e) = self
+                    .evaluate_deletion(policy, tier, bucket, marker, report)
+                    .await
+                {
+                    skipped(policy, Skip::CatalogUnavailable, &e, report);
+                }
+            }
+        }
         for version in listing.objects {
             // Age from when the tier stored it: the writer's clock may say anything.
             if !policy.is_due(version.age(now)) {
@@ -207,6 +220,37 @@ impl Manager {
         self.queue(item, report)
             .await
             .map_err(|e| (Skip::QueueUnavailable, e))
+    }
+
+    /// Queues the delete whose marker is `marker` for the policy's S3 tier, unless the catalog
+    /// shows it has nothing to do there: no entry (this system never copied the object
+    /// anywhere), a newer version recorded, or this delete (or a later one) already reached the
+    /// tier.
+    async fn evaluate_deletion(
+        &self,
+        policy: &Policy,
+        tier: &JetStreamTier,
+        bucket: &str,
+        marker: &StoredObject,
+        report: &mut PassReport,
+    ) -> Result<(), Error> {
+        let name = &marker.info.name;
+        let Some(entry) = self.system.catalog.get(bucket, name).await? else {
+            return Ok(());
+        };
+        if entry.seq > marker.seq || entry.deletion_reached(marker.seq, &policy.to) {
+            return Ok(());
+        }
+        let item = WorkItem::Delete(ObjectDelete {
+            policy: policy.name.clone(),
+            from: tier.name().to_string(),
+            to: policy.to.clone(),
+            bucket: bucket.to_string(),
+            name: name.clone(),
+            seq: marker.seq,
+            nuid: marker.info.nuid.clone(),
+        });
+        self.queue(item, report).await
     }
 
     async fn queue(&self, item: WorkItem, report: &mut PassReport) -> Result<(), Error> {

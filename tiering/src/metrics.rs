@@ -19,6 +19,10 @@ pub const EVICTIONS: &str = "cim_evictions_total";
 pub const INTEGRITY_FAILURES: &str = "cim_integrity_failures_total";
 /// Versions marked damaged (no verified copy left anywhere), by tier whose copy failed.
 pub const DAMAGED_OBJECTS: &str = "cim_damaged_objects_total";
+/// User deletes carried to an S3 tier as tombstones, by tier.
+pub const DELETES: &str = "cim_deletes_total";
+/// What garbage collection removed from an S3 tier, by tier and kind (`blob`, `manifest`).
+pub const GC_REMOVED: &str = "cim_gc_removed_total";
 /// Objects the manager found due for a move in its last pass, by tier pair.
 pub const MANAGER_BACKLOG: &str = "cim_manager_backlog_objects";
 /// Items the manager queued (not counting de-duplicated ones), by role.
@@ -72,6 +76,11 @@ fn describe() {
         DAMAGED_OBJECTS,
         "versions marked damaged (no verified copy left), by tier of the failed copy"
     );
+    describe_counter!(DELETES, "user deletes carried to an s3 tier as tombstones");
+    describe_counter!(
+        GC_REMOVED,
+        "blobs and manifests removed by garbage collection, by tier and kind"
+    );
     describe_gauge!(
         MANAGER_BACKLOG,
         "objects due for a move in the last manager pass"
@@ -118,6 +127,16 @@ pub fn integrity_failure(tier: &str) {
 /// A version marked damaged after its copy on `tier` failed and no verified copy was left.
 pub fn damaged(tier: &str) {
     counter!(DAMAGED_OBJECTS, "tier" => tier.to_string()).increment(1);
+}
+
+/// One user delete carried to S3 tier `tier`.
+pub fn deleted(tier: &str) {
+    counter!(DELETES, "tier" => tier.to_string()).increment(1);
+}
+
+/// `n` things of `kind` (`blob`, `manifest`) removed from `tier` by garbage collection.
+pub fn gc_removed(tier: &str, kind: &'static str, n: u64) {
+    counter!(GC_REMOVED, "tier" => tier.to_string(), "kind" => kind).increment(n);
 }
 
 /// The manager's view of due objects for a tier pair.

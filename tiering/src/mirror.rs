@@ -183,8 +183,8 @@ impl Handler for MirrorHandler {
                 let span = tracing::info_span!("leaf_evict", bucket = %job.bucket, object = %job.name, from = %job.from, to = %job.to);
                 self.leaf_evict(job, &progress).instrument(span).await
             }
-            WorkItem::Upload(_) => Err(Error::Config(
-                "upload items belong to cim-gateway upload, not the mirror role".into(),
+            WorkItem::Upload(_) | WorkItem::Delete(_) => Err(Error::Config(
+                "upload and delete items belong to cim-gateway upload, not the mirror role".into(),
             )),
         }
     }

@@ -16,6 +16,7 @@
 //! * `blob_upload` — verified blob upload, single or multipart, and part streaming;
 //! * `multipart` — listing and aborting unfinished multipart uploads;
 //! * `manifests` — writing, reading and listing manifests;
+//! * `keys` — plain key listings with their ages, and deletes (garbage collection);
 //! * `read` — verified streaming reads of blobs;
 //! * `hashing` — the readers that hash content on the way in and watch response bodies;
 //! * [`deadlines`] — the timeouts of every S3 call.
@@ -37,11 +38,13 @@ use crate::Error;
 mod blob_upload;
 pub mod deadlines;
 mod hashing;
+mod keys;
 mod manifests;
 mod multipart;
 mod read;
 
 pub use blob_upload::{BlobUpload, UploadOptions, MAX_PARTS, MAX_PART_SIZE, MIN_PART_SIZE};
+pub use keys::ListedKey;
 pub use manifests::ListedManifest;
 
 /// Read buffer between the source and the compressor, and between decompressor and writer.

@@ -16,6 +16,9 @@ pub const REPLICAS_RANGE: RangeInclusive<i64> = 1..=5;
 pub const S3_PREFIX: &str = "";
 /// `[tiers.<name>] flavor` of an S3 tier.
 pub const S3_FLAVOR: S3Flavor = S3Flavor::Other;
+/// `[tiers.<name>] retention` of an S3 tier: Wasabi bills every stored object for at least 90
+/// days, so removing anything earlier would be billed anyway (and lose the chance to restore).
+pub const S3_RETENTION: Duration = Duration::from_secs(90 * 86_400);
 /// `[metrics] listen`.
 pub const METRICS_LISTEN: SocketAddr =
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)), 9464);

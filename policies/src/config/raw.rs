@@ -52,6 +52,7 @@ pub(super) struct Tier {
     pub prefix: Option<String>,
     pub flavor: Option<String>,
     pub force_path_style: Option<bool>,
+    pub retention: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -61,6 +61,7 @@ fn example_parses_and_validates() {
     assert_eq!(wasabi.prefix, "prod/");
     assert_eq!(wasabi.bucket, "cim-archive");
     assert!(wasabi.force_path_style);
+    assert_eq!(wasabi.retention, Duration::from_secs(90 * 86_400));
     assert_eq!(wasabi.credentials_file, None);
 
     assert_eq!(config.policies.len(), 2);
@@ -128,6 +129,7 @@ endpoint = \"http://127.0.0.1:3900\"
 region = \"garage\"
 bucket = \"cim\"
 credentials_file = \"/run/secrets/garage\"
+retention = \"2h\"
 "
     );
     let config = parse(&text).unwrap();
@@ -139,6 +141,8 @@ credentials_file = \"/run/secrets/garage\"
     assert_eq!(garage.flavor, S3Flavor::Other);
     assert_eq!(garage.prefix, "");
     assert!(garage.force_path_style);
+    assert_eq!(garage.retention, Duration::from_secs(7200));
+    assert_eq!(aws.retention, Duration::from_secs(90 * 86_400), "default");
     assert_eq!(
         garage.credentials_file.as_deref(),
         Some(std::path::Path::new("/run/secrets/garage"))
@@ -460,4 +464,25 @@ fn no_tiers() {
 fn max_deliver_unlimited() {
     let config = parse(&format!("{MINIMAL}\n[work]\nmax_deliver = -1\n")).unwrap();
     assert_eq!(config.work.max_deliver, -1);
+}
+
+#[test]
+fn a_retention_that_is_not_a_duration_is_named() {
+    let text = r#"
+[nats]
+url = "nats://127.0.0.1:4222"
+
+[tiers.wasabi]
+kind = "s3"
+region = "eu-central-2"
+bucket = "cim-archive"
+flavor = "wasabi"
+retention = "ninety days"
+"#;
+    let err = parse(text).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        r#"test.toml: 1 problem
+  tiers.wasabi.retention: "ninety days" is not a duration (examples: "90d", "180d", "1y")"#
+    );
 }

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use super::NatsConfig;
 
@@ -83,6 +84,11 @@ pub struct S3Tier {
     /// Use path-style addressing. Default: `true` unless `flavor` is
     /// [`S3Flavor::Aws`].
     pub force_path_style: bool,
+    /// How long what a delete or an overwrite leaves behind stays in this tier before garbage
+    /// collection removes it: history manifests of versions superseded at least this long ago,
+    /// and blobs no manifest references that are at least this old. Default 90 days (Wasabi's
+    /// minimum storage duration, so an early removal is never billed).
+    pub retention: Duration,
 }
 
 /// Which S3 implementation an S3 tier talks to. TOML: lowercase strings.

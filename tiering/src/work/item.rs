@@ -11,8 +11,9 @@ use super::SUBJECT_PREFIX;
 use crate::digest::Sha256Digest;
 
 /// The work-item format this version writes (subject `cim.work.v<N>.…`, JSON field `"v"`).
-/// Version 0 is the unversioned layout of earlier releases (`cim.work.<role>.…`).
-pub const FORMAT_VERSION: u32 = 1;
+/// Version 0 is the unversioned layout of earlier releases (`cim.work.<role>.…`); 2 added
+/// [`WorkItem::Delete`].
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Formats a role reads: its own and the one before, so that a role upgraded before the
 /// manager still serves the older manager's items.
@@ -72,6 +73,27 @@ pub struct ObjectMove {
     pub nuid: String,
 }
 
+/// A user delete of one object, to carry from tier `from` (where the delete marker is) to the
+/// S3 tier `to`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectDelete {
+    /// The policy whose route the delete follows.
+    pub policy: String,
+    /// The JetStream tier holding the delete marker.
+    pub from: String,
+    /// The S3 tier the delete goes to.
+    pub to: String,
+    /// Object-store bucket.
+    pub bucket: String,
+    /// Object name.
+    pub name: String,
+    /// Stream sequence of the delete marker on `from`: orders the delete among the versions.
+    pub seq: u64,
+    /// The nuid the delete marker names: the deleted version, whose chunks `from` may still
+    /// hold (a delete on the leaf purges the leaf's chunks only).
+    pub nuid: String,
+}
+
 /// A unit of work.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -91,6 +113,8 @@ pub enum WorkItem {
     LeafEvict(ObjectMove),
     /// Upload a cluster object to S3, verify it and, for `move`, evict the cluster copy.
     Upload(ObjectMove),
+    /// Carry a user delete to S3: a tombstone manifest, and the catalog entry a tombstone.
+    Delete(ObjectDelete),
 }
 
 impl WorkItem {
@@ -98,7 +122,7 @@ impl WorkItem {
     pub fn role(&self) -> Role {
         match self {
             WorkItem::EnsureSource { .. } | WorkItem::LeafEvict(_) => Role::Mirror,
-            WorkItem::Upload(_) => Role::Upload,
+            WorkItem::Upload(_) | WorkItem::Delete(_) => Role::Upload,
         }
     }
 
@@ -107,6 +131,7 @@ impl WorkItem {
         match self {
             WorkItem::EnsureSource { bucket, .. } => bucket,
             WorkItem::LeafEvict(m) | WorkItem::Upload(m) => &m.bucket,
+            WorkItem::Delete(d) => &d.bucket,
         }
     }
 
@@ -115,11 +140,14 @@ impl WorkItem {
         match self {
             WorkItem::EnsureSource { .. } => None,
             WorkItem::LeafEvict(m) | WorkItem::Upload(m) => Some(&m.name),
+            WorkItem::Delete(d) => Some(&d.name),
         }
     }
 
     /// Subject the item is published on: one per object and step (see the module docs), so the
-    /// stream's per-subject limit keeps at most one pending item for each.
+    /// stream's per-subject limit keeps at most one pending item for each. A delete shares its
+    /// object's upload subject: it is the same step, and the handler re-reads the object's
+    /// current state whichever item it gets.
     ///
     /// Every token is a valid subject token: bucket names are stream-name suffixes and tier
     /// names are `[A-Za-z0-9_-]+` (checked by the configuration), object names are base64url.
@@ -129,6 +157,7 @@ impl WorkItem {
             WorkItem::LeafEvict(m) | WorkItem::Upload(m) => {
                 (&m.from, &m.to, URL_SAFE_NO_PAD.encode(&m.name))
             }
+            WorkItem::Delete(d) => (&d.from, &d.to, URL_SAFE_NO_PAD.encode(&d.name)),
         };
         format!(
             "{}.{}.{from}.{to}.{last}",
@@ -153,6 +182,14 @@ impl WorkItem {
                 m.bucket,
                 URL_SAFE_NO_PAD.encode(&m.name),
                 m.nuid
+            ),
+            WorkItem::Delete(d) => format!(
+                "delete:{}:{}:{}:{}:{}",
+                d.from,
+                d.to,
+                d.bucket,
+                URL_SAFE_NO_PAD.encode(&d.name),
+                d.seq
             ),
         }
     }
@@ -237,10 +274,10 @@ mod tests {
         assert_eq!(upload.role(), Role::Upload);
         assert_eq!(
             upload.subject(),
-            "cim.work.v1.upload.sensors.hub.s3.YSBiL2M"
+            "cim.work.v2.upload.sensors.hub.s3.YSBiL2M"
         );
         let evict = WorkItem::LeafEvict(job("x", "N1"));
-        assert_eq!(evict.subject(), "cim.work.v1.mirror.sensors.hub.s3.eA");
+        assert_eq!(evict.subject(), "cim.work.v2.mirror.sensors.hub.s3.eA");
         let source = WorkItem::EnsureSource {
             policy: "p".into(),
             from: "leaf".into(),
@@ -249,13 +286,35 @@ mod tests {
         };
         assert_eq!(
             source.subject(),
-            "cim.work.v1.mirror.sensors.leaf.hub.source"
+            "cim.work.v2.mirror.sensors.leaf.hub.source"
         );
         let json = String::from_utf8(encode(&upload).unwrap()).unwrap();
         assert!(json.contains("\"kind\":\"upload\""), "{json}");
         assert!(json.contains("\"action\":\"move\""), "{json}");
-        assert!(json.contains("\"v\":1"), "{json}");
+        assert!(json.contains("\"v\":2"), "{json}");
         assert!(matches!(decode(json.as_bytes()), Decoded::Item(i) if i == upload));
+    }
+
+    #[test]
+    fn a_delete_takes_its_objects_upload_subject_and_is_its_own_work() {
+        let upload = WorkItem::Upload(job("a b/c", "N1"));
+        let delete = |seq| {
+            WorkItem::Delete(ObjectDelete {
+                policy: "p".into(),
+                from: "hub".into(),
+                to: "s3".into(),
+                bucket: "sensors".into(),
+                name: "a b/c".into(),
+                seq,
+                nuid: "N1".into(),
+            })
+        };
+        assert_eq!(delete(9).role(), Role::Upload);
+        assert_eq!(delete(9).subject(), upload.subject());
+        assert_ne!(delete(9).id(), upload.id());
+        assert_ne!(delete(9).id(), delete(10).id());
+        let json = encode(&delete(9)).unwrap();
+        assert!(matches!(decode(&json), Decoded::Item(i) if i == delete(9)));
     }
 
     #[test]
@@ -292,16 +351,17 @@ mod tests {
     #[test]
     fn items_of_the_previous_version_decode_newer_ones_are_left_and_garbage_is_garbage() {
         let item = WorkItem::Upload(job("a", "N1"));
-        // Version 0 (no "v") is read.
-        let v0 = serde_json::to_vec(&item).unwrap();
-        assert!(matches!(decode(&v0), Decoded::Item(i) if i == item));
         // A newer version is left alone even when it would decode.
         let mut newer = serde_json::to_value(&item).unwrap();
-        newer["v"] = 2.into();
+        newer["v"] = 3.into();
         assert!(matches!(
             decode(newer.to_string().as_bytes()),
-            Decoded::Newer(2)
+            Decoded::Newer(3)
         ));
+        // The previous version (1) is read too.
+        let mut v1 = serde_json::to_value(&item).unwrap();
+        v1["v"] = 1.into();
+        assert!(matches!(decode(v1.to_string().as_bytes()), Decoded::Item(i) if i == item));
         let future = br#"{"v": 7, "kind": "batch", "objects": []}"#;
         assert!(matches!(decode(future), Decoded::Newer(7)));
         // Garbage states no newer version.
@@ -318,11 +378,12 @@ mod tests {
     fn versions_have_subjects_and_consumers_that_never_overlap() {
         assert_eq!(role_prefix(0, Role::Upload), "cim.work.upload");
         assert_eq!(role_prefix(1, Role::Upload), "cim.work.v1.upload");
+        assert_eq!(role_prefix(2, Role::Upload), "cim.work.v2.upload");
         assert_eq!(consumer_name(Role::Upload, 0), "upload");
         assert_eq!(consumer_name(Role::Mirror, 1), "mirror-v1");
         // `cim.work.upload.>` cannot match `cim.work.v1.upload.…`: token 3 differs.
         for role in [Role::Mirror, Role::Upload] {
-            assert_ne!(role.as_str(), "v1");
+            assert!(!role.as_str().starts_with('v'));
         }
     }
 }

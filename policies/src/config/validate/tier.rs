@@ -4,10 +4,11 @@ use super::Checker;
 use crate::config::{defaults, raw, JetStreamTier, S3Flavor, S3Tier, Tier};
 use crate::policy::is_simple_name;
 
+const RETENTION_EXAMPLES: &str = r#""90d", "180d", "1y""#;
 const TIER_KINDS: &str = "jetstream, s3";
 const JETSTREAM_KEYS: &str = "kind, url, domain, replicas, credentials_file";
 const S3_KEYS: &str =
-    "kind, endpoint, region, bucket, prefix, credentials_file, flavor, force_path_style";
+    "kind, endpoint, region, bucket, prefix, credentials_file, flavor, force_path_style, retention";
 
 impl Checker {
     pub(super) fn tier(&mut self, name: &str, raw: raw::Tier) -> Option<Tier> {
@@ -32,6 +33,7 @@ impl Checker {
                     ("prefix", raw.prefix.is_some()),
                     ("flavor", raw.flavor.is_some()),
                     ("force_path_style", raw.force_path_style.is_some()),
+                    ("retention", raw.retention.is_some()),
                 ] {
                     if present {
                         self.problem(
@@ -146,6 +148,10 @@ impl Checker {
                         flavor
                     }
                 };
+                let retention = match raw.retention.as_deref() {
+                    None => Some(defaults::S3_RETENTION),
+                    Some(text) => self.duration(&at("retention"), text, RETENTION_EXAMPLES),
+                };
                 let flavor = flavor?;
                 if raw_endpoint_missing && !matches!(flavor, S3Flavor::Aws | S3Flavor::Wasabi) {
                     self.problem(
@@ -166,6 +172,7 @@ impl Checker {
                     credentials_file: credentials_file?,
                     flavor,
                     force_path_style: raw.force_path_style.unwrap_or(flavor != S3Flavor::Aws),
+                    retention: retention?,
                 }))
             }
             other => {
