@@ -398,7 +398,7 @@ after = "0s"
     );
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains('y'),
+        String::from_utf8_lossy(&out.stderr).contains("arch/y"),
         "{}",
         describe(&out)
     );
