@@ -16,7 +16,8 @@
 //! default in [`defaults`], its validated field in `sections.rs` (or
 //! `tiers.rs`; both re-exported here), its TOML/JSON field in `raw.rs`, its
 //! check in `validate.rs` (or `validate/tier.rs`), its test in `tests.rs`.
-//! `format.rs` tells TOML from JSON.
+//! `format.rs` tells TOML from JSON; `duration.rs` holds the duration
+//! grammar shared with the NixOS module.
 //!
 //! [`Problem`]: crate::error::Problem
 
@@ -26,6 +27,7 @@ use crate::error::ConfigError;
 use crate::policy::{Policy, Route};
 
 pub mod defaults;
+mod duration;
 mod format;
 mod raw;
 mod sections;

@@ -667,3 +667,118 @@ fn format_by_extension() {
         parse(MINIMAL).unwrap()
     );
 }
+
+// ---------------------------------------------------------------------------
+// Durations: `nixos/durations.json` is the contract, shared with the NixOS
+// module.
+
+/// MINIMAL plus a leaf tier, an S3 tier and a policy; `{after}`,
+/// `{retention}`, `{interval}` and `{ack_wait}` are TOML strings.
+fn with_durations(after: &str, retention: &str, interval: &str, ack_wait: &str) -> String {
+    let quote = |s: &str| toml::Value::String(s.to_owned()).to_string();
+    format!(
+        "{MINIMAL}
+[tiers.wasabi]
+kind = \"s3\"
+region = \"eu-central-2\"
+bucket = \"cim-archive\"
+flavor = \"wasabi\"
+retention = {}
+
+[[policy]]
+name = \"p\"
+buckets = [\"*\"]
+from = \"hub\"
+to = \"wasabi\"
+action = \"copy\"
+after = {}
+
+[manager]
+interval = {}
+
+[work]
+ack_wait = {}
+",
+        quote(retention),
+        quote(after),
+        quote(interval),
+        quote(ack_wait)
+    )
+}
+
+#[test]
+fn the_listed_durations_and_only_those_are_accepted() {
+    let grammar = &*super::duration::GRAMMAR;
+    assert!(!grammar.valid.is_empty() && !grammar.invalid.is_empty());
+    for text in &grammar.valid {
+        // The expression alone (all the Nix module checks) accepts it ...
+        assert!(super::duration::PATTERN.is_match(text), "{text:?}");
+        // ... and so does every duration key, with humantime's value.
+        let expected = humantime::parse_duration(text).unwrap();
+        let config = parse(&with_durations(text, text, "1s", "1s"))
+            .unwrap_or_else(|e| panic!("{text:?}: {e}"));
+        assert_eq!(config.policies[0].after, expected, "{text:?}");
+        let wasabi = config.tier("wasabi").unwrap().as_s3().unwrap();
+        assert_eq!(wasabi.retention, expected, "{text:?}");
+        if !expected.is_zero() {
+            let config = parse(&with_durations("0s", "1d", text, text)).unwrap();
+            assert_eq!(config.manager.interval, expected, "{text:?}");
+            assert_eq!(config.work.ack_wait, expected, "{text:?}");
+        }
+        // Through JSON too.
+        let config = parse_json(&to_json(&with_durations(text, "1d", "1s", "1s"))).unwrap();
+        assert_eq!(config.policies[0].after, expected, "{text:?}");
+    }
+    for text in &grammar.invalid {
+        // The Nix module rejects it ...
+        assert!(!super::duration::PATTERN.is_match(text), "{text:?}");
+        // ... and so does every duration key, whatever humantime thinks.
+        let problems = problems(&with_durations(text, text, text, text));
+        let rendered: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            rendered,
+            [
+                format!(
+                    r#"tiers.wasabi.retention: {text:?} is not a duration (examples: "90d", "180d", "1y")"#
+                ),
+                format!(
+                    r#"policy[0].after: {text:?} is not a duration (examples: "10m", "30d", "0s")"#
+                ),
+                format!(
+                    r#"manager.interval: {text:?} is not a duration (examples: "10s", "1m", "500ms")"#
+                ),
+                format!(
+                    r#"work.ack_wait: {text:?} is not a duration (examples: "10s", "1m", "500ms")"#
+                ),
+            ],
+            "{text:?}"
+        );
+    }
+}
+
+#[test]
+fn the_duration_list_has_the_required_examples() {
+    let grammar = &*super::duration::GRAMMAR;
+    for text in ["10m", "30d", "0s", "1h 30m", "1h30m", "90d", "1y", "500ms"] {
+        assert!(grammar.valid.iter().any(|v| v == text), "{text:?}");
+    }
+    for text in [
+        "",
+        "3x",
+        "10",
+        "1.5h",
+        "-1s",
+        " 10m",
+        "10m ",
+        "10 m",
+        "1M",
+        "ten minutes",
+    ] {
+        assert!(grammar.invalid.iter().any(|v| v == text), "{text:?}");
+    }
+    // Some of them humantime alone would take: the expression is what keeps
+    // Rust and Nix in step.
+    for text in ["1.5h", "10 m", "1M", "0"] {
+        assert!(humantime::parse_duration(text).is_ok(), "{text:?}");
+    }
+}
