@@ -3,7 +3,7 @@
 use std::fmt;
 
 /// One semantic problem in a configuration file, located by the TOML path of
-/// the offending key.
+/// the offending key (the same for a JSON file).
 ///
 /// Paths use the TOML names: `nats.url`, `tiers.<name>.<field>`,
 /// `policy[<index>].<field>` (zero-based index into the `[[policy]]` array),
@@ -50,17 +50,25 @@ impl std::error::Error for Problem {}
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    /// TOML syntax or shape error (unknown field, wrong type, missing required
-    /// key). Only the first such error is reported; the message comes from the
-    /// TOML parser and includes the line and column.
+    /// The file name does not say whether the file is TOML or JSON.
+    #[error(
+        "{source_name}: unknown configuration file type (the name must end in .toml or .json)"
+    )]
+    UnknownFormat {
+        /// The file path.
+        source_name: String,
+    },
+    /// TOML or JSON syntax or shape error (unknown field, wrong type, missing
+    /// required key). Only the first such error is reported; the message
+    /// comes from the parser and includes the line and column.
     #[error("{source_name}: {message}")]
     Syntax {
         /// Where the text came from (usually the file path).
         source_name: String,
-        /// The TOML parser's message, including line and column.
+        /// The parser's message, including line and column.
         message: String,
     },
-    /// The file is well-formed TOML of the right shape but has semantic
+    /// The file is well-formed TOML or JSON of the right shape but has semantic
     /// problems: all of them are listed, each with its path.
     #[error("{source_name}: {}", render_problems(.problems))]
     Invalid {
@@ -72,10 +80,10 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    /// The semantic problems (empty for a syntax error).
+    /// The semantic problems (empty for a syntax error or an unknown format).
     pub fn problems(&self) -> &[Problem] {
         match self {
-            ConfigError::Syntax { .. } => &[],
+            ConfigError::UnknownFormat { .. } | ConfigError::Syntax { .. } => &[],
             ConfigError::Invalid { problems, .. } => problems,
         }
     }
@@ -83,9 +91,9 @@ impl ConfigError {
     /// Where the text came from (usually the file path).
     pub fn source_name(&self) -> &str {
         match self {
-            ConfigError::Syntax { source_name, .. } | ConfigError::Invalid { source_name, .. } => {
-                source_name
-            }
+            ConfigError::UnknownFormat { source_name }
+            | ConfigError::Syntax { source_name, .. }
+            | ConfigError::Invalid { source_name, .. } => source_name,
         }
     }
 }

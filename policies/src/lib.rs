@@ -3,8 +3,9 @@
 //!
 //! Objects written to JetStream object stores on edge *leaf* nats-servers move
 //! to a JetStream cluster (*hub*) and then to S3, driven by `[[policy]]`
-//! entries in one TOML file shared by all roles. This crate is pure: no async,
-//! no file or network I/O, no clock reads (callers pass object ages).
+//! entries in one TOML (or JSON) file shared by all roles. This crate is pure:
+//! no async, no file or network I/O, no clock reads (callers pass object
+//! ages).
 //!
 //! ```
 //! let config = cim_policies::Config::from_toml_str(cim_policies::Config::example(), "example.toml")
@@ -25,8 +26,8 @@ pub mod error;
 pub mod policy;
 
 pub use config::{
-    CatalogConfig, Config, JetStreamTier, ManagerConfig, MetricsConfig, NatsConfig, RestoreConfig,
-    S3Flavor, S3Tier, Tier, UploadConfig, WorkConfig,
+    CatalogConfig, Config, Format, JetStreamTier, ManagerConfig, MetricsConfig, NatsConfig,
+    RestoreConfig, S3Flavor, S3Tier, Tier, UploadConfig, WorkConfig,
 };
 pub use error::{ConfigError, Problem};
 pub use policy::{due_policies, Action, Policy, Route};

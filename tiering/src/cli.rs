@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use cim_policies::Config;
+use cim_policies::{Config, Format};
 use tokio_util::sync::CancellationToken;
 
 /// Logs to stderr; `RUST_LOG` overrides the default `info`.
@@ -31,18 +31,25 @@ pub enum LoadError {
         #[source]
         source: std::io::Error,
     },
-    /// The file is not a valid configuration (every problem is listed).
+    /// The file is not a valid configuration (every problem is listed), or its name says
+    /// neither TOML nor JSON.
     #[error(transparent)]
     Invalid(#[from] cim_policies::ConfigError),
 }
 
-/// Reads and validates a configuration file.
+/// Reads and validates a configuration file: TOML or JSON, told by its extension
+/// (`.toml`, `.json`; any other name is refused before the file is read).
 pub fn load_config(path: &Path) -> Result<Config, LoadError> {
+    let format = Format::from_path(path)?;
     let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
         path: path.display().to_string(),
         source,
     })?;
-    Ok(Config::from_toml_str(&text, &path.display().to_string())?)
+    Ok(Config::from_str_in(
+        format,
+        &text,
+        &path.display().to_string(),
+    )?)
 }
 
 /// Starts the Prometheus endpoint on `override_listen` or the configured `[metrics] listen`.

@@ -25,13 +25,13 @@ struct Cli {
 enum Command {
     /// Validate a configuration file; print every problem with its location.
     CheckConfig {
-        /// The TOML configuration file shared by all roles.
+        /// The configuration file shared by all roles (.toml or .json).
         #[arg(long, env = "CIM_CONFIG")]
         config: PathBuf,
     },
     /// Run the storage manager: evaluate policies every interval and queue work for the roles.
     Run {
-        /// The TOML configuration file shared by all roles.
+        /// The configuration file shared by all roles (.toml or .json).
         #[arg(long, env = "CIM_CONFIG")]
         config: PathBuf,
         /// Serve /metrics here instead of `[metrics] listen`.
@@ -43,7 +43,7 @@ enum Command {
     },
     /// Run the mirror role: set up leaf → cluster sourcing and evict verified leaf copies.
     Mirror {
-        /// The TOML configuration file shared by all roles.
+        /// The configuration file shared by all roles (.toml or .json).
         #[arg(long, env = "CIM_CONFIG")]
         config: PathBuf,
         /// Serve /metrics here instead of `[metrics] listen`.

@@ -1,17 +1,23 @@
 //! The configuration file: raw serde types, defaults, validation and the
 //! validated [`Config`].
 //!
-//! Parsing is two-stage. The TOML text is first deserialized into private
+//! The file is TOML or JSON ([`Format`], told by the file name's
+//! extension); both are read into the same structs and validated the same
+//! way, so they accept the same keys and report the same problems.
+//!
+//! Parsing is two-stage. The text is first deserialized into private
 //! *raw* structs (unknown keys rejected) that keep anything that can be
-//! semantically wrong as plain strings and integers; a TOML syntax or shape
+//! semantically wrong as plain strings and integers; a syntax or shape
 //! error becomes [`ConfigError::Syntax`]. The raw structs are then checked
 //! field by field, collecting every [`Problem`]; if there is any, the result
 //! is [`ConfigError::Invalid`] listing all of them.
 //!
 //! Layout, one file per seam, so that a new key touches small files: its
 //! default in [`defaults`], its validated field in `sections.rs` (or
-//! `tiers.rs`; both re-exported here), its TOML field in `raw.rs`, its check
-//! in `validate.rs` (or `validate/tier.rs`), its test in `tests.rs`.
+//! `tiers.rs`; both re-exported here), its TOML/JSON field in `raw.rs`, its
+//! check in `validate.rs` (or `validate/tier.rs`), its test in `tests.rs`.
+//! `format.rs` tells TOML from JSON; `duration.rs` holds the duration
+//! grammar shared with the NixOS module.
 //!
 //! [`Problem`]: crate::error::Problem
 
@@ -21,6 +27,8 @@ use crate::error::ConfigError;
 use crate::policy::{Policy, Route};
 
 pub mod defaults;
+mod duration;
+mod format;
 mod raw;
 mod sections;
 #[cfg(test)]
@@ -34,6 +42,9 @@ pub use sections::{
 };
 pub use tiers::{JetStreamTier, S3Flavor, S3Tier, Tier};
 
+pub use format::Format;
+
+use format::json_message;
 use validate::validate;
 
 /// Bytes per MiB.
@@ -63,13 +74,40 @@ pub struct Config {
 }
 
 impl Config {
-    /// Parse + validate. `source_name` (usually the file path) is used in
-    /// error messages.
+    /// Parse + validate TOML text. `source_name` (usually the file path) is
+    /// used in error messages.
     pub fn from_toml_str(text: &str, source_name: &str) -> Result<Config, ConfigError> {
         let raw: raw::Config = toml::from_str(text).map_err(|err| ConfigError::Syntax {
             source_name: source_name.to_owned(),
             message: err.to_string().trim_end().to_owned(),
         })?;
+        Self::validated(raw, source_name)
+    }
+
+    /// Parse + validate JSON text: the same keys, rules and problems as
+    /// [`Config::from_toml_str`], with JSON objects for tables and an array
+    /// of objects for `policy`.
+    pub fn from_json_str(text: &str, source_name: &str) -> Result<Config, ConfigError> {
+        let raw: raw::Config = serde_json::from_str(text).map_err(|err| ConfigError::Syntax {
+            source_name: source_name.to_owned(),
+            message: json_message(text, &err),
+        })?;
+        Self::validated(raw, source_name)
+    }
+
+    /// Parse + validate `text` written in `format`.
+    pub fn from_str_in(
+        format: Format,
+        text: &str,
+        source_name: &str,
+    ) -> Result<Config, ConfigError> {
+        match format {
+            Format::Toml => Self::from_toml_str(text, source_name),
+            Format::Json => Self::from_json_str(text, source_name),
+        }
+    }
+
+    fn validated(raw: raw::Config, source_name: &str) -> Result<Config, ConfigError> {
         validate(raw).map_err(|problems| ConfigError::Invalid {
             source_name: source_name.to_owned(),
             problems,

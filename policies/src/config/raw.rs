@@ -1,14 +1,18 @@
-//! Raw serde types: the TOML shape, with anything that can be semantically
-//! wrong kept as strings and integers.
+//! Raw serde types: the shape of the file (TOML or JSON), with anything that
+//! can be semantically wrong kept as strings and integers.
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::marker::PhantomData;
 
+use serde::de::{Deserializer, Error as _, MapAccess, Visitor};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct Config {
     pub nats: Nats,
+    #[serde(deserialize_with = "unique_keys")]
     pub tiers: BTreeMap<String, Tier>,
     #[serde(default)]
     pub policy: Vec<Policy>,
@@ -105,4 +109,36 @@ pub(super) struct Restore {
 #[serde(deny_unknown_fields)]
 pub(super) struct Catalog {
     pub bucket: Option<String>,
+}
+
+/// A map whose keys must be unique. TOML parsers reject a duplicate key
+/// themselves; serde_json would silently keep the last one.
+fn unique_keys<'de, D, V>(deserializer: D) -> Result<BTreeMap<String, V>, D::Error>
+where
+    D: Deserializer<'de>,
+    V: Deserialize<'de>,
+{
+    struct Unique<V>(PhantomData<V>);
+
+    impl<'de, V: Deserialize<'de>> Visitor<'de> for Unique<V> {
+        type Value = BTreeMap<String, V>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a map")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if out.contains_key(&key) {
+                    return Err(A::Error::custom(format!("duplicate key `{key}`")));
+                }
+                let value = map.next_value()?;
+                out.insert(key, value);
+            }
+            Ok(out)
+        }
+    }
+
+    deserializer.deserialize_map(Unique(PhantomData))
 }

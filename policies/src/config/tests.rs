@@ -149,9 +149,7 @@ retention = \"2h\"
     );
 }
 
-#[test]
-fn three_mistakes_three_problems() {
-    let text = r#"
+const THREE_MISTAKES: &str = r#"
 [nats]
 url = "nats://127.0.0.1:4222"
 
@@ -185,6 +183,10 @@ to = "wasabi"
 action = "mvoe"
 after = "3x"
 "#;
+
+#[test]
+fn three_mistakes_three_problems() {
+    let text = THREE_MISTAKES;
     let err = parse(text).unwrap_err();
     let problems = err.problems();
     assert_eq!(
@@ -249,9 +251,7 @@ fn syntax_errors() {
     assert!(matches!(err, ConfigError::Syntax { .. }), "{err}");
 }
 
-#[test]
-fn every_problem_is_reported() {
-    let text = r#"
+const EVERY_PROBLEM: &str = r#"
 [nats]
 url = "http://127.0.0.1:4222"
 credentials_file = ""
@@ -330,6 +330,10 @@ staging_dir = ""
 [catalog]
 bucket = "cim catalog"
 "#;
+
+#[test]
+fn every_problem_is_reported() {
+    let text = EVERY_PROBLEM;
     let problems = problems(text);
     let rendered: Vec<String> = problems.iter().map(ToString::to_string).collect();
     let rendered = rendered.join("\n");
@@ -485,4 +489,296 @@ retention = "ninety days"
         r#"test.toml: 1 problem
   tiers.wasabi.retention: "ninety days" is not a duration (examples: "90d", "180d", "1y")"#
     );
+}
+
+// ---------------------------------------------------------------------------
+// JSON files.
+
+/// `toml_text` as JSON: the same document, through `toml::Value`.
+fn to_json(toml_text: &str) -> String {
+    let value: toml::Value = toml::from_str(toml_text).unwrap();
+    serde_json::to_string_pretty(&value).unwrap()
+}
+
+fn parse_json(text: &str) -> Result<Config, ConfigError> {
+    Config::from_json_str(text, "test.json")
+}
+
+#[test]
+fn example_as_json_is_the_same_config() {
+    let json = to_json(Config::example());
+    // Numbers and booleans stay numbers and booleans.
+    assert!(json.contains(r#""replicas": 3"#), "{json}");
+    assert!(json.contains(r#""force_path_style": true"#), "{json}");
+    assert!(json.contains(r#""max_deliver": 20"#), "{json}");
+    let from_json = parse_json(&json).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(from_json, parse(Config::example()).unwrap());
+}
+
+#[test]
+fn json_problems_are_the_toml_problems() {
+    for toml_text in [THREE_MISTAKES, EVERY_PROBLEM] {
+        let from_toml = parse(toml_text).unwrap_err();
+        let from_json = parse_json(&to_json(toml_text)).unwrap_err();
+        assert!(
+            matches!(from_json, ConfigError::Invalid { .. }),
+            "{from_json}"
+        );
+        assert_eq!(from_json.problems(), from_toml.problems());
+    }
+    assert_eq!(
+        parse_json(&to_json(THREE_MISTAKES))
+            .unwrap_err()
+            .to_string(),
+        r#"test.json: 3 problems
+  policy[0].to: no tier named "hubb" (tiers: hub, leaf, wasabi)
+  policy[1].action: "mvoe" is not an action (use "copy" or "move")
+  policy[1].after: "3x" is not a duration (examples: "10m", "30d", "0s")"#
+    );
+}
+
+#[test]
+fn a_small_json_file() {
+    let text = r#"{
+  "nats": { "url": "nats://127.0.0.1:4222", "replicas": 1 },
+  "tiers": {
+    "hub": { "kind": "jetstream", "domain": "hub" },
+    "garage": {
+      "kind": "s3",
+      "endpoint": "http://127.0.0.1:3900",
+      "region": "garage",
+      "bucket": "cim",
+      "flavor": "garage",
+      "force_path_style": false,
+      "prefix": null
+    }
+  },
+  "policy": [
+    { "name": "archive", "buckets": ["*"], "from": "hub", "to": "garage",
+      "action": "move", "after": "30d" }
+  ],
+  "work": { "max_deliver": -1 }
+}"#;
+    let config = parse_json(text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.nats.replicas, 1);
+    let garage = config.tier("garage").unwrap().as_s3().unwrap();
+    assert!(!garage.force_path_style);
+    // null is the same as leaving an optional key out.
+    assert_eq!(garage.prefix, "");
+    assert_eq!(config.policies[0].after, Duration::from_secs(30 * 86_400));
+    assert_eq!(config.work.max_deliver, -1);
+}
+
+#[test]
+fn json_syntax_errors_have_line_and_column() {
+    // Unknown key: a syntax error, like in TOML.
+    let text = "{\n  \"nats\": {\n    \"url\": \"nats://127.0.0.1:4222\",\n    \"replicaz\": 3\n  },\n  \"tiers\": {}\n}\n";
+    let err = parse_json(text).unwrap_err();
+    let ConfigError::Syntax {
+        source_name,
+        message,
+    } = &err
+    else {
+        panic!("expected Syntax, got {err:?}");
+    };
+    assert_eq!(source_name, "test.json");
+    assert!(
+        message.starts_with("JSON parse error at line 4, column 14\n"),
+        "{message}"
+    );
+    assert!(message.contains("4 |     \"replicaz\": 3\n"), "{message}");
+    assert!(message.contains("unknown field `replicaz`"), "{message}");
+    assert!(err
+        .to_string()
+        .starts_with("test.json: JSON parse error at line 4"));
+    assert!(err.problems().is_empty());
+
+    // Not JSON.
+    let err = parse_json("{\n  \"nats\": {\n    \"url\": \"nats://x:4222\"\n  \"tiers\": {}\n}\n")
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("test.json: JSON parse error at line 4, column 3"),
+        "{err}"
+    );
+    // Wrong type, and a missing section.
+    let err = parse_json(r#"{"nats": {"url": "nats://x:4222", "replicas": "3"}, "tiers": {}}"#)
+        .unwrap_err();
+    assert!(err.to_string().contains("line 1, column 49"), "{err}");
+    let err = parse_json(r#"{"nats": {"url": "nats://x:4222"}}"#).unwrap_err();
+    assert!(err.to_string().contains("missing field `tiers`"), "{err}");
+    // A number where TOML would have an integer must be one.
+    let err = parse_json(
+        &to_json(MINIMAL).replace(r#""domain": "hub""#, r#""domain": "hub", "replicas": 1.5"#),
+    )
+    .unwrap_err();
+    assert!(matches!(err, ConfigError::Syntax { .. }), "{err}");
+}
+
+#[test]
+fn json_duplicate_tier_is_a_syntax_error() {
+    let text = r#"{"nats": {"url": "nats://x:4222"}, "tiers": {
+        "hub": {"kind": "jetstream", "domain": "a"},
+        "hub": {"kind": "jetstream", "domain": "b"}}}"#;
+    let err = parse_json(text).unwrap_err();
+    assert!(matches!(err, ConfigError::Syntax { .. }), "{err}");
+    assert!(err.to_string().contains("duplicate key `hub`"), "{err}");
+    assert!(err.to_string().contains("line 3"), "{err}");
+    // A duplicate key inside a section, too.
+    let err =
+        parse_json(r#"{"nats": {"url": "nats://x:4222", "url": "nats://y:4222"}, "tiers": {}}"#)
+            .unwrap_err();
+    assert!(err.to_string().contains("duplicate field `url`"), "{err}");
+}
+
+#[test]
+fn format_by_extension() {
+    use super::Format;
+    use std::path::Path;
+
+    assert_eq!(
+        Format::from_path(Path::new("/etc/cim/cim.toml")),
+        Ok(Format::Toml)
+    );
+    assert_eq!(
+        Format::from_path(Path::new("/etc/cim/manager.json")),
+        Ok(Format::Json)
+    );
+    for name in [
+        "/etc/cim/cim.conf",
+        "/etc/cim/cim",
+        "cim.TOML",
+        "cim.json.bak",
+        "toml",
+    ] {
+        let err = Format::from_path(Path::new(name)).unwrap_err();
+        assert!(matches!(err, ConfigError::UnknownFormat { .. }), "{err}");
+        assert_eq!(err.source_name(), name);
+        assert!(err.problems().is_empty());
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{name}: unknown configuration file type (the name must end in .toml or .json)"
+            )
+        );
+    }
+    assert_eq!(
+        Config::from_str_in(Format::Json, &to_json(MINIMAL), "x.json").unwrap(),
+        parse(MINIMAL).unwrap()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Durations: `nixos/durations.json` is the contract, shared with the NixOS
+// module.
+
+/// MINIMAL plus a leaf tier, an S3 tier and a policy; `{after}`,
+/// `{retention}`, `{interval}` and `{ack_wait}` are TOML strings.
+fn with_durations(after: &str, retention: &str, interval: &str, ack_wait: &str) -> String {
+    let quote = |s: &str| toml::Value::String(s.to_owned()).to_string();
+    format!(
+        "{MINIMAL}
+[tiers.wasabi]
+kind = \"s3\"
+region = \"eu-central-2\"
+bucket = \"cim-archive\"
+flavor = \"wasabi\"
+retention = {}
+
+[[policy]]
+name = \"p\"
+buckets = [\"*\"]
+from = \"hub\"
+to = \"wasabi\"
+action = \"copy\"
+after = {}
+
+[manager]
+interval = {}
+
+[work]
+ack_wait = {}
+",
+        quote(retention),
+        quote(after),
+        quote(interval),
+        quote(ack_wait)
+    )
+}
+
+#[test]
+fn the_listed_durations_and_only_those_are_accepted() {
+    let grammar = &*super::duration::GRAMMAR;
+    assert!(!grammar.valid.is_empty() && !grammar.invalid.is_empty());
+    for text in &grammar.valid {
+        // The expression alone (all the Nix module checks) accepts it ...
+        assert!(super::duration::PATTERN.is_match(text), "{text:?}");
+        // ... and so does every duration key, with humantime's value.
+        let expected = humantime::parse_duration(text).unwrap();
+        let config = parse(&with_durations(text, text, "1s", "1s"))
+            .unwrap_or_else(|e| panic!("{text:?}: {e}"));
+        assert_eq!(config.policies[0].after, expected, "{text:?}");
+        let wasabi = config.tier("wasabi").unwrap().as_s3().unwrap();
+        assert_eq!(wasabi.retention, expected, "{text:?}");
+        if !expected.is_zero() {
+            let config = parse(&with_durations("0s", "1d", text, text)).unwrap();
+            assert_eq!(config.manager.interval, expected, "{text:?}");
+            assert_eq!(config.work.ack_wait, expected, "{text:?}");
+        }
+        // Through JSON too.
+        let config = parse_json(&to_json(&with_durations(text, "1d", "1s", "1s"))).unwrap();
+        assert_eq!(config.policies[0].after, expected, "{text:?}");
+    }
+    for text in &grammar.invalid {
+        // The Nix module rejects it ...
+        assert!(!super::duration::PATTERN.is_match(text), "{text:?}");
+        // ... and so does every duration key, whatever humantime thinks.
+        let problems = problems(&with_durations(text, text, text, text));
+        let rendered: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            rendered,
+            [
+                format!(
+                    r#"tiers.wasabi.retention: {text:?} is not a duration (examples: "90d", "180d", "1y")"#
+                ),
+                format!(
+                    r#"policy[0].after: {text:?} is not a duration (examples: "10m", "30d", "0s")"#
+                ),
+                format!(
+                    r#"manager.interval: {text:?} is not a duration (examples: "10s", "1m", "500ms")"#
+                ),
+                format!(
+                    r#"work.ack_wait: {text:?} is not a duration (examples: "10s", "1m", "500ms")"#
+                ),
+            ],
+            "{text:?}"
+        );
+    }
+}
+
+#[test]
+fn the_duration_list_has_the_required_examples() {
+    let grammar = &*super::duration::GRAMMAR;
+    for text in ["10m", "30d", "0s", "1h 30m", "1h30m", "90d", "1y", "500ms"] {
+        assert!(grammar.valid.iter().any(|v| v == text), "{text:?}");
+    }
+    for text in [
+        "",
+        "3x",
+        "10",
+        "1.5h",
+        "-1s",
+        " 10m",
+        "10m ",
+        "10 m",
+        "1M",
+        "ten minutes",
+    ] {
+        assert!(grammar.invalid.iter().any(|v| v == text), "{text:?}");
+    }
+    // Some of them humantime alone would take: the expression is what keeps
+    // Rust and Nix in step.
+    for text in ["1.5h", "10 m", "1M", "0"] {
+        assert!(humantime::parse_duration(text).is_ok(), "{text:?}");
+    }
 }

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{
-    defaults, raw, CatalogConfig, Config, ManagerConfig, MetricsConfig, NatsConfig, RestoreConfig,
-    UploadConfig, WorkConfig, MIB,
+    defaults, duration, raw, CatalogConfig, Config, ManagerConfig, MetricsConfig, NatsConfig,
+    RestoreConfig, UploadConfig, WorkConfig, MIB,
 };
 use crate::error::Problem;
 use crate::policy::{
@@ -77,16 +77,14 @@ impl Checker {
     }
 
     fn duration(&mut self, path: &str, text: &str, examples: &str) -> Option<Duration> {
-        match humantime::parse_duration(text) {
-            Ok(d) => Some(d),
-            Err(_) => {
-                self.problem(
-                    path,
-                    format!("{text:?} is not a duration (examples: {examples})"),
-                );
-                None
-            }
+        let parsed = duration::parse(text);
+        if parsed.is_none() {
+            self.problem(
+                path,
+                format!("{text:?} is not a duration (examples: {examples})"),
+            );
         }
+        parsed
     }
 
     fn positive_duration(
