@@ -4,7 +4,10 @@
 #     (Debian's nats-server 2.9 is too old: never use it);
 #   * Garage 2.5.0 (S3 server) with `cargo install` into $HOME/.cargo/bin.
 #   * zstd and jq (Debian) and the AWS CLI (PyPI, into the same venv) where missing, for the
-#     documented hand-restore procedure and its test.
+#     documented hand-restore procedure and its test;
+#   * for the Nix checks (scripts/nix-checks.sh): Debian's nix-bin (nix-instantiate) where
+#     missing, and nixpkgs-fmt and deadnix (crates.io, pinned) with `cargo install` into
+#     $HOME/.cargo/bin.
 # Idempotent: what is already installed (at the right version) is left alone.
 # The test kit (crate cim-tests) finds the binaries at these paths; override with
 # CIM_NATS_SERVER / CIM_GARAGE.
@@ -12,6 +15,8 @@ set -euo pipefail
 
 NATS_SERVER_VERSION="${NATS_SERVER_VERSION:-2.15.1}"
 GARAGE_VERSION="${GARAGE_VERSION:-2.5.0}"
+NIXPKGS_FMT_VERSION="${NIXPKGS_FMT_VERSION:-1.3.0}"
+DEADNIX_VERSION="${DEADNIX_VERSION:-1.3.1}"
 
 VENV="$HOME/.cache/cim-tools/venv"
 NATS_BIN="$VENV/bin/nats-server"
@@ -24,6 +29,8 @@ log() { echo "install-tools: $*"; }
 nats_version() { "$NATS_BIN" --version 2>/dev/null | sed -n 's/.*v\([0-9][0-9.]*\).*/\1/p' | head -n1; }
 # "garage cargo:2.5.0 [features: ...]" -> "2.5.0"
 garage_version() { "$GARAGE_BIN" --version 2>/dev/null | grep -o '[0-9][0-9]*\.[0-9][0-9]*\.[0-9][0-9]*' | head -n1; }
+# "nixpkgs-fmt 1.3.0", "deadnix 1.3.1" -> "1.3.0", "1.3.1"
+semver_of() { "$1" --version 2>/dev/null | grep -o '[0-9][0-9]*\.[0-9][0-9]*\.[0-9][0-9]*' | head -n1; }
 
 apt_install() {
     if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
@@ -90,6 +97,39 @@ if ! command -v aws >/dev/null 2>&1 && [ ! -x "$VENV/bin/aws" ]; then
     "$VENV/bin/pip" install --disable-pip-version-check -q awscli
 fi
 
+# ---- Nix tooling (scripts/nix-checks.sh) -----------------------------------------------
+# nix-instantiate parses and evaluates offline (Debian's nix-bin, Nix 2.8, is enough for
+# --parse and --eval); the formatter and the dead-code linter come from crates.io.
+command -v nix-instantiate >/dev/null 2>&1 || apt_install nix-bin
+# cargo_tool NAME VERSION: `cargo install --locked` NAME at VERSION unless it is already there.
+cargo_tool() {
+    local name="$1" want="$2" bin="$CARGO_BIN/$1" have
+    have="$(semver_of "$bin" || true)"
+    if [ -x "$bin" ] && [ "$have" = "$want" ]; then
+        log "$name $have already at $bin"
+        return
+    fi
+    if [ -x "$bin" ]; then
+        log "$name at $bin is version '${have:-unknown}', want $want"
+    else
+        log "$name missing at $bin"
+    fi
+    command -v cargo >/dev/null 2>&1 || { log "ERROR: cargo not found" >&2; exit 1; }
+    command -v cc >/dev/null 2>&1 || apt_install build-essential
+    log "cargo install $name --locked --version $want"
+    cargo install "$name" --locked --version "$want" --force
+    have="$(semver_of "$bin" || true)"
+    if [ "$have" != "$want" ]; then
+        log "ERROR: $bin reports version '${have:-none}' after install" >&2
+        exit 1
+    fi
+}
+cargo_tool nixpkgs-fmt "$NIXPKGS_FMT_VERSION"
+cargo_tool deadnix "$DEADNIX_VERSION"
+
 log "versions:"
 log "  $("$NATS_BIN" --version) ($NATS_BIN)"
 log "  $("$GARAGE_BIN" --version) ($GARAGE_BIN)"
+log "  $(nix-instantiate --version) ($(command -v nix-instantiate))"
+log "  $("$CARGO_BIN/nixpkgs-fmt" --version 2>/dev/null) ($CARGO_BIN/nixpkgs-fmt)"  # it prints a newline on stderr
+log "  $("$CARGO_BIN/deadnix" --version) ($CARGO_BIN/deadnix)"

@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests and end-to-end tests against real servers (a 3-node nats-server
 # JetStream cluster, a leaf node and a Garage S3 server, all started by the tests on loopback).
-# Installs what a fresh machine lacks first (scripts/install-tools.sh).
+# Installs what a fresh machine lacks first (scripts/install-tools.sh), and checks the Nix files
+# before the cargo tests (scripts/nix-checks.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/install-tools.sh
+
+echo "== nix checks (every .nix file parses, is formatted, has no dead code; flake outputs)"
+bash scripts/nix-checks.sh
 
 # Tools install-tools.sh put in its venv (the AWS CLI, where the machine had none).
 export PATH="$PATH:$HOME/.cache/cim-tools/venv/bin"
