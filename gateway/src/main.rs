@@ -26,7 +26,7 @@ struct Cli {
 
 #[derive(Args)]
 struct ConfigArg {
-    /// The TOML configuration file shared by all roles.
+    /// The configuration file shared by all roles (TOML or JSON).
     #[arg(long, env = "CIM_CONFIG")]
     config: PathBuf,
 }

@@ -61,24 +61,22 @@ let
           credentialsFile = s3CredentialsFile;
         };
       };
-      policies = [
-        {
-          name = "leaf-to-hub";
+      policies = {
+        leaf-to-hub = {
           buckets = [ bucket ];
           from = "leaf";
           to = "hub";
           action = "move";
           after = "0s";
-        }
-        {
-          name = "hub-to-s3";
+        };
+        hub-to-s3 = {
           buckets = [ bucket ];
           from = "hub";
           to = "s3";
           action = "move";
           after = "0s";
-        }
-      ];
+        };
+      };
       settings.manager.interval = "1s";
       # Roles run as host services here, to keep the VMs light.
       containers.enable = false;
