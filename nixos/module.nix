@@ -157,6 +157,18 @@ let
 
   roleOptions = role: {
     enable = mkEnableOption "the ${role} role (`${roleCommands.${role}}`)";
+  } // lib.optionalAttrs (role == "upload") {
+    gcSchedule = mkOption {
+      type = types.nullOr types.str;
+      default = "daily";
+      example = "Sun 03:00";
+      description = ''
+        When `cim-gateway gc` runs beside the upload role (systemd `OnCalendar`), removing what
+        deletes and overwrites left behind longer ago than each S3 tier's `retention`; `null`
+        never. Runs wherever the upload role runs; the blob leases keep several hosts apart.
+      '';
+    };
+  } // {
     metricsPort = mkOption {
       type = types.port;
       default = defaultMetricsPorts.${role};
@@ -173,8 +185,8 @@ let
 
   dropNulls = lib.filterAttrs (_: v: v != null);
 
-  # Where a role's unit finds secret `id`: its systemd credential.
-  credentialPath = role: id: "/run/credentials/cim-${role}.service/${id}";
+  # Where unit `unitName` finds secret `id`: its systemd credential.
+  credentialPath = unitName: id: "/run/credentials/${unitName}.service/${id}";
 
   # The secrets a role receives, as { id = hostPath; }.
   roleSecrets = role:
@@ -198,11 +210,12 @@ let
       })
     );
 
-  # The configuration (as a Nix value) of `role`, or of the operator commands (role = null).
-  render = role:
+  # The configuration (as a Nix value) of `role`'s unit `unitName`, or of the operator commands
+  # (role = null).
+  render = role: unitName:
     let
       secretOf = id: hostPath:
-        if role == null then hostPath else credentialPath role id;
+        if role == null then hostPath else credentialPath unitName id;
       # S3 credentials reach the upload role and the operator only.
       tiers = lib.mapAttrs
         (name: t:
@@ -213,7 +226,7 @@ let
       natsCredentials =
         if role == null then cfg.operator.natsCredentialsFile
         else if cfg.roles.${role}.natsCredentialsFile == null then null
-        else credentialPath role "nats";
+        else credentialPath unitName "nats";
     in
     lib.recursiveUpdate
       (lib.recursiveUpdate cfg.settings {
@@ -228,7 +241,7 @@ let
         metrics.listen = "127.0.0.1:${toString cfg.roles.${role}.metricsPort}";
       });
 
-  renderedJSON = role: builtins.toJSON (render role);
+  renderedJSON = role: builtins.toJSON (render role "cim-${toString role}");
 
   # The rendered file, checked at build time by the binary that will read it.
   checkedConfig = name: json:
@@ -245,6 +258,39 @@ let
 
   enabledRoles = lib.filter (role: cfg.roles.${role}.enable) roleNames;
 
+  # The hardening every unit gets.
+  hardening = {
+    DynamicUser = true;
+    NoNewPrivileges = true;
+    CapabilityBoundingSet = "";
+    PrivateTmp = true;
+    PrivateDevices = true;
+    ProtectSystem = "strict";
+    ProtectHome = true;
+    ProtectKernelTunables = true;
+    ProtectKernelModules = true;
+    ProtectKernelLogs = true;
+    ProtectControlGroups = true;
+    ProtectClock = true;
+    ProtectHostname = true;
+    RestrictAddressFamilies = [ "AF_INET" "AF_INET6" "AF_UNIX" ];
+    RestrictNamespaces = true;
+    RestrictRealtime = true;
+    RestrictSUIDSGID = true;
+    LockPersonality = true;
+    MemoryDenyWriteExecute = true;
+    SystemCallArchitectures = "native";
+    SystemCallFilter = [ "@system-service" "~@privileged" ];
+    UMask = "0077";
+  };
+
+  # LoadCredential lines handing `role`'s secrets to a unit (from the host, or inside a
+  # container from the bind mounts under `secretsDir`).
+  loadCredentials = role: secretsDir:
+    lib.mapAttrsToList
+      (id: hostPath: "${id}:${if secretsDir == null then hostPath else "${secretsDir}/${id}"}")
+      (roleSecrets role);
+
   # The role's systemd service (on the host, or inside its container, where the secrets are
   # bind-mounted under /run/cim-secrets).
   unit = role: secretsDir:
@@ -259,37 +305,45 @@ let
       restartTriggers = [ configFile ];
       # Keep retrying while NATS (or the cluster) is still coming up.
       startLimitIntervalSec = 0;
-      serviceConfig = {
+      serviceConfig = hardening // {
         ExecStart = "${cfg.package}/bin/${roleCommands.${role}} --config ${configFile}";
-        LoadCredential = lib.mapAttrsToList
-          (id: hostPath: "${id}:${if secretsDir == null then hostPath else "${secretsDir}/${id}"}")
-          (roleSecrets role);
+        LoadCredential = loadCredentials role secretsDir;
         Restart = "on-failure";
         RestartSec = 5;
         # Every role ends within 5 s of SIGTERM, releasing its work for redelivery.
         TimeoutStopSec = 10;
-        DynamicUser = true;
-        NoNewPrivileges = true;
-        CapabilityBoundingSet = "";
-        PrivateTmp = true;
-        PrivateDevices = true;
-        ProtectSystem = "strict";
-        ProtectHome = true;
-        ProtectKernelTunables = true;
-        ProtectKernelModules = true;
-        ProtectKernelLogs = true;
-        ProtectControlGroups = true;
-        ProtectClock = true;
-        ProtectHostname = true;
-        RestrictAddressFamilies = [ "AF_INET" "AF_INET6" "AF_UNIX" ];
-        RestrictNamespaces = true;
-        RestrictRealtime = true;
-        RestrictSUIDSGID = true;
-        LockPersonality = true;
-        MemoryDenyWriteExecute = true;
-        SystemCallArchitectures = "native";
-        SystemCallFilter = [ "@system-service" "~@privileged" ];
-        UMask = "0077";
+      };
+    };
+
+  # Garbage collection of the S3 tiers (`cim-gateway gc`) beside the upload role, with its
+  # secrets: a oneshot service and its timer.
+  gcEnabled = cfg.roles.upload.enable && cfg.roles.upload.gcSchedule != null;
+  gcJSON = builtins.toJSON (render "upload" "cim-gc");
+  gcUnits = secretsDir:
+    let
+      configFile = checkedConfig "gc" gcJSON;
+      s3Tiers = builtins.attrNames (lib.filterAttrs (_: t: t.kind == "s3") cfg.tiers);
+    in
+    lib.optionalAttrs gcEnabled {
+      services.cim-gc = {
+        description = "CIM storage: garbage collection of the S3 tiers after their retention";
+        after = [ "network-online.target" ];
+        wants = [ "network-online.target" ];
+        script = lib.concatMapStringsSep "\n"
+          (tier: "${cfg.package}/bin/cim-gateway gc --config ${configFile} --from ${tier}")
+          s3Tiers;
+        serviceConfig = hardening // {
+          Type = "oneshot";
+          LoadCredential = loadCredentials "upload" secretsDir;
+        };
+      };
+      timers.cim-gc = {
+        wantedBy = [ "timers.target" ];
+        timerConfig = {
+          OnCalendar = cfg.roles.upload.gcSchedule;
+          Persistent = true;
+          RandomizedDelaySec = "1h";
+        };
       };
     };
 
@@ -446,7 +500,9 @@ in
   config = mkIf cfg.enable (lib.mkMerge [
     {
       services.cim-storage.renderedConfigs =
-        lib.genAttrs enabledRoles renderedJSON // { operator = renderedJSON null; };
+        lib.genAttrs enabledRoles renderedJSON
+        // { operator = renderedJSON null; }
+        // lib.optionalAttrs gcEnabled { gc = gcJSON; };
       services.cim-storage.roleSecrets = lib.genAttrs enabledRoles roleSecrets;
 
       assertions =
@@ -512,7 +568,9 @@ in
     })
 
     (mkIf (!cfg.containers.enable) {
-      systemd.services = lib.listToAttrs (map (role: lib.nameValuePair "cim-${role}" (unit role null)) enabledRoles);
+      systemd = lib.recursiveUpdate
+        { services = lib.listToAttrs (map (role: lib.nameValuePair "cim-${role}" (unit role null)) enabledRoles); }
+        (gcUnits null);
     })
 
     (mkIf cfg.containers.enable {
@@ -528,7 +586,9 @@ in
             })
             (roleSecrets role);
           config = {
-            systemd.services."cim-${role}" = unit role "/run/cim-secrets";
+            systemd = lib.recursiveUpdate
+              { services."cim-${role}" = unit role "/run/cim-secrets"; }
+              (lib.optionalAttrs (role == "upload") (gcUnits "/run/cim-secrets"));
             system.stateVersion = config.system.stateVersion;
           };
         })

@@ -13,8 +13,8 @@ let
   # A container's own system, evaluated like the host.
   inside = c: (evaluate [ c.config ]).config;
   service = s: {
-    inherit (s) restartTriggers;
-    execStart = s.serviceConfig.ExecStart;
+    restartTriggers = s.restartTriggers or [ ];
+    execStart = s.serviceConfig.ExecStart or s.script;
     loadCredential = s.serviceConfig.LoadCredential;
     dynamicUser = s.serviceConfig.DynamicUser;
   };
@@ -29,6 +29,7 @@ in
       inherit (c) autoStart privateNetwork;
       bindMounts = lib.mapAttrs (_: m: { inherit (m) hostPath isReadOnly; }) c.bindMounts;
       services = lib.mapAttrs (_: service) (inside c).systemd.services;
+      timers = lib.mapAttrs (_: t: t.timerConfig) (inside c).systemd.timers;
     })
     host.containers;
   nats = host.services.nats;

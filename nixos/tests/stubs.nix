@@ -1,6 +1,7 @@
 # Stand-ins for the NixOS options and packages the module uses, for evaluating it offline with
 # nixpkgs' lib alone (no nixpkgs, no NixOS). Shapes follow nixpkgs: systemd.services.<name>
-# (description, wantedBy, after, wants, restartTriggers, serviceConfig), containers.<name>
+# (description, wantedBy, after, wants, restartTriggers, script, serviceConfig),
+# systemd.timers.<name> (wantedBy, timerConfig), containers.<name>
 # (autoStart, privateNetwork, bindMounts.<path>.{hostPath, isReadOnly}, config),
 # services.nats (enable, jetstream, settings), services.prometheus (enable, scrapeConfigs),
 # assertions, environment.systemPackages, system.stateVersion.
@@ -25,6 +26,7 @@ in
     environment.systemPackages = mkOption { type = types.listOf types.unspecified; default = [ ]; };
     system.stateVersion = mkOption { type = types.str; default = "25.05"; };
     systemd.services = mkOption { type = types.attrsOf freeform; default = { }; };
+    systemd.timers = mkOption { type = types.attrsOf freeform; default = { }; };
     services.nats = {
       enable = mkOption { type = types.bool; default = false; };
       jetstream = mkOption { type = types.bool; default = false; };

@@ -157,7 +157,27 @@ fn examples_render_configurations_cim_accepts_each_role_with_only_its_secrets() 
             let container = &host["containers"][format!("cim-{role}")];
             let services: Vec<&String> =
                 container["services"].as_object().unwrap().keys().collect();
-            assert_eq!(services, [&format!("cim-{role}")], "{example}.nix");
+            if role == "upload" {
+                // Garbage collection runs beside the upload role, daily, with its secrets (its
+                // configuration, rendered["gc"], was checked above).
+                assert_eq!(services, ["cim-gc", "cim-upload"], "{example}.nix");
+                assert_eq!(container["timers"]["cim-gc"]["OnCalendar"], "daily");
+                let gc = &container["services"]["cim-gc"];
+                assert!(
+                    gc["execStart"].as_str().unwrap().contains("cim-gateway gc"),
+                    "{gc}"
+                );
+                assert_eq!(
+                    gc["loadCredential"],
+                    container["services"]["cim-upload"]["loadCredential"]
+                );
+                assert!(rendered["gc"]
+                    .as_str()
+                    .unwrap()
+                    .contains("cim-gc.service/tier-wasabi"));
+            } else {
+                assert_eq!(services, [&format!("cim-{role}")], "{example}.nix");
+            }
             let mounted: BTreeMap<String, Value> = container["bindMounts"]
                 .as_object()
                 .unwrap()
