@@ -38,6 +38,8 @@ pub const LEASE_TTL: Duration = Duration::from_secs(30);
 /// How often a holder renews its lease: three renewals per [`LEASE_TTL`], so one lost renewal
 /// (a leader election) does not lose the lease.
 pub const LEASE_RENEW_EVERY: Duration = Duration::from_secs(10);
+/// How long [`Leases::open`] waits for a bucket it created to answer.
+pub const READY_WAIT: Duration = Duration::from_secs(10);
 /// How often a waiter checks whether a lease was released.
 pub const LEASE_POLL: Duration = Duration::from_millis(500);
 
@@ -56,10 +58,13 @@ fn lease_error(op: &'static str, key: &str, source: impl std::fmt::Display) -> E
 }
 
 impl Leases {
-    /// Opens the lease bucket, creating it (with `replicas`) if needed.
+    /// Opens the lease bucket, creating it (with `replicas`) if needed. A bucket created here
+    /// is waited for (up to [`READY_WAIT`]) until it answers reads: right after creation a
+    /// replicated stream may still answer "no stream found", and the first lease taken would
+    /// fail for no reason but timing (seen under load in CI).
     pub async fn open(js: &jetstream::Context, replicas: usize) -> Result<Leases, Error> {
         let kv = match js.get_key_value(LEASE_BUCKET).await {
-            Ok(kv) => kv,
+            Ok(kv) => return Ok(Leases { kv }),
             Err(_) => js
                 .create_key_value(kv::Config {
                     bucket: LEASE_BUCKET.to_string(),
@@ -72,7 +77,16 @@ impl Leases {
                 .await
                 .map_err(|e| lease_error("open", LEASE_BUCKET, e))?,
         };
-        Ok(Leases { kv })
+        let deadline = tokio::time::Instant::now() + READY_WAIT;
+        loop {
+            match kv.entry("ready-probe").await {
+                Ok(_) => return Ok(Leases { kv }),
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    return Err(lease_error("open (waiting until it answers)", LEASE_BUCKET, e))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
     }
 
     /// Takes the lease `key` for `holder` if nobody holds it; `None` when someone does.
