@@ -27,8 +27,11 @@ in
     system.stateVersion = mkOption { type = types.str; default = "25.05"; };
     systemd.services = mkOption { type = types.attrsOf freeform; default = { }; };
     systemd.timers = mkOption { type = types.attrsOf freeform; default = { }; };
+    networking.hostName = mkOption { type = types.str; default = "nixos"; };
     services.nats = {
       enable = mkOption { type = types.bool; default = false; };
+      serverName = mkOption { type = types.str; default = "nats"; };
+      host = mkOption { type = types.str; default = "127.0.0.1"; };
       jetstream = mkOption { type = types.bool; default = false; };
       settings = mkOption { type = types.attrsOf types.anything; default = { }; };
     };

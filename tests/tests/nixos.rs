@@ -320,3 +320,30 @@ fn docs_example_toml_through_the_module_is_the_same_configuration() {
         "the module renders docs/example.toml differently"
     );
 }
+
+/// The VM test (nixos/tests/vm.nix) needs KVM and cannot run here; its nodes' use of the module
+/// is evaluated and their configurations checked on every run, so it cannot drift silently.
+#[test]
+fn the_vm_tests_nodes_use_the_module_as_it_is() {
+    let nodes = nix_eval("nixos/tests/vm-nodes.nix", &[])
+        .unwrap_or_else(|e| panic!("nixos/tests/vm.nix no longer fits the module:\n{e}"));
+    let dir = tempfile::tempdir().unwrap();
+    for (name, node) in nodes.as_object().unwrap() {
+        assert_eq!(node["failedAssertions"], serde_json::json!([]), "{name}");
+        for (role, json) in node["renderedConfigs"].as_object().unwrap() {
+            check_config(
+                dir.path(),
+                &format!("vm-{name}-{role}"),
+                json.as_str().unwrap(),
+            );
+        }
+    }
+    let services = |node: &str| nodes[node]["services"].to_string();
+    assert!(services("hub1").contains("cim-manager") && services("hub1").contains("cim-upload"));
+    assert!(services("leaf").contains("cim-mirror"));
+    assert!(!services("hub2").contains("cim-"), "{}", services("hub2"));
+    assert_eq!(
+        nodes["leaf"]["nats"]["leafnodes"]["remotes"][0]["deny_imports"],
+        serde_json::json!(["$O.>"])
+    );
+}

@@ -82,7 +82,11 @@ impl Leases {
             match kv.entry("ready-probe").await {
                 Ok(_) => return Ok(Leases { kv }),
                 Err(e) if tokio::time::Instant::now() >= deadline => {
-                    return Err(lease_error("open (waiting until it answers)", LEASE_BUCKET, e))
+                    return Err(lease_error(
+                        "open (waiting until it answers)",
+                        LEASE_BUCKET,
+                        e,
+                    ))
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
