@@ -70,6 +70,31 @@ impl S3Target {
             .build();
         aws_sdk_s3::Client::from_conf(config)
     }
+
+    /// Deletes `keys` (what a scenario wrote) from the bucket, a few at a time. Shared by the
+    /// scenarios' clean-up, which is never timed. Only the given keys are touched, never a whole
+    /// prefix: the bucket may be a user's own (`--s3-bucket`).
+    pub async fn delete_objects(&self, keys: &[String]) -> anyhow::Result<()> {
+        use futures::{StreamExt as _, TryStreamExt as _};
+        let client = self.client();
+        futures::stream::iter(keys)
+            .map(|key| {
+                let request = client.delete_object().bucket(&self.bucket).key(key);
+                async move {
+                    request.send().await.map_err(|e| {
+                        anyhow::anyhow!(
+                            "deleting s3://{}/{key}: {}",
+                            self.bucket,
+                            aws_sdk_s3::error::DisplayErrorContext(e)
+                        )
+                    })
+                }
+            })
+            .buffer_unordered(16)
+            .try_collect::<Vec<_>>()
+            .await?;
+        Ok(())
+    }
 }
 
 /// The servers a benchmark runs against, and a scratch directory on tmpfs for its data.
