@@ -5,6 +5,8 @@
 #   * Garage 2.5.0 (S3 server) with `cargo install` into $HOME/.cargo/bin.
 #   * zstd and jq (Debian) and the AWS CLI (PyPI, into the same venv) where missing, for the
 #     documented hand-restore procedure and its test;
+#   * rclone (Debian's package) where missing: the peer tool the benchmark (cim-bench, scenario
+#     `peer`) compares with (docs/benchmarking.md);
 #   * for the Nix checks (scripts/nix-checks.sh): Debian's nix-bin (nix-instantiate) where
 #     missing, and nixpkgs-fmt and deadnix (crates.io, pinned) with `cargo install` into
 #     $HOME/.cargo/bin.
@@ -97,6 +99,11 @@ if ! command -v aws >/dev/null 2>&1 && [ ! -x "$VENV/bin/aws" ]; then
     "$VENV/bin/pip" install --disable-pip-version-check -q awscli
 fi
 
+# ---- rclone: cim-bench's peer tool (docs/benchmarking.md, "Baselines: raw-s3 and peer") ----
+# Debian's package, as a user of "an S3 service plus a sync tool" would install it (1.60 on
+# bookworm); the flags the bench passes exist in 1.60.
+command -v rclone >/dev/null 2>&1 || apt_install rclone
+
 # ---- Nix tooling (scripts/nix-checks.sh) -----------------------------------------------
 # nix-instantiate parses and evaluates offline (Debian's nix-bin, Nix 2.8, is enough for
 # --parse and --eval); the formatter and the dead-code linter come from crates.io.
@@ -130,6 +137,7 @@ cargo_tool deadnix "$DEADNIX_VERSION"
 log "versions:"
 log "  $("$NATS_BIN" --version) ($NATS_BIN)"
 log "  $("$GARAGE_BIN" --version) ($GARAGE_BIN)"
+log "  $(rclone version 2>/dev/null | head -n1) ($(command -v rclone))"
 log "  $(nix-instantiate --version) ($(command -v nix-instantiate))"
 log "  $("$CARGO_BIN/nixpkgs-fmt" --version 2>/dev/null) ($CARGO_BIN/nixpkgs-fmt)"  # it prints a newline on stderr
 log "  $("$CARGO_BIN/deadnix" --version) ($CARGO_BIN/deadnix)"

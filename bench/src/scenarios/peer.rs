@@ -2,9 +2,9 @@
 //! `<bucket>/<prefix>` and back into a fresh directory on tmpfs — what a user of "an S3 service
 //! plus a sync tool" gets. rclone runs at its defaults except for the flags [`upload_args`] and
 //! [`download_args`] add, each explained in `docs/benchmarking.md` ("Baselines: raw-s3 and
-//! peer"): concurrency as ours, no retry of the whole copy, no bucket creation, and on the way
-//! down no per-object HEAD for a modification time ours does not restore. rclone's own MD5
-//! checks stay on: our roles verify what they move as well.
+//! peer"): concurrency as ours, no retry of the whole copy, no bucket creation. rclone's own
+//! integrity work stays on (the MD5 of each file sent as `Content-MD5`, a HEAD after each
+//! upload, the MD5 checked on download): our roles verify what they move as well.
 //!
 //! Each direction is timed from rclone's start to its exit (a user waits for both); per-object
 //! latency is not visible from outside, so the runs have none. rclone's CPU and peak RSS are
@@ -153,7 +153,7 @@ pub fn upload_args(config: &Path, source: &Path, remote: &str, concurrency: usiz
     args
 }
 
-/// `rclone copy <remote> <dir>` with the common flags and `--use-server-modtime`.
+/// `rclone copy <remote> <dir>` with the common flags.
 pub fn download_args(config: &Path, remote: &str, dest: &Path, concurrency: usize) -> Vec<String> {
     let mut args = vec![
         "copy".to_string(),
@@ -161,7 +161,6 @@ pub fn download_args(config: &Path, remote: &str, dest: &Path, concurrency: usiz
         dest.display().to_string(),
     ];
     args.extend(common_flags(config, concurrency));
-    args.push("--use-server-modtime".to_string());
     args
 }
 
@@ -345,7 +344,7 @@ mod tests {
         );
         assert_eq!(
             download_args(config, "cim-bench:b/p", Path::new("/d"), 8).join(" "),
-            format!("copy cim-bench:b/p /d {common} --use-server-modtime")
+            format!("copy cim-bench:b/p /d {common}")
         );
     }
 
