@@ -1,5 +1,6 @@
 //! The two baselines, `raw-s3` and `peer` (rclone), on a tiny data set against the local Garage:
-//! they move every object, report what they moved, and clean up after themselves. Keeps the
+//! they move every object, report what they moved, fail when an object is not what it should
+//! be, and clean up after themselves. Keeps the
 //! baselines working in CI; it checks bookkeeping, never a speed.
 
 use cim_bench::data::{DataKind, DataSet};
@@ -39,6 +40,22 @@ async fn raw_s3_and_peer_move_every_object_and_clean_up() -> anyhow::Result<()> 
         assert_eq!(run.procs[0].name, "rclone");
         assert!(run.procs[0].peak_rss_bytes > 0, "{:?}", run.procs[0]);
     }
+
+    // An object that is not what the data set says (a file cut short behind the bench's back)
+    // fails both baselines, naming it, instead of giving a number.
+    let short = &set.files[1];
+    std::fs::write(short, &std::fs::read(short)?[..1000])?;
+    let err = raw_s3::run(&env.s3, &set, "baselines/raw/", 2).await.err();
+    let err = err.map(|e| format!("{e:#}")).unwrap_or_default();
+    assert!(
+        err.contains("GET baselines/raw/o-000001: received 1000 bytes"),
+        "{err}"
+    );
+    let err = peer::run(&env.s3, &set, "baselines/peer/", 2, env.scratch.path())
+        .await
+        .err();
+    let err = err.map(|e| format!("{e:#}")).unwrap_or_default();
+    assert!(err.contains("o-000001 has 1000 bytes"), "{err}");
 
     let left = env
         .s3

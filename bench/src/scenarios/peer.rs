@@ -231,8 +231,8 @@ fn entries(dir: &Path) -> anyhow::Result<BTreeSet<String>> {
         .collect()
 }
 
-/// Every original has a copy of the same size and SHA-256 in `dir`, and `dir` holds nothing
-/// else; an error names the first file that differs.
+/// Every original has the data set's size and a copy of the same size and SHA-256 in `dir`,
+/// and `dir` holds nothing else; an error names the first file that differs.
 pub async fn verify_copy(set: &DataSet, dir: &Path) -> anyhow::Result<()> {
     let set = set.clone();
     let dir = dir.to_path_buf();
@@ -246,6 +246,13 @@ pub async fn verify_copy(set: &DataSet, dir: &Path) -> anyhow::Result<()> {
             let copy = dir.join(set.name(i));
             anyhow::ensure!(copy.is_file(), "peer: {} did not come back", set.name(i));
             let (a, b) = (size_and_sha256(original)?, size_and_sha256(&copy)?);
+            anyhow::ensure!(
+                a.0 == set.size,
+                "peer: {} has {} bytes, the data set's objects {}",
+                original.display(),
+                a.0,
+                set.size
+            );
             anyhow::ensure!(
                 a == b,
                 "peer: {} came back different: {} bytes (SHA-256 {}) instead of {} bytes ({})",
