@@ -31,6 +31,8 @@ async fn raw_s3_and_peer_move_every_object_and_clean_up() -> anyhow::Result<()> 
         assert!(run.procs.is_empty());
     }
 
+    let version = peer::rclone_version().await?;
+    assert!(version.starts_with("rclone v1."), "{version}");
     let (up, down) = peer::run(&env.s3, &set, "baselines/peer/", 2, env.scratch.path()).await?;
     eprintln!("peer up: {up:?}\npeer down: {down:?}");
     for run in [&up, &down] {

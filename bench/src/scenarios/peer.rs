@@ -95,6 +95,23 @@ pub async fn run(
     Ok(runs)
 }
 
+/// The first line of `rclone version` (e.g. `rclone v1.60.1-DEV`), for the report's versions.
+pub async fn rclone_version() -> anyhow::Result<String> {
+    let out = tokio::process::Command::new(rclone_bin())
+        .arg("version")
+        .env_remove("AWS_CA_BUNDLE")
+        .output()
+        .await
+        .with_context(|| format!("running {} version", rclone_bin().display()))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "rclone version failed ({})",
+        out.status
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text.lines().next().unwrap_or_default().trim().to_string())
+}
+
 /// The rclone configuration for `s3`: a generic S3 remote, path-style, keys from the file
 /// rather than the environment. Values must be single-line (the file is INI).
 pub fn render_config(s3: &S3Target) -> anyhow::Result<String> {
