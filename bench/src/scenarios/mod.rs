@@ -3,4 +3,6 @@
 //! a scenario whose objects do not all arrive intact fails instead of reporting a number.
 
 pub mod peer;
+pub mod policy_eval;
+pub mod raw_nats;
 pub mod raw_s3;
