@@ -343,10 +343,9 @@ async fn stored_chunks(js: &jetstream::Context, bucket: &str, nuid: &str) -> any
 }
 
 /// Waits (untimed) until every hub node holds the bucket's stream up to the leader's last
-/// sequence. A put is acknowledged once two of three replicas have it, and both direct gets
-/// and async-nats' reads (its ordered consumer may sit on any replica) are answered by
-/// whichever replica they reach: right after the puts a lagging one answers "not found", or
-/// ends an object early.
+/// sequence. A put is acknowledged once two of three replicas have it, and direct gets (and,
+/// as seen here, async-nats' own reads) may be answered by the third: read right after the
+/// puts on a loaded machine, objects were "not found" or ended early ("wrong digest").
 async fn settle(env: &Env, js: &jetstream::Context, bucket: &str) -> anyhow::Result<()> {
     let name = stream_name(bucket);
     let last = js
