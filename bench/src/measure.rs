@@ -39,6 +39,23 @@ pub struct Run {
 }
 
 impl Run {
+    /// A baseline's run over every object of `set`: stored as is (stored = logical bytes), no
+    /// process of ours watched. Shared by `raw-nats` (and fit for `raw-s3`'s own `run_of`).
+    pub fn stored_as_is(
+        set: &crate::data::DataSet,
+        elapsed: Duration,
+        latencies: Vec<Duration>,
+    ) -> Run {
+        Run {
+            logical_bytes: set.bytes(),
+            stored_bytes: set.bytes(),
+            objects: set.files.len() as u64,
+            elapsed,
+            latencies,
+            procs: Vec::new(),
+        }
+    }
+
     /// Logical MiB/s.
     pub fn mib_per_sec(&self) -> f64 {
         self.logical_bytes as f64 / (1024.0 * 1024.0) / self.elapsed.as_secs_f64().max(1e-9)

@@ -102,7 +102,7 @@ async fn put_and_get(
     })
     .await
     .context("raw-nats put")?;
-    let put = run_of(&set, elapsed, latencies);
+    let put = Run::stored_as_is(&set, elapsed, latencies);
 
     settle(env, admin, &bucket).await?;
     let last = set.files.len() - 1;
@@ -115,7 +115,7 @@ async fn put_and_get(
     })
     .await
     .context("raw-nats get")?;
-    Ok((put, run_of(&set, elapsed, latencies)))
+    Ok((put, Run::stored_as_is(&set, elapsed, latencies)))
 }
 
 /// A JetStream context for the hub domain on a connection of its own.
@@ -124,18 +124,6 @@ async fn hub_context(env: &Env) -> anyhow::Result<jetstream::Context> {
     let mut js = jetstream::with_domain(client, DOMAIN);
     js.set_timeout(REPLY_TIMEOUT);
     Ok(js)
-}
-
-/// A run over the whole set; stored bytes are the logical bytes (JetStream stores chunks as is).
-fn run_of(set: &DataSet, elapsed: Duration, latencies: Vec<Duration>) -> Run {
-    Run {
-        logical_bytes: set.bytes(),
-        stored_bytes: set.bytes(),
-        objects: set.files.len() as u64,
-        elapsed,
-        latencies,
-        procs: Vec::new(),
-    }
 }
 
 /// Runs `op(context, i)` for every object index `i` below `count`, one worker per context
