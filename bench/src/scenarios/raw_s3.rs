@@ -82,7 +82,7 @@ async fn put_all(
         .buffer_unordered(concurrency.max(1))
         .try_collect::<Vec<Duration>>()
         .await?;
-    Ok(run_of(set, started.elapsed(), latencies))
+    Ok(Run::stored_as_is(set, started.elapsed(), latencies))
 }
 
 /// GetObject of every key, the body read to its end and discarded; a body of the wrong length
@@ -124,17 +124,5 @@ async fn get_all(
         .buffer_unordered(concurrency.max(1))
         .try_collect::<Vec<Duration>>()
         .await?;
-    Ok(run_of(set, started.elapsed(), latencies))
-}
-
-/// The run of one direction: S3 stores the bytes as they are, so stored = logical.
-fn run_of(set: &DataSet, elapsed: Duration, latencies: Vec<Duration>) -> Run {
-    Run {
-        logical_bytes: set.bytes(),
-        stored_bytes: set.bytes(),
-        objects: set.files.len() as u64,
-        elapsed,
-        latencies,
-        procs: vec![],
-    }
+    Ok(Run::stored_as_is(set, started.elapsed(), latencies))
 }
