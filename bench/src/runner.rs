@@ -94,12 +94,23 @@ pub struct Plan {
     pub small_objects: usize,
     /// Objects for `policy-eval`.
     pub policy_objects: u64,
+    /// Runs of each cell of the `small` set (its baselines included).
+    pub small_repeat: usize,
+    /// Runs of `policy-eval` (each writes its million meta messages again).
+    pub policy_repeat: usize,
 }
 
 impl Plan {
-    /// The default run: under 15 minutes on 2 cores against the local servers (see
-    /// `docs/benchmarking.md` for the budget): 1 MiB, 16 MiB and 256 MiB random at concurrency
-    /// 4, 256 MiB per cell, 3 repeats; `small` 1,000 objects once; `policy-eval` 1,000,000.
+    /// The default run: 1 MiB, 16 MiB and 256 MiB random at concurrency 4, 256 MiB per cell,
+    /// 3 repeats; `small` 1,000 objects once; `policy-eval` 1,000,000 objects once.
+    ///
+    /// Budget on 2 cores against the local servers, from issue 8's rates (upload ~80 MB/s,
+    /// restore ~50 MB/s, 4 KiB ~26 objects/s, rclone ~160/430 MB/s, plain S3 ~380/720 MB/s) and
+    /// ~100 MB/s for set-up puts: per size, upload 3 × (put 2.7 s + 3.4 s + roles 1.5 s) ≈ 23 s,
+    /// restore one set-up ≈ 8 s + 3 × (5.4 s + read-back 2.7 s) ≈ 34 s, replicate ≈ 25 s,
+    /// baselines ≈ 26 s: ≈ 110 s at 16 and 256 MiB, ≈ 200 s at 1 MiB (per-object overheads);
+    /// small ≈ 100 s (upload 38 s, restore ≈ 50 s, set-up and baselines); policy-eval ≈ 2 min;
+    /// data sets and servers ≈ 1 min. About 12 minutes.
     pub fn default_subset() -> Plan {
         Plan {
             scenarios: Scenario::ALL.to_vec(),
@@ -111,6 +122,8 @@ impl Plan {
             min_secs: 30,
             small_objects: 1_000,
             policy_objects: 1_000_000,
+            small_repeat: 1,
+            policy_repeat: 1,
         }
     }
 
@@ -126,6 +139,8 @@ impl Plan {
             min_secs: 30,
             small_objects: 5_000,
             policy_objects: 1_000_000,
+            small_repeat: 3,
+            policy_repeat: 3,
         }
     }
 
@@ -141,6 +156,8 @@ impl Plan {
             min_secs: 1,
             small_objects: 20,
             policy_objects: 1_000,
+            small_repeat: 1,
+            policy_repeat: 1,
         }
     }
 
@@ -315,7 +332,7 @@ pub async fn run_plan(env: &Env, plan: &Plan) -> anyhow::Result<Results> {
             size: 0,
             files: Vec::new(),
         };
-        for r in 0..plan.repeat {
+        for r in 0..plan.policy_repeat.max(1) {
             let outcome = policy_eval(env, plan.policy_objects, r)
                 .await
                 .map_err(|e| format!("{e:#}"));
@@ -359,7 +376,8 @@ fn cell_id(set: &str, scenario: Scenario, data: &DataSet, conc: usize, repeat: u
     .to_lowercase()
 }
 
-/// Runs one scenario's cell `plan.repeat` times and records every run.
+/// Runs one scenario's cell `plan.repeat` times (`small_repeat` for the small set) and records
+/// every run.
 async fn run_cell(
     env: &Env,
     plan: &Plan,
@@ -369,6 +387,12 @@ async fn run_cell(
     data: &DataSet,
     conc: usize,
 ) {
+    let repeat = if set == "small" {
+        plan.small_repeat
+    } else {
+        plan.repeat
+    }
+    .max(1);
     match scenario {
         Scenario::Upload | Scenario::Restore | Scenario::Replicate => {
             let stage = match scenario {
@@ -376,7 +400,7 @@ async fn run_cell(
                 Scenario::Restore => Stage::Restore,
                 _ => Stage::Replicate,
             };
-            let outcomes = stage_runs(env, plan, stage, set, data, conc).await;
+            let outcomes = stage_runs(env, repeat, stage, set, data, conc).await;
             for outcome in outcomes {
                 results.record(
                     set,
@@ -388,7 +412,7 @@ async fn run_cell(
             }
         }
         _ => {
-            for r in 0..plan.repeat {
+            for r in 0..repeat {
                 let id = cell_id(set, scenario, data, conc, r);
                 let outcome = match scenario {
                     Scenario::Small => pipeline::small(env, data, &id, conc).await,
@@ -416,7 +440,7 @@ async fn run_cell(
 /// stage consumes it); restore reuses one set-up (the hub bucket is emptied before each run).
 async fn stage_runs(
     env: &Env,
-    plan: &Plan,
+    repeat: usize,
     stage: Stage,
     set: &str,
     data: &DataSet,
@@ -429,7 +453,7 @@ async fn stage_runs(
     };
     let mut outcomes = Vec::new();
     let mut reusable: Option<pipeline::Prepared> = None;
-    for r in 0..plan.repeat {
+    for r in 0..repeat {
         let prepared = match reusable.take() {
             Some(p) => Ok(p),
             None => {
