@@ -327,16 +327,30 @@ pub async fn run_plan(env: &Env, plan: &Plan) -> anyhow::Result<Results> {
         }
     }
     if plan.has(Scenario::PolicyEval) {
-        let empty = DataSet {
+        let none = DataSet {
             kind: DataKind::Random,
             size: 0,
             files: Vec::new(),
         };
         for r in 0..plan.policy_repeat.max(1) {
-            let outcome = policy_eval(env, plan.policy_objects, r)
-                .await
-                .map_err(|e| format!("{e:#}"));
-            results.record("manager", "policy-eval", &empty, 1, outcome);
+            let id = format!("policy-eval-r{r}");
+            let outcome = external(
+                env,
+                Scenario::PolicyEval,
+                &none,
+                &id,
+                1,
+                plan.policy_objects,
+            )
+            .await;
+            record_rows(
+                &mut results,
+                "manager",
+                Scenario::PolicyEval,
+                &none,
+                1,
+                outcome,
+            );
         }
     }
     results.total_secs = started.elapsed().as_secs_f64();
@@ -415,22 +429,43 @@ async fn run_cell(
             for r in 0..repeat {
                 let id = cell_id(set, scenario, data, conc, r);
                 let outcome = match scenario {
-                    Scenario::Small => pipeline::small(env, data, &id, conc).await,
-                    _ => baseline(env, scenario, data, &id, conc).await,
+                    Scenario::Small => pipeline::small(env, data, &id, conc)
+                        .await
+                        .map(|(up, down)| vec![up, down]),
+                    _ => external(env, scenario, data, &id, conc, plan.policy_objects).await,
                 };
-                let rows = scenario.rows();
-                match outcome {
-                    Ok((a, b)) => {
-                        results.record(set, rows[0], data, conc, Ok(a));
-                        results.record(set, rows[1], data, conc, Ok(b));
-                    }
-                    Err(e) => {
-                        let e = format!("{e:#}");
-                        for row in rows {
-                            results.record(set, row, data, conc, Err(e.clone()));
-                        }
-                    }
-                }
+                record_rows(results, set, scenario, data, conc, outcome);
+            }
+        }
+    }
+}
+
+/// Records one run's rows: one run per row of the scenario, or the error on every row.
+fn record_rows(
+    results: &mut Results,
+    set: &str,
+    scenario: Scenario,
+    data: &DataSet,
+    conc: usize,
+    outcome: anyhow::Result<Vec<Run>>,
+) {
+    let rows = scenario.rows();
+    match outcome {
+        Ok(runs) if runs.len() == rows.len() => {
+            for (row, run) in rows.iter().zip(runs) {
+                results.record(set, row, data, conc, Ok(run));
+            }
+        }
+        Ok(runs) => {
+            let e = format!("{} runs returned for {} rows", runs.len(), rows.len());
+            for row in rows {
+                results.record(set, row, data, conc, Err(e.clone()));
+            }
+        }
+        Err(e) => {
+            let e = format!("{e:#}");
+            for row in rows {
+                results.record(set, row, data, conc, Err(e.clone()));
             }
         }
     }
@@ -494,34 +529,44 @@ async fn stage_runs(
 // MERGE: the lead swaps each `bail!` for the call in the comment above it.
 // ---------------------------------------------------------------------------------------------
 
-/// A baseline's (put/upload, get/download) pair.
-async fn baseline(
+/// The scenarios of other modules, all dispatched here: the baselines' (put/upload,
+/// get/download) pairs, each on its own S3 prefix, NATS bucket and scratch directory (removed
+/// afterwards), and policy-eval's one run over `policy_objects` meta messages.
+async fn external(
     env: &Env,
     scenario: Scenario,
     set: &DataSet,
     id: &str,
     conc: usize,
-) -> anyhow::Result<(Run, Run)> {
+    policy_objects: u64,
+) -> anyhow::Result<Vec<Run>> {
     let prefix = format!("bench/{id}/");
     let bucket = format!("b-{id}");
     let scratch = env.scratch.path().join(id);
-    let _ = (&prefix, &bucket, &scratch, conc, set);
-    match scenario {
-        // crate::scenarios::raw_s3::run(&env.s3, set, &prefix, conc)
-        Scenario::RawS3 => anyhow::bail!("scenario raw-s3: module not merged yet"),
-        // crate::scenarios::peer::run(&env.s3, set, &prefix, conc, &scratch)
-        Scenario::Peer => anyhow::bail!("scenario peer: module not merged yet"),
-        // crate::scenarios::raw_nats::run(env, set, &bucket, conc)
-        Scenario::RawNats => anyhow::bail!("scenario raw-nats: module not merged yet"),
-        other => anyhow::bail!("scenario {other:?} is not a baseline"),
-    }
-}
-
-/// One pass of `policy-eval` over `objects` meta messages.
-async fn policy_eval(env: &Env, objects: u64, _repeat: usize) -> anyhow::Result<Run> {
-    let _ = (env, objects);
-    // crate::scenarios::policy_eval::run(env, objects)
-    anyhow::bail!("scenario policy-eval: module not merged yet")
+    std::fs::create_dir_all(&scratch)?;
+    let _ = (&prefix, &bucket, conc, set, policy_objects);
+    // ---------------------------------------------------------------------------------------
+    // MERGE (lead): replace each arm's `Err(..)` with the call in its comment, adding `.await`
+    // if the module's `run` is async. Modules: raw_s3 and peer (engineer D), raw_nats and
+    // policy_eval (engineer E).
+    // ---------------------------------------------------------------------------------------
+    let outcome: anyhow::Result<Vec<Run>> = match scenario {
+        // crate::scenarios::raw_s3::run(&env.s3, set, &prefix, conc).map(|(put, get)| vec![put, get])
+        Scenario::RawS3 => Err(anyhow::anyhow!("scenario raw-s3: module not merged yet")),
+        // crate::scenarios::peer::run(&env.s3, set, &prefix, conc, &scratch).map(|(up, down)| vec![up, down])
+        Scenario::Peer => Err(anyhow::anyhow!("scenario peer: module not merged yet")),
+        // crate::scenarios::raw_nats::run(env, set, &bucket, conc).map(|(put, get)| vec![put, get])
+        Scenario::RawNats => Err(anyhow::anyhow!("scenario raw-nats: module not merged yet")),
+        // crate::scenarios::policy_eval::run(env, policy_objects).map(|run| vec![run])
+        Scenario::PolicyEval => Err(anyhow::anyhow!(
+            "scenario policy-eval: module not merged yet"
+        )),
+        other => Err(anyhow::anyhow!(
+            "scenario {other:?} is not run by another module"
+        )),
+    };
+    let _ = std::fs::remove_dir_all(&scratch);
+    outcome
 }
 
 #[cfg(test)]
