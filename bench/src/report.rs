@@ -165,9 +165,10 @@ fn summarize_cell(cell: &Cell) -> Summary {
     }
 }
 
-/// `4 KiB`, `16 MiB`, `2 GiB`.
+/// `4 KiB`, `16 MiB`, `2 GiB`; `-` for rows with no object size (policy-eval).
 pub fn size_label(bytes: u64) -> String {
     match bytes {
+        0 => "-".to_string(),
         b if b >= 1024 * MIB && b % (1024 * MIB) == 0 => format!("{} GiB", b / (1024 * MIB)),
         b if b >= MIB && b % MIB == 0 => format!("{} MiB", b / MIB),
         b if b >= KIB && b % KIB == 0 => format!("{} KiB", b / KIB),

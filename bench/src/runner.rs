@@ -20,8 +20,13 @@ pub const MIB: u64 = 1024 * KIB;
 /// A gibibyte.
 pub const GIB: u64 = 1024 * MIB;
 
-/// The slowest stage's rate in issue 8 (restore, ~50 MB/s): `--min-secs` of work is sized by it.
+/// The slowest stage's rate in issue 8 (restore, ~50 MB/s): `--min-secs` of work is sized by
+/// it and by [`ASSUMED_OBJECTS_PER_SEC`].
 pub const ASSUMED_RATE: u64 = 50 * MIB;
+
+/// The per-object rate of issue 8's small objects (26–29 objects/s of 4 KiB): an object costs
+/// at least `1 / ASSUMED_OBJECTS_PER_SEC` seconds whatever its size.
+pub const ASSUMED_OBJECTS_PER_SEC: u64 = 26;
 
 /// A scenario on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -88,7 +93,8 @@ pub struct Plan {
     pub repeat: usize,
     /// Each cell moves at least this many bytes ...
     pub min_bytes: u64,
-    /// ... or at least this many seconds of work at [`ASSUMED_RATE`], whichever is less.
+    /// ... or at least this many seconds of work at [`ASSUMED_RATE`] and
+    /// [`ASSUMED_OBJECTS_PER_SEC`], whichever is less.
     pub min_secs: u64,
     /// Objects of the `small` set (4 KiB each).
     pub small_objects: usize,
@@ -161,12 +167,14 @@ impl Plan {
         }
     }
 
-    /// Objects of `size` a cell moves: enough for `min_bytes`, or for `min_secs` at
-    /// [`ASSUMED_RATE`] if that is less; at least one.
+    /// Objects of `size` a cell moves: enough for `min_bytes`, or for `min_secs` of work if
+    /// that is less (each object taking `size / ASSUMED_RATE + 1 / ASSUMED_OBJECTS_PER_SEC`);
+    /// at least one.
     pub fn objects_for(&self, size: u64) -> usize {
-        let size = size.max(1);
-        let by_bytes = self.min_bytes.div_ceil(size);
-        let by_secs = (self.min_secs * ASSUMED_RATE).div_ceil(size);
+        let by_bytes = self.min_bytes.div_ceil(size.max(1));
+        let secs_per_object =
+            size as f64 / ASSUMED_RATE as f64 + 1.0 / ASSUMED_OBJECTS_PER_SEC as f64;
+        let by_secs = (self.min_secs as f64 / secs_per_object).ceil() as u64;
         by_bytes.min(by_secs).max(1) as usize
     }
 
@@ -580,6 +588,8 @@ mod tests {
         assert_eq!(plan.objects_for(256 * MIB), 1);
         let full = Plan::full();
         assert_eq!(full.objects_for(16 * MIB), 64);
+        // 4 KiB: 30 s at 26 objects/s, not 1 GiB of 4 KiB objects.
+        assert_eq!(full.objects_for(4 * KIB), 779);
         assert_eq!(full.objects_for(2 * GIB), 1);
         let tiny = Plan::tiny();
         assert_eq!(tiny.objects_for(MIB), 3);

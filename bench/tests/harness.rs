@@ -78,7 +78,12 @@ async fn a_tiny_run_counts_what_it_moved_and_compares_within_the_run() {
                 );
             }
             if cell.scenario == "upload" || cell.scenario == "replicate" {
+                // One latency per object, each within the run, the last one ending it.
                 assert_eq!(run.latencies.len() as u64, objects, "{}", cell.scenario);
+                assert!(run.latencies.iter().all(|l| *l <= run.elapsed), "{run:?}");
+                if cell.scenario == "upload" {
+                    assert_eq!(run.latencies.iter().max(), Some(&run.elapsed), "{run:?}");
+                }
             }
         }
     }
