@@ -706,21 +706,18 @@ impl Prepared {
     }
 }
 
-/// Fails unless `bucket` on `tier` comes to list no live object (the stage evicted them all).
-/// Waits a little, not timed: the catalog records an eviction once the purge is acked, and a
-/// listing served by a replica that has not applied the purge yet may still show the object.
+/// Fails unless `bucket` on `tier` lists no live object (the stage evicted them all).
 async fn ensure_empty(tier: &JetStreamTier, bucket: &str) -> anyhow::Result<()> {
-    let what = format!(
-        "bucket {bucket} on the {} to be empty after the move",
-        tier.name()
-    );
-    cim_tests::wait_for(&what, Duration::from_secs(10), || async {
-        let left = tier.list_objects(bucket).await?.objects;
-        Ok(left
-            .first()
-            .map(|o| format!("{} object(s) still there, e.g. {}", left.len(), o.info.name)))
-    })
-    .await
+    let left = tier.list_objects(bucket).await?.objects;
+    if let Some(first) = left.first() {
+        anyhow::bail!(
+            "{} object(s) still on the {} after the move, e.g. {}",
+            left.len(),
+            tier.name(),
+            first.info.name
+        );
+    }
+    Ok(())
 }
 
 /// The meta subjects of `bucket` on `tier` that hold a message (one stream-info request): an
