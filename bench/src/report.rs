@@ -464,10 +464,11 @@ pub fn svg(summaries: &[Summary]) -> String {
     let xmin = all.iter().map(|p| p.0).fold(f64::INFINITY, f64::min);
     let xmax = all.iter().map(|p| p.0).fold(f64::NEG_INFINITY, f64::max);
     let ymax = all.iter().map(|p| p.1).fold(0.0, f64::max).max(1.0) * 1.1;
-    let (xmin, xmax) = if xmin.is_finite() && xmax > xmin {
-        (xmin, xmax)
-    } else {
-        (0.0, 1.0)
+    // One size only: centre it; none: any range.
+    let (xmin, xmax) = match (xmin.is_finite(), xmax > xmin) {
+        (true, true) => (xmin, xmax),
+        (true, false) => (xmin - 1.0, xmin + 1.0),
+        _ => (0.0, 1.0),
     };
     let sx = |x: f64| left + (x - xmin) / (xmax - xmin) * (w - left - right);
     let sy = |y: f64| h - bottom - y / ymax * (h - top - bottom);
@@ -492,6 +493,18 @@ pub fn svg(summaries: &[Summary]) -> String {
         s,
         "<line x1=\"{left}\" y1=\"{top}\" x2=\"{left}\" y2=\"{}\" stroke=\"black\"/>",
         h - bottom
+    );
+    let _ = writeln!(
+        s,
+        "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">object size (log scale)</text>",
+        (left + w - right) / 2.0,
+        h - 12.0
+    );
+    let _ = writeln!(
+        s,
+        "<text x=\"16\" y=\"{:.1}\" transform=\"rotate(-90 16 {:.1})\" text-anchor=\"middle\">MiB/s (median)</text>",
+        (top + h - bottom) / 2.0,
+        (top + h - bottom) / 2.0
     );
     let prec = if ymax < 20.0 { 1 } else { 0 };
     for i in 0..=4 {
@@ -629,6 +642,8 @@ mod tests {
         );
         let plot = svg(&s);
         assert!(plot.starts_with("<svg") && plot.contains("polyline"));
+        // One size only: drawn in the middle of the x axis, not off the chart.
+        assert!(plot.contains("<circle cx=\"325.0\""), "{plot}");
         assert_eq!(size_label(4 * KIB), "4 KiB");
         assert_eq!(size_label(2048 * MIB), "2 GiB");
     }
