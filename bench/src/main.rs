@@ -124,6 +124,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let results = runner::run_plan(&env, &plan).await?;
     let summaries = report::summarize(&results);
     print!("{}", report::table(&summaries));
+    println!("S3: {}; pipeline: {}", results.s3, results.conditions);
     let machine = report::machine(&command);
     if let Some(path) = &args.json {
         report::write_json(path, &results, &summaries, &machine)?;

@@ -40,9 +40,12 @@ pub const MANAGER_INTERVAL: &str = "1s";
 
 /// How the pipeline runs, for the report.
 pub const CONDITIONS: &str = "manager interval 1 s; policies `move`, `after = \"0s\"`; \
+     an object is done when the catalog names only the destination and the source holds no \
+     meta for it (polled every 100 ms or more); \
      roles started per run (the upload role idle first, the clock starts when the manager is \
      spawned; replicate: the clock starts at the first put on the leaf); [work] concurrency = \
-     the cell's concurrency; restore is one `cim-gateway restore --all` process";
+     the cell's concurrency; restore is one `cim-gateway restore --all` process; a run's NATS \
+     buckets are deleted after it, its S3 prefix stays until the servers go";
 
 /// A run that made no progress for this long fails, naming the objects still missing.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(120);
