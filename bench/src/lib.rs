@@ -6,9 +6,13 @@
 //! * [`data`] — deterministic incompressible and corpus data sets on tmpfs.
 //! * [`env`] — the servers: the test kit's on loopback, or a given S3 endpoint.
 //! * [`scenarios`] — one module per scenario.
+//! * [`runner`] — the matrix of cells and their repeats.
+//! * [`report`] — the table, JSON, markdown and plot.
 
 pub mod data;
 pub mod env;
 pub mod measure;
 pub mod procs;
+pub mod report;
+pub mod runner;
 pub mod scenarios;

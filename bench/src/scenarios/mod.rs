@@ -3,6 +3,7 @@
 //! a scenario whose objects do not all arrive intact fails instead of reporting a number.
 
 pub mod peer;
+pub mod pipeline;
 pub mod policy_eval;
 pub mod raw_nats;
 pub mod raw_s3;
