@@ -107,26 +107,25 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// The default run: 1 MiB, 16 MiB and 256 MiB random at concurrency 4, 256 MiB per cell,
-    /// 3 repeats; `small` 1,000 objects once; `policy-eval` 100,000 objects once (one million,
-    /// in `--full`, takes about 11 minutes today: the manager reads each object's meta with its
-    /// own request, ~3,600 objects/s — issue 8's work).
+    /// The default run: 16 MiB and 256 MiB random at concurrency 4, 1 GiB per cell, 3 repeats;
+    /// `small` 1,000 objects once; `policy-eval` 100,000 objects once. Two deliberate cuts to stay
+    /// under 15 minutes on 2 cores: `small` moves 1,000 objects, not 5,000 (at today's ~35
+    /// objects/s up and ~19 down, 5,000 would take 7 minutes alone), and `policy-eval` reads
+    /// 100,000 metas, not one million (~11 minutes today: the manager reads each object's meta
+    /// with its own request — issue 8's work). `--full` has both at full size.
     ///
-    /// Budget on 2 cores against the local servers, from issue 8's rates (upload ~80 MB/s,
-    /// restore ~50 MB/s, 4 KiB ~26 objects/s, rclone ~160/430 MB/s, plain S3 ~380/720 MB/s) and
-    /// ~100 MB/s for set-up puts: per size, upload 3 × (put 2.7 s + 3.4 s + roles 1.5 s) ≈ 23 s,
-    /// restore one set-up ≈ 8 s + 3 × (5.4 s + read-back 2.7 s) ≈ 34 s, replicate ≈ 25 s,
-    /// baselines ≈ 26 s: ≈ 110 s at 16 and 256 MiB, ≈ 200 s at 1 MiB (per-object overheads);
-    /// small ≈ 100 s (upload 38 s, restore ≈ 50 s, set-up and baselines); policy-eval ≈ 1 min;
-    /// data sets and servers ≈ 1 min. About 12 minutes.
+    /// Budget, from the first default run (256 MiB per cell, 463 s in all): per size and 1 GiB,
+    /// upload 3 × 15 s, restore 3 × 19 s, replicate 3 × 18 s, the baselines ≈ 100 s, set-up puts
+    /// ≈ 50 s: ≈ 5 minutes per size; small ≈ 100 s; policy-eval ≈ 1 min; servers ≈ 30 s. About
+    /// 13 minutes.
     pub fn default_subset() -> Plan {
         Plan {
             scenarios: Scenario::ALL.to_vec(),
-            sizes: vec![MIB, 16 * MIB, 256 * MIB],
+            sizes: vec![16 * MIB, 256 * MIB],
             kinds: vec![DataKind::Random],
             concurrency: vec![4],
             repeat: 3,
-            min_bytes: 256 * MIB,
+            min_bytes: GIB,
             min_secs: 30,
             small_objects: 1_000,
             policy_objects: 100_000,
@@ -582,8 +581,8 @@ mod tests {
     #[test]
     fn cells_move_at_least_min_bytes_or_min_secs() {
         let plan = Plan::default_subset();
-        assert_eq!(plan.objects_for(MIB), 256);
-        assert_eq!(plan.objects_for(256 * MIB), 1);
+        assert_eq!(plan.objects_for(16 * MIB), 64);
+        assert_eq!(plan.objects_for(256 * MIB), 4);
         let full = Plan::full();
         assert_eq!(full.objects_for(16 * MIB), 64);
         // 4 KiB: 30 s at 26 objects/s, not 1 GiB of 4 KiB objects.
