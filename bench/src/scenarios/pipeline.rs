@@ -325,6 +325,10 @@ impl Roles {
 struct Tracker {
     done: Arc<Mutex<HashMap<String, Instant>>>,
     task: tokio::task::JoinHandle<()>,
+    /// For [`Tracker::confirm`]: the catalog read directly, the tier and the digests.
+    catalog: cim_tiering::catalog::Catalog,
+    tier: String,
+    expected: Arc<HashMap<String, String>>,
 }
 
 impl Tracker {
@@ -337,12 +341,14 @@ impl Tracker {
         let client = env.topology.hub.connect().await?;
         let js = async_nats::jetstream::new(client);
         // Creates the catalog if no role did yet (the roles open it the same way).
-        cim_tiering::catalog::Catalog::open(&js, CATALOG, 3).await?;
+        let catalog = cim_tiering::catalog::Catalog::open(&js, CATALOG, 3).await?;
         let kv = js.get_key_value(CATALOG).await?;
+        let expected = Arc::new(expected);
         let mut watch = kv.watch_with_history(format!("o.{bucket}.>")).await?;
         let done = Arc::new(Mutex::new(HashMap::new()));
-        let (record, tier) = (done.clone(), tier.to_string());
+        let (record, watched_tier, digests) = (done.clone(), tier.to_string(), expected.clone());
         let task = tokio::spawn(async move {
+            let (tier, expected) = (watched_tier, digests);
             while let Some(Ok(update)) = watch.next().await {
                 let Ok(entry) = serde_json::from_slice::<Entry>(&update.value) else {
                     continue;
@@ -355,7 +361,31 @@ impl Tracker {
                 }
             }
         });
-        Ok(Tracker { done, task })
+        Ok(Tracker {
+            done,
+            task,
+            catalog,
+            tier: tier.to_string(),
+            expected,
+        })
+    }
+
+    /// Reads `name`'s catalog entry directly and records it as arrived if it names only the
+    /// tier, with the right digest: the watch (an ordered consumer) may miss an update, and an
+    /// object the source no longer holds must then be confirmed, not waited for forever.
+    async fn confirm(&self, bucket: &str, name: &str) -> bool {
+        let Ok(Some(entry)) = self.catalog.get(bucket, name).await else {
+            return false;
+        };
+        let ok = entry.locations.len() == 1
+            && entry.locations.contains_key(&self.tier)
+            && self.expected.get(name) == Some(&entry.digest.to_hex())
+            && entry.deleted.is_none();
+        if ok {
+            let mut map = self.done.lock().unwrap_or_else(|e| e.into_inner());
+            map.entry(name.to_string()).or_insert_with(Instant::now);
+        }
+        ok
     }
 
     fn snapshot(&self) -> HashMap<String, Instant> {
@@ -494,12 +524,22 @@ impl Prepared {
         let (mut last_progress, mut last_check) = (Instant::now(), Instant::now());
         let mut suspects = HashSet::new();
         loop {
-            let arrived = tracker.snapshot();
             // A failed poll (a leader election, say) is only a poll that saw nothing new.
             let on_source = match meta_subjects(source, &self.bucket).await {
                 Ok(subjects) => subjects,
                 Err(_) => subjects.iter().cloned().collect(),
             };
+            // Gone from the source but not seen arriving: ask the catalog directly once the
+            // watch has had a poll to catch up (it may have missed the update).
+            if last_progress.elapsed() >= poll * 5 {
+                let unseen = tracker.snapshot();
+                for (name, subject) in names.iter().zip(&subjects) {
+                    if !unseen.contains_key(name) && !on_source.contains(subject) {
+                        tracker.confirm(&self.bucket, name).await;
+                    }
+                }
+            }
+            let arrived = tracker.snapshot();
             let now = Instant::now();
             for (name, subject) in names.iter().zip(&subjects) {
                 if !done.contains_key(name)
