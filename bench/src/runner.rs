@@ -111,8 +111,9 @@ impl Plan {
     /// `small` 1,000 objects once; `policy-eval` 100,000 objects once. Two deliberate cuts to stay
     /// under 15 minutes on 2 cores: `small` moves 1,000 objects, not 5,000 (at today's ~35
     /// objects/s up and ~19 down, 5,000 would take 7 minutes alone), and `policy-eval` reads
-    /// 100,000 metas, not one million (~11 minutes today: the manager reads each object's meta
-    /// with its own request — issue 8's work). `--full` has both at full size.
+    /// 100,000 metas, not one million (5–6 minutes today: writing them, then two passes of about
+    /// 2 minutes each, as the manager reads each object's meta with its own request, ~7,600/s —
+    /// issue 8's work). `--full` has both at full size.
     ///
     /// Budget, from the first default run (256 MiB per cell, 463 s in all): per size and 1 GiB,
     /// upload 3 × 15 s, restore 3 × 19 s, replicate 3 × 18 s, the baselines ≈ 100 s, set-up puts
