@@ -5,9 +5,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use aws_sdk_s3::config::{
-    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
-};
 use cim_tests::Topology;
 
 /// An S3 service given on the command line instead of the local Garage.
@@ -53,22 +50,12 @@ impl S3Target {
     /// An S3 client for it: path-style, checksums only where required (see FACTS.md: the SDK's
     /// default checksums break S3-compatible services), like our own client.
     pub fn client(&self) -> aws_sdk_s3::Client {
-        let config = aws_sdk_s3::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new(self.region.clone()))
-            .endpoint_url(&self.endpoint)
-            .force_path_style(true)
-            .credentials_provider(Credentials::new(
-                &self.access_key,
-                &self.secret_key,
-                None,
-                None,
-                "cim-bench",
-            ))
-            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
-            .build();
-        aws_sdk_s3::Client::from_conf(config)
+        cim_tests::s3_client(
+            &self.endpoint,
+            &self.region,
+            &self.access_key,
+            &self.secret_key,
+        )
     }
 
     /// Deletes `keys` (what a scenario wrote) from the bucket, a few at a time. Shared by the

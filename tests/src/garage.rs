@@ -135,22 +135,12 @@ impl Garage {
     /// checksums only when required. Built without `aws-config`, so the environment
     /// (`AWS_*` variables, profiles, `AWS_CA_BUNDLE`) does not affect it.
     pub async fn client(&self) -> aws_sdk_s3::Client {
-        let config = aws_sdk_s3::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new(self.region.clone()))
-            .endpoint_url(&self.endpoint)
-            .force_path_style(true)
-            .credentials_provider(Credentials::new(
-                &self.access_key,
-                &self.secret_key,
-                None,
-                None,
-                "cim-tests",
-            ))
-            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
-            .build();
-        aws_sdk_s3::Client::from_conf(config)
+        s3_client(
+            &self.endpoint,
+            &self.region,
+            &self.access_key,
+            &self.secret_key,
+        )
     }
 
     /// Waits until the admin `/health` answers and a real S3 request (HeadBucket) succeeds.
@@ -209,4 +199,31 @@ impl Garage {
     pub fn start(&mut self) -> anyhow::Result<()> {
         self.proc.spawn()
     }
+}
+
+/// An S3 client for an S3-compatible endpoint with static keys: path-style, and checksums only
+/// where an operation requires one (the SDK's default checksums break S3-compatible services;
+/// see FACTS.md), as our own client is configured.
+pub fn s3_client(
+    endpoint: &str,
+    region: &str,
+    access_key: &str,
+    secret_key: &str,
+) -> aws_sdk_s3::Client {
+    let config = aws_sdk_s3::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(region.to_string()))
+        .endpoint_url(endpoint)
+        .force_path_style(true)
+        .credentials_provider(Credentials::new(
+            access_key,
+            secret_key,
+            None,
+            None,
+            "cim-tests",
+        ))
+        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
 }

@@ -44,7 +44,7 @@ mod nats;
 mod process;
 mod topology;
 
-pub use garage::{Garage, GARAGE_READY_TIMEOUT};
+pub use garage::{s3_client, Garage, GARAGE_READY_TIMEOUT};
 pub use nats::{Hub, Leaf, NatsServer, HUB_DOMAIN, LEAF_DOMAIN, PROBE_TIMEOUT, READY_TIMEOUT};
 pub use process::RoleProcess;
 pub use topology::{Topology, DUMP_LINES};

@@ -5,38 +5,18 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Output};
 use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use cim_gateway::format;
 use cim_gateway::upload::blob_lease_key;
-use cim_tests::{cim_bin, wait_until, Topology};
+use cim_tests::{wait_until, Topology};
 use cim_tiering::digest::Sha256Digest;
 use cim_tiering::lease::Leases;
-use common::{content, Roles, Tiers};
+use common::{content, describe, gateway, Roles, Tiers};
 
 const PREFIX: &str = "cim/";
-
-/// Runs `cim-gateway <args…> --config <config>`.
-fn gateway(config: &Path, args: &[&str]) -> Output {
-    Command::new(cim_bin("cim-gateway"))
-        .args(args)
-        .args(["--config", config.to_str().unwrap()])
-        .output()
-        .unwrap()
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout ---\n{}--- stderr ---\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// The JSON stored at `key` in the test's S3 bucket, `None` when there is no such key.
 async fn s3_json(topology: &Topology, key: &str) -> Option<serde_json::Value> {

@@ -5,15 +5,13 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Output};
 use std::time::Duration;
 
 use cim_gateway::format;
-use cim_tests::{cim_bin, wait_until, Topology};
+use cim_tests::{wait_until, Topology};
 use cim_tiering::catalog::Version;
 use cim_tiering::digest::Sha256Digest;
-use common::{content, Roles, Tiers};
+use common::{content, describe, gateway, Roles, Tiers};
 
 /// Exit status of a restore that skipped objects but failed none (documented in `--help`).
 const EXIT_SKIPPED: i32 = 3;
@@ -36,24 +34,6 @@ to = "s3"
 action = "move"
 after = "0s"
 "#;
-
-/// Runs `cim-gateway <args…> --config <config>`.
-fn gateway(config: &Path, args: &[&str]) -> Output {
-    Command::new(cim_bin("cim-gateway"))
-        .args(args)
-        .args(["--config", config.to_str().unwrap()])
-        .output()
-        .unwrap()
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout ---\n{}--- stderr ---\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// Waits until the catalog records version `data` of `bucket`/`name` on exactly the tiers `at`
 /// (on at least those, with `exact` false).

@@ -251,3 +251,22 @@ pub async fn rewrite_meta(
         .await
         .unwrap();
 }
+
+/// Runs `cim-gateway <args…> --config <config>` to its end.
+pub fn gateway(config: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(cim_bin("cim-gateway"))
+        .args(args)
+        .args(["--config", config.to_str().unwrap()])
+        .output()
+        .unwrap()
+}
+
+/// A finished command's status and output, for assertion messages.
+pub fn describe(out: &std::process::Output) -> String {
+    format!(
+        "status {:?}\n--- stdout ---\n{}--- stderr ---\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
