@@ -23,7 +23,7 @@
 //! A collection may be interrupted at any point (SIGKILL included): it only removes what is
 //! unreferenced, each removal is one idempotent DeleteObject, and the next run starts over.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, SystemTime};
 
 use cim_tiering::lease::{Lease, Leases};
@@ -70,6 +70,16 @@ pub async fn collect(
     let prefix = store.prefix().to_string();
     let mut report = Report::default();
 
+    // Every current manifest, read once: rule 1 needs their versions, rule 2 their blobs. A
+    // current manifest only moves forward, so one read before the rules is enough for both
+    // (rule 3 re-reads what was written since `started`).
+    let mut currents: HashMap<(String, String), Manifest> = HashMap::new();
+    for bucket in store.list_buckets().await? {
+        for listed in store.scan_manifests(&bucket).await? {
+            currents.insert((bucket.clone(), listed.name), listed.manifest?);
+        }
+    }
+
     // Rule 1: expire history.
     let mut histories: BTreeMap<(String, String), Vec<(u64, ListedKey)>> = BTreeMap::new();
     for listed in store.list_keys(&format::versions_prefix(&prefix)).await? {
@@ -81,10 +91,10 @@ pub async fn collect(
         }
     }
     let mut kept_history = Vec::new();
-    for ((bucket, name), mut versions) in histories {
+    for (object, mut versions) in histories {
         versions.sort_by_key(|(seq, _)| *seq);
-        let current = store.get_manifest(&bucket, &name).await?;
-        let current_seq = current.map(|c| c.source_seq);
+        let current_seq = currents.get(&object).map(|c| c.source_seq);
+        let (bucket, name) = object;
         for (i, (seq, listed)) in versions.iter().enumerate() {
             let superseded_for = versions.get(i + 1).map(|(_, next)| next.age(started));
             let expired = current_seq.is_some_and(|c| *seq < c)
@@ -106,12 +116,7 @@ pub async fn collect(
     }
 
     // Rule 2: what is referenced.
-    let mut referenced: HashSet<String> = HashSet::new();
-    for bucket in store.list_buckets().await? {
-        for listed in store.scan_manifests(&bucket).await? {
-            referenced.extend(blob_of(listed.manifest?));
-        }
-    }
+    let mut referenced: HashSet<String> = currents.into_values().filter_map(blob_of).collect();
     let reads =
         futures::stream::iter(kept_history)
             .map(|(bucket, name, key)| async move {

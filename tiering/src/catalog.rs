@@ -85,6 +85,21 @@ pub struct Damage {
 }
 
 impl Entry {
+    /// A new entry for `version` of `bucket`/`name`: no copies yet, not damaged, not deleted.
+    fn fresh(bucket: &str, name: &str, version: &Version) -> Entry {
+        Entry {
+            bucket: bucket.to_string(),
+            name: name.to_string(),
+            size: version.size,
+            digest: version.digest,
+            seq: version.seq,
+            locations: BTreeMap::new(),
+            updated_at: String::new(),
+            damaged: None,
+            deleted: None,
+        }
+    }
+
     /// True when `tier` holds a verified copy of exactly this digest.
     pub fn has(&self, tier: &str, digest: &Sha256Digest) -> bool {
         self.deleted.is_none() && &self.digest == digest && self.locations.contains_key(tier)
@@ -125,17 +140,7 @@ fn entry_for(current: Option<Entry>, bucket: &str, name: &str, version: &Version
         Some(e) if e.seq > version.seq => return None,
         // A version written after a delete starts afresh, whatever its content.
         Some(e) if e.digest == version.digest && e.deleted.is_none() => e,
-        _ => Entry {
-            bucket: bucket.to_string(),
-            name: name.to_string(),
-            size: version.size,
-            digest: version.digest,
-            seq: version.seq,
-            locations: BTreeMap::new(),
-            updated_at: String::new(),
-            damaged: None,
-            deleted: None,
-        },
+        _ => Entry::fresh(bucket, name, version),
     };
     entry.seq = version.seq;
     Some(entry)
@@ -296,18 +301,11 @@ impl Catalog {
                     Some(e) if e.seq > version.seq => return None,
                     Some(e) if e.seq == version.seq && e.deleted.is_some() => e,
                     _ => Entry {
-                        bucket: bucket.to_string(),
-                        name: name.to_string(),
-                        size: version.size,
-                        digest: version.digest,
-                        seq: version.seq,
-                        locations: BTreeMap::new(),
-                        updated_at: String::new(),
-                        damaged: None,
                         deleted: Some(Deletion {
                             at: now(),
                             reached: BTreeSet::new(),
                         }),
+                        ..Entry::fresh(bucket, name, version)
                     },
                 };
                 let deletion = entry.deleted.as_mut()?;
