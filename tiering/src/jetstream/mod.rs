@@ -32,6 +32,8 @@ use tokio_io_timeout::TimeoutReader;
 use crate::digest::{Hasher, Sha256Digest};
 use crate::error::{Error, IntegrityFailure};
 
+pub mod direct;
+
 /// Connects to NATS at `url` (a comma-separated list is fine), with an optional credentials file.
 pub async fn connect(
     url: &str,
@@ -167,6 +169,17 @@ impl JetStreamTier {
     /// The JetStream context (domain-scoped).
     pub fn context(&self) -> &jetstream::Context {
         &self.js
+    }
+
+    /// Batched direct gets on a bucket's stream (see [`direct`]).
+    pub fn direct(&self, bucket: &str) -> direct::DirectGet {
+        direct::DirectGet::new(
+            self.js.client(),
+            &self.domain,
+            &stream_name(bucket),
+            &self.name,
+            bucket,
+        )
     }
 
     /// Names of every object-store bucket in this domain.
