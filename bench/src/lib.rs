@@ -16,3 +16,4 @@ pub mod procs;
 pub mod report;
 pub mod runner;
 pub mod scenarios;
+pub mod targets;

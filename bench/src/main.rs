@@ -125,6 +125,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let summaries = report::summarize(&results);
     print!("{}", report::table(&summaries));
     println!("S3: {}; pipeline: {}", results.s3, results.conditions);
+    print!(
+        "{}",
+        cim_bench::targets::markdown(&cim_bench::targets::check(&summaries))
+    );
     let machine = report::machine(&command);
     if let Some(path) = &args.json {
         report::write_json(path, &results, &summaries, &machine)?;

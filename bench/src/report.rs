@@ -293,8 +293,8 @@ pub fn write_json(
     summaries: &[Summary],
     machine: &Machine,
 ) -> anyhow::Result<()> {
-    let value =
-        serde_json::json!({ "machine": machine, "results": results, "summaries": summaries });
+    let targets = crate::targets::check(summaries);
+    let value = serde_json::json!({ "machine": machine, "results": results, "summaries": summaries, "targets": targets });
     std::fs::write(path, serde_json::to_vec_pretty(&value)?)
         .with_context(|| path.display().to_string())
 }
@@ -411,6 +411,8 @@ pub fn markdown(results: &Results, summaries: &[Summary], machine: &Machine, plo
     );
     let _ = writeln!(md, "- pipeline: {}", results.conditions);
     let _ = writeln!(md, "- whole run: {:.0} s\n", results.total_secs);
+    md.push_str(&crate::targets::markdown(&crate::targets::check(summaries)));
+    let _ = writeln!(md);
     let _ = writeln!(md, "## Results\n");
     let _ = writeln!(md, "Median (min–max) over the runs of each cell. MiB/s counts logical (object) bytes; ratios divide our median MiB/s by the baseline's, same data set and concurrency, same run.\n");
     let (header, rows) = rows(summaries);
