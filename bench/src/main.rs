@@ -52,6 +52,10 @@ struct Args {
     /// Objects for `policy-eval`.
     #[arg(long)]
     policy_objects: Option<u64>,
+    /// One object of this size up and back once, for the roles' peak memory (`0`: skip).
+    /// Default 2 GiB (none with `--tiny`).
+    #[arg(long, value_parser = parse_size)]
+    memory_size: Option<u64>,
     /// Writes the results as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -112,6 +116,9 @@ impl Args {
         plan.min_secs = self.min_secs.unwrap_or(plan.min_secs);
         plan.small_objects = self.small_objects.unwrap_or(plan.small_objects);
         plan.policy_objects = self.policy_objects.unwrap_or(plan.policy_objects);
+        if let Some(size) = self.memory_size {
+            plan.memory_size = (size > 0).then_some(size);
+        }
         plan
     }
 }

@@ -104,6 +104,9 @@ pub struct Plan {
     pub small_repeat: usize,
     /// Runs of `policy-eval` (each writes its million meta messages again).
     pub policy_repeat: usize,
+    /// One object of this size through `upload` and `restore`, once (set `memory`): the roles'
+    /// peak memory on a big object, issue 8's bound at 2 GiB. `None`: not run.
+    pub memory_size: Option<u64>,
 }
 
 impl Plan {
@@ -132,6 +135,7 @@ impl Plan {
             policy_objects: 100_000,
             small_repeat: 1,
             policy_repeat: 1,
+            memory_size: Some(2 * GIB),
         }
     }
 
@@ -149,6 +153,7 @@ impl Plan {
             policy_objects: 1_000_000,
             small_repeat: 3,
             policy_repeat: 3,
+            memory_size: Some(2 * GIB),
         }
     }
 
@@ -166,6 +171,7 @@ impl Plan {
             policy_objects: 1_000,
             small_repeat: 1,
             policy_repeat: 1,
+            memory_size: None,
         }
     }
 
@@ -336,6 +342,19 @@ pub async fn run_plan(env: &Env, plan: &Plan) -> anyhow::Result<Results> {
             drop_set(set);
         }
     }
+    if let Some(size) = plan.memory_size {
+        let stages: Vec<Scenario> = [Scenario::Upload, Scenario::Restore]
+            .into_iter()
+            .filter(|s| plan.has(*s))
+            .collect();
+        if !stages.is_empty() {
+            let set = data_set(env, DataKind::Random, size, 1, "mem")?;
+            for scenario in stages {
+                run_cell(env, plan, &mut results, "memory", scenario, &set, 1).await;
+            }
+            drop_set(set);
+        }
+    }
     if plan.has(Scenario::PolicyEval) {
         let none = DataSet {
             kind: DataKind::Random,
@@ -411,10 +430,10 @@ async fn run_cell(
     data: &DataSet,
     conc: usize,
 ) {
-    let repeat = if set == "small" {
-        plan.small_repeat
-    } else {
-        plan.repeat
+    let repeat = match set {
+        "small" => plan.small_repeat,
+        "memory" => 1,
+        _ => plan.repeat,
     }
     .max(1);
     match scenario {

@@ -43,8 +43,9 @@ pub const CONDITIONS: &str = "manager interval 1 s; policies `move`, `after = \"
      an object is done when the catalog names only the destination and the source holds no \
      meta for it (polled every 100 ms or more); \
      roles started per run (the upload role idle first, the clock starts when the manager is \
-     spawned; replicate: the clock starts at the first put on the leaf); [work] concurrency = \
-     the cell's concurrency; restore is one `cim-gateway restore --all` process; a run's NATS \
+     spawned; replicate: the clock starts at the first put on the leaf); our roles run with \
+     their default settings, as a new user's would (the cell's concurrency is the tools' and \
+     the data set-up's); restore is one `cim-gateway restore --all` process; a run's NATS \
      buckets are deleted after it, its S3 prefix stays until the servers go";
 
 /// A run that made no progress for this long fails, naming the objects still missing.
@@ -117,7 +118,7 @@ pub async fn prepare(
     let id = sanitize(cell);
     let bucket = format!("b-{id}");
     let prefix = format!("bench/{id}/");
-    let config = env.write_config(&prefix, &extra_config(stage, &bucket, concurrency));
+    let config = env.write_config(&prefix, &extra_config(stage, &bucket));
     let digests = digests(set).await?;
     let mut prepared = Prepared {
         stage,
@@ -152,9 +153,10 @@ pub async fn prepare(
     Ok(prepared)
 }
 
-/// The policy and work concurrency of one run. The work stream is the default one (its
-/// subjects are fixed, so it cannot be per run); a run ends with its items acked.
-fn extra_config(stage: Stage, bucket: &str, concurrency: usize) -> String {
+/// The policy of one run; everything else is the roles' defaults, as a new user runs them. The
+/// work stream is the default one (its subjects are fixed, so it cannot be per run); a run ends
+/// with its items acked.
+fn extra_config(stage: Stage, bucket: &str) -> String {
     let (from, to) = match stage {
         Stage::Replicate => ("leaf", "hub"),
         Stage::Upload | Stage::Restore => ("hub", "s3"),
@@ -163,10 +165,6 @@ fn extra_config(stage: Stage, bucket: &str, concurrency: usize) -> String {
         r#"[manager]
 interval = "{MANAGER_INTERVAL}"
 
-[work]
-ack_wait = "60s"
-concurrency = {concurrency}
-
 [[policy]]
 name = "bench"
 buckets = ["{bucket}"]
@@ -174,8 +172,7 @@ from = "{from}"
 to = "{to}"
 action = "move"
 after = "0s"
-"#,
-        concurrency = concurrency.max(1)
+"#
     )
 }
 
