@@ -19,6 +19,8 @@
 //! * `process.rs` — [`RoleProcess`] and the child-process handle shared by all servers.
 //! * `nats.rs` — [`NatsServer`], [`Hub`], [`Leaf`].
 //! * `garage.rs` — [`Garage`].
+//! * `fault_proxy.rs` — [`FaultProxy`]: a proxy in front of S3 that corrupts request bodies on
+//!   demand (bytes changed after the client hashed them).
 //! * `topology.rs` — [`Topology`]: everything together, plus the cim config TOML for it.
 //!
 //! Inside the temp dir: `hub-1/`, `hub-2/`, `hub-3/`, `leaf/` (each with `server.conf`,
@@ -39,11 +41,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+mod fault_proxy;
 mod garage;
 mod nats;
 mod process;
 mod topology;
 
+pub use fault_proxy::{Corrupted, FaultProxy, Rule};
 pub use garage::{s3_client, Garage, GARAGE_READY_TIMEOUT};
 pub use nats::{Hub, Leaf, NatsServer, HUB_DOMAIN, LEAF_DOMAIN, PROBE_TIMEOUT, READY_TIMEOUT};
 pub use process::RoleProcess;

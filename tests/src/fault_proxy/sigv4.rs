@@ -1,0 +1,145 @@
+//! AWS Signature Version 4, just enough to re-sign a request the client signed (same scope,
+//! date and signed headers; a new payload hash).
+
+use anyhow::Context as _;
+use sha2::{Digest, Sha256};
+
+use super::RequestHead;
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
+    const BLOCK: usize = 64;
+    let mut k = if key.len() > BLOCK {
+        Sha256::digest(key).to_vec()
+    } else {
+        key.to_vec()
+    };
+    k.resize(BLOCK, 0);
+    let pad = |byte: u8| k.iter().map(|b| b ^ byte).collect::<Vec<u8>>();
+    let inner = Sha256::new()
+        .chain_update(pad(0x36))
+        .chain_update(data)
+        .finalize();
+    Sha256::new()
+        .chain_update(pad(0x5c))
+        .chain_update(inner)
+        .finalize()
+        .to_vec()
+}
+
+/// The parts of an `Authorization: AWS4-HMAC-SHA256 ...` header.
+struct Authorization<'a> {
+    credential: &'a str,
+    signed_headers: &'a str,
+    signature: &'a str,
+}
+
+fn authorization(head: &RequestHead) -> anyhow::Result<Authorization<'_>> {
+    let value = head
+        .header("authorization")
+        .context("no authorization header")?;
+    let rest = value
+        .strip_prefix("AWS4-HMAC-SHA256 ")
+        .context("not an AWS4-HMAC-SHA256 authorization")?;
+    let field = |name: &str| {
+        rest.split(',')
+            .map(str::trim)
+            .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
+            .with_context(|| format!("authorization has no {name}"))
+    };
+    Ok(Authorization {
+        credential: field("Credential")?,
+        signed_headers: field("SignedHeaders")?,
+        signature: field("Signature")?,
+    })
+}
+
+/// The signature of `head` whose body hashes to `payload_hash`, with the secret key.
+fn signature(head: &RequestHead, payload_hash: &str, secret: &str) -> anyhow::Result<String> {
+    let auth = authorization(head)?;
+    // Credential = <key id>/<date>/<region>/<service>/aws4_request
+    let mut scope = auth.credential.splitn(2, '/');
+    let (_, scope) = (
+        scope.next(),
+        scope.next().context("credential without scope")?,
+    );
+    let parts: Vec<&str> = scope.split('/').collect();
+    let [date, region, service, "aws4_request"] = parts[..] else {
+        anyhow::bail!("unexpected credential scope {scope:?}");
+    };
+    let amz_date = head.header("x-amz-date").context("no x-amz-date")?;
+    let (path, query) = head.target.split_once('?').unwrap_or((&head.target, ""));
+    let mut params: Vec<String> = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            if p.contains('=') {
+                p.to_string()
+            } else {
+                format!("{p}=")
+            }
+        })
+        .collect();
+    params.sort();
+    let mut canonical_headers = String::new();
+    for name in auth.signed_headers.split(';') {
+        let value = head
+            .headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect::<Vec<_>>()
+            .join(",");
+        canonical_headers.push_str(&format!("{name}:{value}\n"));
+    }
+    let canonical_request = format!(
+        "{}\n{path}\n{}\n{canonical_headers}\n{}\n{payload_hash}",
+        head.method,
+        params.join("&"),
+        auth.signed_headers
+    );
+    let string_to_sign = format!(
+        "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
+        hex(&Sha256::digest(canonical_request.as_bytes()))
+    );
+    let mut key = hmac(format!("AWS4{secret}").as_bytes(), date.as_bytes());
+    for part in [region, service, "aws4_request"] {
+        key = hmac(&key, part.as_bytes());
+    }
+    Ok(hex(&hmac(&key, string_to_sign.as_bytes())))
+}
+
+/// The head of `head` re-signed for `body`: a new `x-amz-content-sha256` and signature.
+/// Fails, passing nothing on, unless the proxy reproduces the client's own signature first.
+pub(super) fn resign(head: &RequestHead, body: &[u8], secret: &str) -> anyhow::Result<Vec<u8>> {
+    let original = head
+        .header("x-amz-content-sha256")
+        .context("no x-amz-content-sha256")?;
+    let auth = authorization(head)?;
+    let reproduced = signature(head, original, secret)?;
+    anyhow::ensure!(
+        reproduced == auth.signature,
+        "cannot reproduce the client's signature of {} {}; not re-signing",
+        head.method,
+        head.target
+    );
+    let payload_hash = hex(&Sha256::digest(body));
+    let mut resigned = head.clone();
+    for (name, value) in &mut resigned.headers {
+        if name == "x-amz-content-sha256" {
+            value.clone_from(&payload_hash);
+        }
+    }
+    let new_signature = signature(&resigned, &payload_hash, secret)?;
+    let old_auth = head.header("authorization").unwrap_or_default().to_string();
+    let new_auth = old_auth.replace(auth.signature, &new_signature);
+    for (name, value) in &mut resigned.headers {
+        if name == "authorization" {
+            value.clone_from(&new_auth);
+        }
+    }
+    Ok(resigned.to_bytes())
+}
