@@ -1,4 +1,5 @@
-//! `cim-gateway`: the S3 tier's roles — the upload worker, restore and listing from S3 alone.
+//! `cim-gateway`: the S3 tier's roles — the upload worker, restore, and listing and scrubbing
+//! from S3 alone.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,6 +9,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context as _};
 use cim_gateway::gc;
 use cim_gateway::restore::{Restored, Restorer};
+use cim_gateway::scrub;
 use cim_gateway::upload::{connect_s3_tiers, sweep_stale_uploads, UploadHandler};
 use cim_gateway::versions::{delete_s3_only, Tombstoned};
 use cim_policies::{Config, Route, Tier};
@@ -126,6 +128,24 @@ enum Command {
         #[arg(long)]
         include_deleted: bool,
     },
+    /// Read back and verify what an S3 tier stores, from S3 alone (no NATS needed): for every
+    /// current manifest, or a random sample, the blob's length, zstd decoding, size and SHA-256
+    /// against the manifest's digest. Only reads; each bad object is named on stderr (and in an
+    /// error log line), then a summary.
+    #[command(after_help = SCRUB_EXIT_STATUS_HELP)]
+    Scrub {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only this bucket (repeatable; default: every bucket the tier holds).
+        #[arg(long)]
+        bucket: Vec<String>,
+        /// S3 tier to scrub (default: the only S3 tier).
+        #[arg(long)]
+        from: Option<String>,
+        /// Check only a random sample: a share of the objects (`10%`) or a number (`100`).
+        #[arg(long, default_value = "all")]
+        sample: cim_gateway::scrub::Sample,
+    },
 }
 
 /// Exit status of `restore`: 0 when everything was restored (or listed), 1 when an
@@ -140,6 +160,12 @@ asked for by --name is deleted.";
 const LIST_EXIT_STATUS_HELP: &str = "Exit status: 0 every manifest listed; 1 at least one \
 manifest could not be read (or the listing failed); 3 none failed, but at least one manifest has \
 a format this version cannot read (skipped, named on stderr; left for a newer cim-gateway).";
+
+/// Exit status of `scrub`, in the same scheme as `list`'s.
+const SCRUB_EXIT_STATUS_HELP: &str = "Exit status: 0 every object checked is intact; 1 at least \
+one is bad (damaged, missing or with an unreadable manifest) or could not be checked (or the \
+listing failed); 3 none of those, but at least one manifest has a format this version cannot \
+read (skipped, named).";
 
 /// Exit status of a run that skipped objects and failed none: the data is safe, but what was
 /// asked for was not all done, so scripts must notice.
@@ -406,6 +432,51 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 }
             }
             Ok(exit_status(failed, skipped))
+        }
+        Command::Scrub {
+            config,
+            bucket,
+            from,
+            sample,
+        } => {
+            let config = cli::load_config(&config.config)?;
+            let s3_name = s3_tier_name(&config, from)?;
+            let Some(Tier::S3(s3_config)) = config.tier(&s3_name) else {
+                bail!("{s3_name:?} is not an s3 tier");
+            };
+            let store = cim_gateway::s3::S3Store::connect(s3_config)
+                .await?
+                .with_tier_name(s3_name.as_str());
+            let buckets = (!bucket.is_empty()).then_some(bucket);
+            let report = scrub::scrub(&store, buckets, sample)
+                .await
+                .with_context(|| {
+                    format!("scrubbing s3 tier {s3_name:?} at {}", store.endpoint())
+                })?;
+            for (bucket, name, why) in &report.skipped {
+                eprintln!("skipped  {bucket}/{name}: {why}");
+            }
+            for f in &report.findings {
+                let verdict = if f.is_bad() { "BAD      " } else { "UNCHECKED" };
+                eprintln!("{verdict} {}/{} ({}): {}", f.bucket, f.name, f.key, f.error);
+            }
+            let (bad, unchecked) = (report.bad(), report.unchecked());
+            println!(
+                "scrub of s3 tier {s3_name:?} (sample {sample}): {} of {} objects verified, {bad} \
+                 bad, {unchecked} not checked, {} skipped",
+                report.verified,
+                report.objects,
+                report.skipped.len()
+            );
+            if bad > 0 {
+                println!(
+                    "nothing was changed. A bad copy is never used: `cim-gateway restore` refuses \
+                     it. The upload role repairs a bad blob from a verified source when that \
+                     content is uploaded again: write the object again from a copy you trust \
+                     (e.g. the leaf's) and it is uploaded, verified and recorded anew."
+                );
+            }
+            Ok(exit_status(bad + unchecked, report.skipped.len()))
         }
     }
 }
