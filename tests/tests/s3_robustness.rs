@@ -14,7 +14,7 @@ use std::time::Duration;
 use cim_gateway::s3::S3Store;
 use cim_tests::{cim_bin, free_port, wait_until, RoleProcess, Topology};
 use cim_tiering::digest::Sha256Digest;
-use common::{content, rewrite_meta, sample, scrape, spawn_role, Tiers};
+use common::{content, put_hub, rewrite_meta, sample, scrape, spawn_role, Tiers};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Only hub → S3, immediately (objects are written straight into hub buckets).
@@ -80,13 +80,6 @@ fn config_with_s3(topology: &Topology, endpoint: Option<&str>, extra: &str) -> s
         .map(|e| format!("[tiers.s3]\nendpoint = \"{e}\"\n"))
         .unwrap_or_default();
     topology.write_config(&format!("{s3}{HUB_TO_S3}{extra}"))
-}
-
-/// Puts `data` as `bucket`/`name` straight into the hub tier (creating the bucket).
-async fn put_hub(tiers: &Tiers, bucket: &str, name: &str, data: &[u8]) {
-    let store = tiers.hub_tier.ensure_bucket(bucket).await.unwrap();
-    let mut reader = data;
-    store.put(name, &mut reader).await.unwrap();
 }
 
 /// Waits for `child` to exit on its own within `bound`; kills it and panics otherwise.

@@ -223,6 +223,13 @@ impl Tiers {
     }
 }
 
+/// Puts `data` as `bucket`/`name` straight into the hub tier (creating the bucket).
+pub async fn put_hub(tiers: &Tiers, bucket: &str, name: &str, data: &[u8]) {
+    let store = tiers.hub_tier.ensure_bucket(bucket).await.unwrap();
+    let mut reader = data;
+    store.put(name, &mut reader).await.unwrap();
+}
+
 /// Rewrites the current meta message of `bucket`/`name` in place (same nuid and chunks, rolled up
 /// over the old one) after `edit` changed its JSON: how tests make a writer with a wrong clock, a
 /// missing digest or a digest that lies.
