@@ -337,6 +337,115 @@ async fn the_fault_proxy_corrupts_what_the_service_receives() {
     assert_eq!(resigning.corrupted()[0].offset, data.len() as u64 / 2);
 }
 
+/// CRC-32C (Castagnoli), bitwise: enough for test bodies.
+fn crc32c(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in data {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0x82F6_3B78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// The S3 error code of a failed request, if the service sent one.
+fn error_code<E, R>(e: aws_sdk_s3::error::SdkError<E, R>) -> Option<String>
+where
+    E: aws_sdk_s3::error::ProvideErrorMetadata,
+{
+    aws_sdk_s3::error::ProvideErrorMetadata::code(&e).map(str::to_string)
+}
+
+/// What the checksum modes rest on, checked against this Garage: with `Content-MD5` or
+/// `x-amz-checksum-crc32c` on a PutObject or an UploadPart (the values computed by the client,
+/// as the upload does in its hashing pass), the service refuses a body corrupted after them —
+/// `BadDigest` and `InvalidDigest`, HTTP 400 — even when the request is correctly signed for the
+/// corrupted bytes; without corruption it accepts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_refuses_bytes_that_miss_their_content_md5_or_crc32c() {
+    use base64::Engine as _;
+    use md5::Digest as _;
+    let dir = tempfile::tempdir().unwrap();
+    let garage = Garage::launch(dir.path()).unwrap();
+    garage.wait_ready().await.unwrap();
+    let proxy = proxy_for(&garage).await;
+    let client = cim_tests::s3_client(
+        &proxy.endpoint(),
+        &garage.region,
+        &garage.access_key,
+        &garage.secret_key,
+    );
+    let bucket = garage.bucket.as_str();
+    let data = content(8300, 6 << 20);
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let md5 = b64(&md5::Md5::digest(&data));
+    let crc = b64(&crc32c(&data).to_be_bytes());
+    for armed in [false, true] {
+        let expect = |name: &str, got: Option<String>| {
+            assert_eq!(got.as_deref(), armed.then_some(name), "armed: {armed}");
+        };
+        if armed {
+            proxy.arm(Rule::put("/blobs/", MIN_BLOB_BODY), 4);
+        }
+        let put = |key: &str| {
+            client
+                .put_object()
+                .bucket(bucket)
+                .key(format!("c/blobs/{key}"))
+                .body(data.clone().into())
+        };
+        expect(
+            "BadDigest",
+            put("md5")
+                .content_md5(&md5)
+                .send()
+                .await
+                .err()
+                .and_then(error_code),
+        );
+        expect(
+            "InvalidDigest",
+            put("crc")
+                .checksum_crc32_c(&crc)
+                .send()
+                .await
+                .err()
+                .and_then(error_code),
+        );
+        for (key, md5, crc) in [("pm", Some(&md5), None), ("pc", None, Some(&crc))] {
+            let key = format!("c/blobs/{key}");
+            let mut create = client.create_multipart_upload().bucket(bucket).key(&key);
+            if crc.is_some() {
+                create = create.checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Crc32C);
+            }
+            let upload = create.send().await.unwrap();
+            let part = client
+                .upload_part()
+                .bucket(bucket)
+                .key(&key)
+                .upload_id(upload.upload_id().unwrap())
+                .part_number(1)
+                .set_content_md5(md5.cloned())
+                .set_checksum_crc32_c(crc.cloned())
+                .body(data.clone().into())
+                .send()
+                .await;
+            let wanted = if md5.is_some() {
+                "BadDigest"
+            } else {
+                "InvalidDigest"
+            };
+            expect(wanted, part.err().and_then(error_code));
+        }
+    }
+    assert_eq!(proxy.corrupted().len(), 4);
+}
+
 /// `verify = "read-back"` (today's behaviour, and the option once it exists): a blob corrupted
 /// in transit is caught by reading it back, not recorded nor evicted, and the upload is retried.
 ///
@@ -498,4 +607,38 @@ async fn a_blob_corrupted_at_rest_is_caught_by_restore_and_by_scrub() {
         .await
         .unwrap();
     assert!(object.body.collect().await.unwrap().into_bytes().to_vec() == blob);
+
+    // A blob that disappeared, and a manifest that no longer parses, are bad too.
+    let intact = s3.get_manifest(bucket, good.0).await.unwrap().unwrap();
+    raw.delete_object()
+        .bucket(&topology.s3.bucket)
+        .key(&intact.blob_key)
+        .send()
+        .await
+        .unwrap();
+    let garbled = cim_gateway::format::manifest_key("cim/", "garbled", "m");
+    raw.put_object()
+        .bucket(&topology.s3.bucket)
+        .key(&garbled)
+        .body(b"{ not json".to_vec().into())
+        .send()
+        .await
+        .unwrap();
+    let out = gateway(&config, &["scrub"]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        stdout.contains("0 of 3 objects verified, 3 bad"),
+        "{}",
+        describe(&out)
+    );
+    for needle in [
+        format!("BAD       {bucket}/{} ({})", good.0, intact.blob_key),
+        format!("BAD       garbled/m ({garbled})"),
+    ] {
+        assert!(stderr.contains(&needle), "{needle}: {}", describe(&out));
+    }
 }
