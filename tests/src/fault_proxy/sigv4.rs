@@ -1,5 +1,6 @@
 //! AWS Signature Version 4, just enough to re-sign a request the client signed (same scope,
-//! date and signed headers; a new payload hash).
+//! date and signed headers; a new payload hash). The canonical request is assembled here from
+//! the request as it went over the wire; the key derivation and HMAC are aws-sigv4's.
 
 use anyhow::Context as _;
 use sha2::{Digest, Sha256};
@@ -8,26 +9,6 @@ use super::RequestHead;
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
-    const BLOCK: usize = 64;
-    let mut k = if key.len() > BLOCK {
-        Sha256::digest(key).to_vec()
-    } else {
-        key.to_vec()
-    };
-    k.resize(BLOCK, 0);
-    let pad = |byte: u8| k.iter().map(|b| b ^ byte).collect::<Vec<u8>>();
-    let inner = Sha256::new()
-        .chain_update(pad(0x36))
-        .chain_update(data)
-        .finalize();
-    Sha256::new()
-        .chain_update(pad(0x5c))
-        .chain_update(inner)
-        .finalize()
-        .to_vec()
 }
 
 /// The parts of an `Authorization: AWS4-HMAC-SHA256 ...` header.
@@ -105,11 +86,21 @@ fn signature(head: &RequestHead, payload_hash: &str, secret: &str) -> anyhow::Re
         "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
         hex(&Sha256::digest(canonical_request.as_bytes()))
     );
-    let mut key = hmac(format!("AWS4{secret}").as_bytes(), date.as_bytes());
-    for part in [region, service, "aws4_request"] {
-        key = hmac(&key, part.as_bytes());
-    }
-    Ok(hex(&hmac(&key, string_to_sign.as_bytes())))
+    // The signing key depends on the scope's date only (aws-sigv4 formats it from a time).
+    let day = date
+        .parse::<u32>()
+        .ok()
+        .and_then(|d| {
+            let month = time::Month::try_from(((d / 100) % 100) as u8).ok()?;
+            time::Date::from_calendar_date((d / 10_000) as i32, month, (d % 100) as u8).ok()
+        })
+        .with_context(|| format!("credential scope date {date:?}"))?;
+    let at = std::time::SystemTime::from(day.midnight().assume_utc());
+    let key = aws_sigv4::sign::v4::generate_signing_key(secret, at, region, service);
+    Ok(aws_sigv4::sign::v4::calculate_signature(
+        key,
+        string_to_sign.as_bytes(),
+    ))
 }
 
 /// The head of `head` re-signed for `body`: a new `x-amz-content-sha256` and signature.
