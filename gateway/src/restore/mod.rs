@@ -1,12 +1,24 @@
 //! Restore (`cim-gateway restore`): S3 → a JetStream tier.
 //!
-//! Each object is read from S3, decompressed and verified against its manifest's ingest digest
-//! into a staging file *before* anything is written to NATS, so a corrupted S3 copy is refused
-//! with an error naming the object and never overwrites anything. The verified content is then
-//! put into the target bucket under its original name, description, metadata and headers; the
-//! object store computes the same digest, which is checked once more and recorded in the catalog.
+//! Each object streams from S3 through the zstd decoder and SHA-256 (the S3 read's checks:
+//! stored size, declared size, digest) into chunk publishes on the target
+//! ([`cim_tiering::jetstream::write`]); its meta — what makes it visible — is published only once
+//! the content hashed to the manifest's digest and every chunk was acknowledged. A corrupted S3
+//! copy is refused with an error naming the object, its chunks are purged, and it never replaces
+//! anything. The restored version is recorded in the catalog under its meta's sequence.
 //!
-//! Staging on disk keeps memory bounded whatever the object size (invariant 4).
+//! Nothing is staged on disk; memory is bounded per object in flight (the chunk ack window, the
+//! zstd window, a small pipe) and by `[restore] concurrency` objects at once. Writes are
+//! journaled before their first chunk, so a restore killed mid-object leaves no visible object
+//! and [`Restorer::recover`] (run first by every restore) purges its chunks once its writer's
+//! lease has expired.
+//!
+//! # Layout
+//!
+//! * this file — [`Restorer`]: the decisions (deleted? present? newer version? catalog
+//!   disagrees?), the per-object pipeline, `--all` as a concurrent pipeline over the listing.
+//! * `target.rs` — what is looked up once per target bucket, and the room reservation.
+//! * `room.rs` — how much a target stream can still store (pure).
 //!
 //! # Restore never replaces a newer version
 //!
@@ -34,26 +46,27 @@
 //! a decompression bomb fills nothing. The S3 read itself checks the blob's length against the
 //! manifest's `stored_size` and never passes on more than the declared size.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::fmt;
 use std::sync::Arc;
 
-use std::fmt;
-
 use async_nats::jetstream::object_store::ObjectMetadata;
-use async_nats::jetstream::stream::StorageType;
 use cim_tiering::catalog::{Entry, Version};
 use cim_tiering::digest::Sha256Digest;
-use cim_tiering::jetstream::{check_content, ingest_digest, stream_name, JetStreamTier};
+use cim_tiering::jetstream::write::{Recovered, WriteJournal};
+use cim_tiering::jetstream::{ingest_digest, is_live, JetStreamTier, StoredObject};
+use cim_tiering::lease::Leases;
 use cim_tiering::{metrics, System};
-use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use futures::StreamExt;
 use tracing::Instrument;
 
-use crate::format::{manifest_key, Manifest};
+use crate::format::{decode_manifest_key, manifest_key, manifest_prefix, Manifest};
 use crate::s3::S3Store;
 use crate::Error;
 
 mod room;
-use room::{room, stored_size_estimate, StreamUse};
+mod target;
+use target::TargetBucket;
 
 /// What happened to one object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,30 +141,49 @@ pub struct Restorer {
     system: Arc<System>,
     store: S3Store,
     target: JetStreamTier,
-    staging_dir: PathBuf,
+    journal: WriteJournal,
     overwrite: bool,
     include_deleted: bool,
+    concurrency: usize,
+    /// What does not change per object, looked up once per bucket (see [`TargetBucket`]).
+    buckets: tokio::sync::Mutex<HashMap<String, Arc<TargetBucket>>>,
 }
 
+/// Bytes the pipe between the S3 read and the chunk publisher holds: two chunks, so the reader
+/// decompresses the next chunk while the previous one is published.
+const PIPE_BUF: usize = 2 * 128 * 1024;
+
 impl Restorer {
-    /// A restorer from `store` into the JetStream tier named `target`; creates the staging dir.
-    pub fn new(system: Arc<System>, store: S3Store, target: &str) -> Result<Self, Error> {
+    /// A restorer from `store` into the JetStream tier named `target`. Opens the write journal
+    /// (and this process's writer lease); call [`Restorer::recover`] to clean up after restores
+    /// that were killed.
+    pub async fn new(system: Arc<System>, store: S3Store, target: &str) -> Result<Self, Error> {
         let target = system.jetstream_tier(target)?.clone();
-        let staging_dir = system
-            .config
-            .restore
-            .staging_dir
-            .clone()
-            .unwrap_or_else(std::env::temp_dir);
-        std::fs::create_dir_all(&staging_dir)
-            .map_err(|e| Error::io(format!("create staging dir {}", staging_dir.display()), e))?;
+        if let Some(dir) = &system.config.restore.staging_dir {
+            tracing::warn!(
+                staging_dir = %dir.display(),
+                "[restore] staging_dir is deprecated and ignored: restore streams from s3 into \
+                 nats without staging on disk"
+            );
+        }
+        let leases = Leases::open(system.control(), system.config.nats.replicas).await?;
+        let journal = WriteJournal::open(
+            system.control(),
+            system.config.nats.replicas,
+            leases,
+            &format!("cim-gateway restore (pid {})", std::process::id()),
+        )
+        .await?;
+        let concurrency = system.config.restore.concurrency.max(1);
         Ok(Self {
             system,
             store,
             target,
-            staging_dir,
+            journal,
             overwrite: false,
             include_deleted: false,
+            concurrency,
+            buckets: Default::default(),
         })
     }
 
@@ -169,9 +201,32 @@ impl Restorer {
         self
     }
 
+    /// Objects restored at once by [`Restorer::restore_bucket`] (default `[restore]
+    /// concurrency`; at least 1).
+    pub fn concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency.max(1);
+        self
+    }
+
     /// The S3 store read from.
     pub fn store(&self) -> &S3Store {
         &self.store
+    }
+
+    /// Cleans up after restores that were killed: purges the chunks their journal records name
+    /// when their writer is dead (see `cim_tiering::jetstream::write`); restores running in
+    /// other processes are left alone.
+    pub async fn recover(&self) -> Result<Recovered, Error> {
+        let system = self.system.clone();
+        Ok(self
+            .journal
+            .recover(|tier| system.jetstream_tier(tier).ok().cloned())
+            .await?)
+    }
+
+    /// Releases this process's writer lease at once (it would expire by itself otherwise).
+    pub async fn close(self) {
+        self.journal.close().await;
     }
 
     /// Restores one object by bucket and name.
@@ -190,28 +245,54 @@ impl Restorer {
         self.restore_manifest(&manifest).await
     }
 
-    /// Restores every object of a bucket; one result per object, failures do not stop the rest.
-    /// A manifest of a format this version cannot read is skipped ([`Skip::UnsupportedFormat`]).
+    /// Restores every object of a bucket, [`Restorer::concurrency`] at a time, calling `report`
+    /// with each object's outcome as it finishes; failures do not stop the rest. Returns how
+    /// many objects were reported.
+    ///
+    /// A pipeline: the manifest keys are listed, then each object's manifest is fetched and the
+    /// object restored by the same task, so restoring starts with the first manifest, not after
+    /// the last. A manifest of a format this version cannot read is skipped
+    /// ([`Skip::UnsupportedFormat`]); one deleted since the listing is left out.
     pub async fn restore_bucket(
         &self,
         bucket: &str,
-    ) -> Result<Vec<(String, Result<Restored, Error>)>, Error> {
-        let listed = self.store.scan_manifests(bucket).await?;
-        let mut results = Vec::with_capacity(listed.len());
-        for entry in listed {
-            let outcome = match entry.manifest {
-                Ok(manifest) => self.restore_manifest(&manifest).await,
-                Err(e) => match Skip::of(&e) {
-                    Some(skip) => {
-                        tracing::warn!(key = %entry.key, %skip, "skipped");
-                        Ok(Restored::Skipped(skip))
-                    }
-                    None => Err(e),
-                },
-            };
-            results.push((entry.name, outcome));
+        mut report: impl FnMut(&str, Result<Restored, Error>),
+    ) -> Result<usize, Error> {
+        let prefix = manifest_prefix(self.store.prefix(), Some(bucket));
+        let keys = self.store.list_keys(&prefix).await?;
+        let names = keys.into_iter().filter_map(|listed| {
+            match decode_manifest_key(self.store.prefix(), &listed.key) {
+                Some((b, name)) if b == bucket => Some(name),
+                _ => {
+                    tracing::warn!(key = %listed.key, "skipping key that is not a manifest");
+                    None
+                }
+            }
+        });
+        let mut outcomes = futures::stream::iter(names)
+            .map(|name| async move {
+                let outcome = match self.store.get_manifest(bucket, &name).await {
+                    Ok(Some(manifest)) => Some(self.restore_manifest(&manifest).await),
+                    Ok(None) => None, // deleted since listed
+                    Err(e) => Some(match Skip::of(&e) {
+                        Some(skip) => {
+                            tracing::warn!(bucket, name, %skip, "skipped");
+                            Ok(Restored::Skipped(skip))
+                        }
+                        None => Err(e),
+                    }),
+                };
+                (name, outcome)
+            })
+            .buffer_unordered(self.concurrency);
+        let mut reported = 0;
+        while let Some((name, outcome)) = outcomes.next().await {
+            if let Some(outcome) = outcome {
+                report(&name, outcome);
+                reported += 1;
+            }
         }
-        Ok(results)
+        Ok(reported)
     }
 
     /// Restores the object a manifest describes.
@@ -220,19 +301,34 @@ impl Restorer {
         self.restore_inner(manifest).instrument(span).await
     }
 
+    /// The target bucket's per-bucket state, looked up on first use.
+    async fn target_bucket(&self, bucket: &str) -> Result<Arc<TargetBucket>, Error> {
+        let mut buckets = self.buckets.lock().await;
+        if let Some(found) = buckets.get(bucket) {
+            return Ok(found.clone());
+        }
+        let opened = Arc::new(TargetBucket::open(&self.system, &self.target, bucket).await?);
+        buckets.insert(bucket.to_string(), opened.clone());
+        Ok(opened)
+    }
+
     async fn restore_inner(&self, m: &Manifest) -> Result<Restored, Error> {
         let (bucket, name) = (m.bucket.as_str(), m.name.as_str());
         let entry = self.system.catalog.get(bucket, name).await?;
+        let target = self.target_bucket(bucket).await?;
+        // The object's latest meta on the target, live or a delete marker: what this restore
+        // decides on, and what its commit requires to be unchanged.
+        let latest = target.latest(name).await?;
         if !self.include_deleted {
-            if let Some(why) = self.deleted(m, entry.as_ref()).await? {
+            if let Some(why) = self.deleted(m, entry.as_ref(), latest.as_ref()) {
                 tracing::info!(why, "deleted; not restored");
                 return Ok(Restored::Deleted(why));
             }
         }
         self.check_against_catalog(m, entry.as_ref())?;
-        let existing = self.target.info(bucket, name).await?;
-        if let Some(existing) = &existing {
-            let held = ingest_digest(self.target.name(), bucket, existing)?;
+        let existing = latest.as_ref().filter(|l| is_live(&l.info));
+        if let Some(existing) = existing {
+            let held = ingest_digest(self.target.name(), bucket, &existing.info)?;
             if held == m.digest {
                 tracing::info!("already present with the same digest");
                 return Ok(Restored::AlreadyPresent);
@@ -248,40 +344,34 @@ impl Restorer {
             }
             self.check_replaceable(bucket, name, &held, entry.as_ref())?;
         }
-        self.check_room(m).await?;
+        let reservation = target.reserve(m)?;
 
-        // 1. S3 → staging file, verified. Nothing in NATS is touched if this fails.
-        let staging = tempfile::NamedTempFile::new_in(&self.staging_dir).map_err(|e| {
-            Error::io(
-                format!("create staging file in {}", self.staging_dir.display()),
-                e,
-            )
-        })?;
-        let reopened = staging
-            .reopen()
-            .map_err(|e| Error::io("reopen staging file", e))?;
-        let mut file = tokio::fs::File::from_std(reopened);
-        self.store.read_verified(m, &mut file).await?;
-        file.flush()
-            .await
-            .map_err(|e| Error::io("flush staging file", e))?;
-        file.rewind()
-            .await
-            .map_err(|e| Error::io("rewind staging file", e))?;
-
-        // 2. Staging file → target bucket, under the original name and metadata. Staging took a
-        //    while: if the target changed meanwhile, the decision above no longer holds.
-        let now = self.target.info(bucket, name).await?;
-        if now.as_ref().map(|i| &i.nuid) != existing.as_ref().map(|i| &i.nuid) {
-            return Err(cim_tiering::Error::NotReady {
-                bucket: bucket.to_string(),
-                object: name.to_string(),
-                tier: self.target.name().to_string(),
-                reason: "changed while being restored; run the restore again".into(),
-            }
-            .into());
+        // S3 → decompress → verify, piped into chunk publishes; the meta (visibility) only once
+        // the content hashed to the manifest's digest and every chunk was acknowledged.
+        let writer = target.writer().await?;
+        let mut write = writer
+            .begin(&self.journal, name, latest.as_ref().map_or(0, |l| l.seq))
+            .await?;
+        let (mut pipe_in, mut pipe_out) = tokio::io::duplex(PIPE_BUF);
+        // Both sides run to their end (no early return on the first error): each drops its end
+        // of the pipe when done, so the other finishes too, and no chunk publish is still in
+        // flight when a failed write purges its chunks.
+        let read = async move {
+            let read = self.store.read_verified(m, &mut pipe_in).await;
+            drop(pipe_in); // EOF for the publisher, whatever the outcome
+            read
+        };
+        let publishing = &mut write;
+        let publish = async move {
+            let written = publishing.write_from(&mut pipe_out, m.size).await;
+            drop(pipe_out); // a failed publisher stops the reader (broken pipe)
+            written
+        };
+        let (read, published) = tokio::join!(read, publish);
+        if let Err(e) = read.and(published.map_err(Error::from)) {
+            write.abort(&self.journal).await;
+            return Err(e);
         }
-        let store = self.target.ensure_bucket(bucket).await?;
         let meta = ObjectMetadata {
             name: name.to_string(),
             description: m.description.clone(),
@@ -289,75 +379,65 @@ impl Restorer {
             metadata: m.metadata.clone(),
             headers: m.headers.clone(),
         };
-        let info = store.put(meta, &mut file).await.map_err(|e| Error::Nats {
-            op: "put".into(),
-            bucket: bucket.to_string(),
-            name: name.to_string(),
-            source: Box::new(e),
-        })?;
-        drop(staging);
+        let committed = write
+            .commit(
+                &self.journal,
+                meta,
+                m.size,
+                &m.digest,
+                existing.map(|e| &e.info),
+            )
+            .await?;
+        reservation.keep();
 
-        // 3. The object store hashed what it stored; it must be the ingest digest.
-        let stored = ingest_digest(self.target.name(), bucket, &info)?;
-        check_content(
-            self.target.name(),
-            bucket,
-            name,
-            m.size,
-            &m.digest,
-            info.size as u64,
-            &stored,
-        )?;
         // The restored version is the newest on the target: record it under its own sequence.
-        let written = self.target.version(bucket, name).await?;
-        match written.filter(|v| v.info.nuid == info.nuid) {
-            Some(version) => {
-                self.system
-                    .catalog
-                    .record_copy(
-                        bucket,
-                        name,
-                        &Version {
-                            size: m.size,
-                            digest: m.digest,
-                            seq: version.seq,
-                        },
-                        self.target.name(),
-                        None,
-                    )
-                    .await?;
-            }
-            None => tracing::warn!("replaced on the target right after the restore; not recorded"),
-        }
+        self.system
+            .catalog
+            .record_copy(
+                bucket,
+                name,
+                &Version {
+                    size: m.size,
+                    digest: m.digest,
+                    seq: committed.seq,
+                },
+                self.target.name(),
+                None,
+            )
+            .await?;
         metrics::restored(self.target.name());
-        tracing::info!("restored");
+        tracing::info!(nuid = %committed.info.nuid, "restored");
         Ok(Restored::Written)
     }
 
     /// Why the object `m` describes counts as deleted, if it does: `m` is a tombstone, the
-    /// catalog records a delete newer than `m`'s version, or the target's latest meta for it is
-    /// a delete marker newer than `m`'s version (sequences compare only on the tier `m` was
-    /// uploaded from).
-    async fn deleted(&self, m: &Manifest, entry: Option<&Entry>) -> Result<Option<String>, Error> {
+    /// catalog records a delete newer than `m`'s version, or the target's latest meta for it
+    /// (`latest`) is a delete marker newer than `m`'s version (sequences compare only on the tier
+    /// `m` was uploaded from).
+    fn deleted(
+        &self,
+        m: &Manifest,
+        entry: Option<&Entry>,
+        latest: Option<&StoredObject>,
+    ) -> Option<String> {
         if let Some(d) = &m.deleted {
-            return Ok(Some(format!("{} at {}", d.by, d.at)));
+            return Some(format!("{} at {}", d.by, d.at));
         }
         if let Some(e) = entry.filter(|e| e.seq > m.source_seq) {
             if let Some(d) = &e.deleted {
-                return Ok(Some(format!("deleted at {} (catalog)", d.at)));
+                return Some(format!("deleted at {} (catalog)", d.at));
             }
         }
         if m.source_tier == self.target.name() {
-            let latest = self.target.latest(&m.bucket, &m.name).await?;
             if let Some(marker) = latest.filter(|l| l.info.deleted && l.seq > m.source_seq) {
-                return Ok(Some(format!(
+                return Some(format!(
                     "deleted on {} (delete marker at sequence {})",
                     self.target.name(),
                     marker.seq
-                )));
+                ));
             }
         }
-        Ok(None)
+        None
     }
 
     /// Refuses a manifest whose digest is not the one the catalog records as verified on this
@@ -376,64 +456,6 @@ impl Restorer {
                     catalog: e.digest.to_nats(),
                 })
             }
-            _ => Ok(()),
-        }
-    }
-
-    /// Refuses an object that declares more than the target can still store (see [`room`]).
-    async fn check_room(&self, m: &Manifest) -> Result<(), Error> {
-        let (bucket, tier) = (m.bucket.as_str(), self.target.name());
-        let js = self.target.context();
-        let stream = match js.get_stream(stream_name(bucket)).await {
-            Ok(mut stream) => Some(
-                stream
-                    .info()
-                    .await
-                    .map_err(|e| {
-                        cim_tiering::Error::bucket_op("read stream info", tier, bucket, e)
-                    })?
-                    .clone(),
-            ),
-            Err(e)
-                if matches!(e.kind(), async_nats::jetstream::context::GetStreamErrorKind::JetStream(js)
-                    if js.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND) =>
-            {
-                None
-            }
-            Err(e) => {
-                return Err(cim_tiering::Error::bucket_op("open bucket", tier, bucket, e).into())
-            }
-        };
-        let account = js
-            .query_account()
-            .await
-            .map_err(|e| cim_tiering::Error::bucket_op("read account info", tier, bucket, e))?;
-        let replicas = match &stream {
-            Some(info) => info.config.num_replicas,
-            None => match self.system.config.tier(tier) {
-                Some(cim_policies::Tier::JetStream(t)) => t.replicas,
-                _ => 1,
-            },
-        };
-        let target = StreamUse {
-            name: stream_name(bucket),
-            max_bytes: stream.as_ref().map_or(-1, |i| i.config.max_bytes),
-            bytes: stream.as_ref().map_or(0, |i| i.state.bytes),
-            memory: stream
-                .as_ref()
-                .is_some_and(|i| i.config.storage == StorageType::Memory),
-            replicas: replicas.max(1),
-        };
-        let needed = stored_size_estimate(m.size);
-        match room(&target, &account) {
-            Some((room, limit)) if needed > room => Err(Error::NoRoom {
-                bucket: bucket.to_string(),
-                name: m.name.clone(),
-                tier: tier.to_string(),
-                size: m.size,
-                room,
-                limit,
-            }),
             _ => Ok(()),
         }
     }
