@@ -25,7 +25,8 @@
 //! * [`s3`] — [`s3::S3Store`]: client construction from the tier config, verified blob upload
 //!   (single or multipart), manifests, listing, verified streaming reads.
 //! * [`upload`] — the upload worker (NATS cluster → S3), built on [`s3`].
-//! * [`restore`] — the restore path (S3 → NATS), built on [`s3`].
+//! * [`restore`] — the restore path (S3 → NATS, streamed, several objects at once), built on
+//!   [`s3`] and `cim_tiering::jetstream::write`.
 //! * [`versions`] — which version is current on S3: publishing the catalog's choice, tombstones
 //!   for deletes, `delete` of objects only S3 holds.
 //! * [`gc`] — removing what deletes and overwrites leave behind, after the tier's retention.

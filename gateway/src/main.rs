@@ -75,6 +75,9 @@ enum Command {
         /// JetStream tier to write into (default: the tier that uploads to the S3 tier).
         #[arg(long)]
         to: Option<String>,
+        /// Objects restored at once with --all (default: `[restore] concurrency`, 32).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        concurrency: Option<u32>,
     },
     /// Delete an object that lives only in S3 (a tombstone manifest; the catalog records it).
     ///
@@ -193,6 +196,49 @@ fn exit_status(failed: usize, skipped: usize) -> ExitCode {
     }
 }
 
+/// Counts of a restore run, printing one line per object as its outcome arrives.
+#[derive(Default)]
+struct Summary {
+    total: usize,
+    failed: usize,
+    skipped: usize,
+}
+
+impl Summary {
+    /// Prints and counts one object's outcome. `all`: the run restores a whole bucket (a deleted
+    /// object is then reported but not counted as skipped).
+    fn report(
+        &mut self,
+        bucket: &str,
+        name: &str,
+        outcome: Result<Restored, cim_gateway::Error>,
+        all: bool,
+    ) {
+        self.total += 1;
+        match outcome {
+            Ok(Restored::Written) => println!("restored {bucket}/{name}"),
+            Ok(Restored::AlreadyPresent) => println!("present  {bucket}/{name}"),
+            Ok(Restored::Skipped(why)) => {
+                self.skipped += 1;
+                println!("skipped  {bucket}/{name}: {why}");
+            }
+            Ok(Restored::Deleted(why)) => {
+                // Asked for by name, it was not restored: say so in the status too.
+                if !all {
+                    self.skipped += 1;
+                }
+                println!(
+                    "deleted  {bucket}/{name}: {why}; not restored (--include-deleted restores it)"
+                );
+            }
+            Err(e) => {
+                self.failed += 1;
+                eprintln!("FAILED   {bucket}/{name}: {e}");
+            }
+        }
+    }
+}
+
 /// The S3 tier to use: the one named, or the only one.
 fn s3_tier_name(config: &Config, named: Option<String>) -> anyhow::Result<String> {
     if let Some(name) = named {
@@ -269,6 +315,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             include_deleted,
             from,
             to,
+            concurrency,
         } => {
             let config = cli::load_config(&config.config)?;
             let s3_name = s3_tier_name(&config, from)?;
@@ -276,6 +323,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let Some(Tier::S3(s3_config)) = config.tier(&s3_name).cloned() else {
                 bail!("{s3_name:?} is not an s3 tier");
             };
+            let concurrency = concurrency.map_or(config.restore.concurrency, |c| c as usize);
             let system = Arc::new(
                 System::connect(config, "cim-gateway restore")
                     .await
@@ -284,45 +332,46 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let store = cim_gateway::s3::S3Store::connect(&s3_config)
                 .await?
                 .with_tier_name(s3_name.as_str());
-            let restorer = Restorer::new(system, store, &target)?
+            let restorer = Restorer::new(system, store, &target)
+                .await?
                 .overwrite(overwrite)
-                .include_deleted(include_deleted);
-            let results = if all {
-                let results = restorer.restore_bucket(&bucket).await?;
-                if results.is_empty() {
+                .include_deleted(include_deleted)
+                .concurrency(concurrency);
+            // Chunks of restores that were killed: found and purged before anything else.
+            let recovered = restorer
+                .recover()
+                .await
+                .context("cleaning up after interrupted restores")?;
+            for w in &recovered.purged {
+                println!(
+                    "purged   {}/{}: chunks of an interrupted restore (tier {}, nuid {}, started {})",
+                    w.bucket, w.name, w.tier, w.nuid, w.started
+                );
+            }
+            let mut summary = Summary::default();
+            let mut report = |name: &str, outcome: Result<Restored, cim_gateway::Error>| {
+                summary.report(&bucket, name, outcome, all)
+            };
+            if all {
+                let reported = restorer.restore_bucket(&bucket, &mut report).await?;
+                if reported == 0 {
+                    restorer.close().await;
                     bail!("s3 tier {s3_name:?} holds no objects of bucket {bucket:?}");
                 }
-                results
             } else {
                 let name = name.context("--name or --all is required")?;
                 let outcome = restorer.restore(&bucket, &name).await;
-                vec![(name, outcome)]
-            };
-            let (mut failed, mut skipped) = (0, 0);
-            for (name, outcome) in &results {
-                match outcome {
-                    Ok(Restored::Written) => println!("restored {bucket}/{name}"),
-                    Ok(Restored::AlreadyPresent) => println!("present  {bucket}/{name}"),
-                    Ok(Restored::Skipped(why)) => {
-                        skipped += 1;
-                        println!("skipped  {bucket}/{name}: {why}");
-                    }
-                    Ok(Restored::Deleted(why)) => {
-                        // Asked for by name, it was not restored: say so in the status too.
-                        if !all {
-                            skipped += 1;
-                        }
-                        println!("deleted  {bucket}/{name}: {why}; not restored (--include-deleted restores it)");
-                    }
-                    Err(e) => {
-                        failed += 1;
-                        eprintln!("FAILED   {bucket}/{name}: {e}");
-                    }
-                }
+                report(&name, outcome);
             }
+            restorer.close().await;
+            let Summary {
+                total,
+                failed,
+                skipped,
+            } = summary;
             println!(
                 "{} restored or present, {failed} failed, {skipped} skipped",
-                results.len() - failed - skipped
+                total - failed - skipped
             );
             Ok(exit_status(failed, skipped))
         }

@@ -7,11 +7,10 @@ mod common;
 
 use std::time::Duration;
 
-use cim_gateway::format;
 use cim_tests::{wait_until, Topology};
 use cim_tiering::catalog::Version;
 use cim_tiering::digest::Sha256Digest;
-use common::{content, describe, gateway, Roles, Tiers};
+use common::{content, describe, gateway, plant, Roles, Tiers};
 
 /// Exit status of a restore that skipped objects but failed none (documented in `--help`).
 const EXIT_SKIPPED: i32 = 3;
@@ -149,63 +148,6 @@ async fn restore_never_replaces_a_newer_version() {
         describe(&out)
     );
     assert!(Tiers::read(&tiers.hub, "sensors", "doc").await.0 == v2);
-}
-
-/// The tier prefix of [`Topology::config_toml`]'s S3 tier.
-const PREFIX: &str = "cim/";
-
-/// Plants object `name` of NATS bucket `bucket` directly in S3, blob and format-1 manifest as an
-/// uploader writes them, after `tweak` edited the manifest's JSON; returns the manifest key.
-async fn plant(
-    topology: &Topology,
-    bucket: &str,
-    name: &str,
-    data: &[u8],
-    tweak: impl FnOnce(&mut serde_json::Value),
-) -> String {
-    let s3 = topology.s3.client().await;
-    let digest = Sha256Digest::of(data);
-    let blob = zstd::encode_all(data, 3).unwrap();
-    let blob_key = format::blob_key(PREFIX, &digest);
-    s3.put_object()
-        .bucket(&topology.s3.bucket)
-        .key(&blob_key)
-        .metadata("cim-sha256", digest.to_hex())
-        .metadata("cim-size", data.len().to_string())
-        .metadata("cim-compression", "zstd")
-        .body(blob.clone().into())
-        .send()
-        .await
-        .unwrap();
-    let mut manifest = serde_json::json!({
-        "format": 1,
-        "bucket": bucket,
-        "name": name,
-        "size": data.len(),
-        "digest": digest.to_nats(),
-        "sha256_hex": digest.to_hex(),
-        "compression": "zstd",
-        "stored_size": blob.len(),
-        "blob_key": blob_key,
-        "description": null,
-        "metadata": {},
-        "headers": null,
-        "modified": null,
-        "uploaded_at": "2026-01-01T00:00:00Z",
-        "source_tier": "hub",
-        "source_nuid": "PLANTED",
-    });
-    tweak(&mut manifest);
-    let key = format::manifest_key(PREFIX, bucket, name);
-    s3.put_object()
-        .bucket(&topology.s3.bucket)
-        .key(&key)
-        .content_type("application/json")
-        .body(serde_json::to_vec_pretty(&manifest).unwrap().into())
-        .send()
-        .await
-        .unwrap();
-    key
 }
 
 /// Messages in the hub stream of `bucket` (0 when the stream does not exist).

@@ -72,6 +72,17 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+    /// The write journal (see [`crate::jetstream::write`]) could not be read or written.
+    #[error("write journal {op} failed for key {key:?}: {source}")]
+    Journal {
+        /// What we were doing.
+        op: &'static str,
+        /// The record's key (`<writer>.<nuid>`), or the writer id.
+        key: String,
+        /// Cause.
+        #[source]
+        source: BoxError,
+    },
     /// The work queue could not be set up, published to or consumed from.
     #[error("work queue {op} failed: {source}")]
     Work {
@@ -142,6 +153,7 @@ impl Error {
             | Error::NotReady { .. }
             | Error::Catalog { .. }
             | Error::Lease { .. }
+            | Error::Journal { .. }
             | Error::Work { .. } => true,
             Error::Integrity(_) | Error::BadMeta { .. } | Error::Config(_) => false,
         }

@@ -3,7 +3,8 @@
 //! # Layout
 //! - [`digest`]: the SHA-256 digest taken at ingest, in NATS and hex forms.
 //! - [`jetstream`]: JetStream object-store tiers — listing, verified reads, sourcing a leaf
-//!   bucket into the cluster, eviction by purge (never a user-visible delete).
+//!   bucket into the cluster, eviction by purge (never a user-visible delete); `jetstream::write`
+//!   puts verified bytes as an object (pipelined chunks, meta last) with a crash-safe journal.
 //! - [`catalog`]: where verified copies live, in a KV bucket, updated by compare-and-set.
 //! - [`lease`]: leases in a KV bucket, so one worker at a time does a piece of work (an S3 blob).
 //! - [`work`]: the work-queue stream between the manager and the roles, and the worker loop.

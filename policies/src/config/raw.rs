@@ -103,6 +103,7 @@ pub(super) struct Upload {
 #[serde(deny_unknown_fields)]
 pub(super) struct Restore {
     pub staging_dir: Option<String>,
+    pub concurrency: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]

@@ -101,11 +101,23 @@ impl Default for UploadConfig {
 }
 
 /// `[restore]`.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestoreConfig {
-    /// Directory for staging downloads during restore; `None` = the system
-    /// temporary directory (as chosen by `cim-gateway restore`).
+    /// Deprecated and ignored: restore streams from S3 into NATS without
+    /// staging on disk. Still accepted so existing configurations keep
+    /// working; `cim-gateway restore` warns when it is set.
     pub staging_dir: Option<PathBuf>,
+    /// Objects restored at once, >= 1. Default 32.
+    pub concurrency: usize,
+}
+
+impl Default for RestoreConfig {
+    fn default() -> Self {
+        RestoreConfig {
+            staging_dir: None,
+            concurrency: defaults::RESTORE_CONCURRENCY,
+        }
+    }
 }
 
 /// `[catalog]`.

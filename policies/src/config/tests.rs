@@ -326,6 +326,7 @@ zstd_level = 20
 
 [restore]
 staging_dir = ""
+concurrency = 0
 
 [catalog]
 bucket = "cim catalog"
@@ -378,6 +379,7 @@ fn every_problem_is_reported() {
             "upload.multipart_threshold_mib",
             "upload.zstd_level",
             "restore.staging_dir",
+            "restore.concurrency",
             "catalog.bucket",
         ],
         "{rendered}"

@@ -390,9 +390,26 @@ pub(super) fn validate(raw: raw::Config) -> Result<Config, Vec<Problem>> {
         }
     };
 
-    let restore = c
-        .path_buf("restore.staging_dir", raw.restore.staging_dir)
-        .map(|staging_dir| RestoreConfig { staging_dir });
+    let restore = {
+        let staging_dir = c.path_buf("restore.staging_dir", raw.restore.staging_dir);
+        let concurrency = match raw.restore.concurrency {
+            None => Some(defaults::RESTORE_CONCURRENCY),
+            Some(n) => match usize::try_from(n) {
+                Ok(n) if n >= 1 => Some(n),
+                _ => {
+                    c.problem("restore.concurrency", format!("{n} must be at least 1"));
+                    None
+                }
+            },
+        };
+        match (staging_dir, concurrency) {
+            (Some(staging_dir), Some(concurrency)) => Some(RestoreConfig {
+                staging_dir,
+                concurrency,
+            }),
+            _ => None,
+        }
+    };
 
     let catalog = match raw.catalog.bucket {
         None => Some(CatalogConfig::default()),

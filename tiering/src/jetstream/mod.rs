@@ -33,6 +33,7 @@ use crate::digest::{Hasher, Sha256Digest};
 use crate::error::{Error, IntegrityFailure};
 
 pub mod direct;
+pub mod write;
 
 /// Connects to NATS at `url` (a comma-separated list is fine), with an optional credentials file.
 pub async fn connect(
@@ -591,7 +592,7 @@ pub fn bucket_stream_config(
 }
 
 /// True for objects the system moves: not deleted, not links.
-fn is_live(info: &ObjectInfo) -> bool {
+pub fn is_live(info: &ObjectInfo) -> bool {
     !info.deleted
         && info
             .options

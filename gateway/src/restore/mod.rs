@@ -1,0 +1,490 @@
+//! Restore (`cim-gateway restore`): S3 → a JetStream tier.
+//!
+//! Each object streams from S3 through the zstd decoder and SHA-256 (the S3 read's checks:
+//! stored size, declared size, digest) into chunk publishes on the target
+//! ([`cim_tiering::jetstream::write`]); its meta — what makes it visible — is published only once
+//! the content hashed to the manifest's digest and every chunk was acknowledged. A corrupted S3
+//! copy is refused with an error naming the object, its chunks are purged, and it never replaces
+//! anything. The restored version is recorded in the catalog under its meta's sequence.
+//!
+//! Nothing is staged on disk; memory is bounded per object in flight (the chunk ack window, the
+//! zstd window, a small pipe) and by `[restore] concurrency` objects at once. Writes are
+//! journaled before their first chunk, so a restore killed mid-object leaves no visible object
+//! and [`Restorer::recover`] (run first by every restore) purges its chunks once its writer's
+//! lease has expired.
+//!
+//! # Layout
+//!
+//! * this file — [`Restorer`]: the decisions (deleted? present? newer version? catalog
+//!   disagrees?), the per-object pipeline, `--all` as a concurrent pipeline over the listing.
+//! * `target.rs` — what is looked up once per target bucket, and the room reservation.
+//! * `room.rs` — how much a target stream can still store (pure).
+//!
+//! # Restore never replaces a newer version
+//!
+//! The S3 copy of an object may be older than the version the target holds: v1 archived, the
+//! uploader stopped, v2 written and moved up to the cluster. Restoring v1 over v2 would lose v2 if
+//! the cluster held its only copy. So an object whose target holds a *different* version is
+//! skipped ([`Restored::Skipped`]) unless [`Restorer::overwrite`] is set, and even then it is
+//! replaced only when the catalog records a verified copy of exactly that version on another
+//! tier; otherwise [`Error::WouldLoseVersion`] refuses it, naming the object.
+//!
+//! # Restore never resurrects
+//!
+//! A deleted object stays deleted: a tombstone manifest, a catalog entry recording a delete
+//! newer than the manifest, or a delete marker on the target newer than the manifest's version
+//! makes the object [`Restored::Deleted`] — reported, nothing written. [`Restorer::include_deleted`]
+//! (`--include-deleted`) restores the last version the S3 tier held before the delete instead,
+//! while its blob is still kept (see `docs/s3-format.md`, retention).
+//!
+//! # Manifests are untrusted input
+//!
+//! Before anything is read or written: a manifest whose digest disagrees with the catalog's
+//! record of the copy on that S3 tier is refused ([`Error::CatalogDisagrees`]); an object that
+//! declares more bytes than the target can still store — the stream's `max_bytes` and the
+//! account's JetStream storage limits, whichever is tightest — is refused ([`Error::NoRoom`]), so
+//! a decompression bomb fills nothing. The S3 read itself checks the blob's length against the
+//! manifest's `stored_size` and never passes on more than the declared size.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use async_nats::jetstream::object_store::ObjectMetadata;
+use cim_tiering::catalog::{Entry, Version};
+use cim_tiering::digest::Sha256Digest;
+use cim_tiering::jetstream::write::{Recovered, WriteJournal};
+use cim_tiering::jetstream::{ingest_digest, is_live, JetStreamTier, StoredObject};
+use cim_tiering::lease::Leases;
+use cim_tiering::{metrics, System};
+use futures::StreamExt;
+use tracing::Instrument;
+
+use crate::format::{decode_manifest_key, manifest_key, manifest_prefix, Manifest};
+use crate::s3::S3Store;
+use crate::Error;
+
+mod room;
+mod target;
+use target::TargetBucket;
+
+/// What happened to one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Restored {
+    /// Written into the target tier.
+    Written,
+    /// The target already held this exact version.
+    AlreadyPresent,
+    /// Left as it is, nothing written; the operator should look (see [`Skip`]).
+    Skipped(Skip),
+    /// Deleted by a user: not restored (see the module docs); says when and by whom, if known.
+    Deleted(String),
+}
+
+/// Why an object was not restored although nothing failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Skip {
+    /// The target holds another version than the S3 copy; it is kept (`--overwrite` replaces it
+    /// when another tier holds a verified copy of it).
+    TargetHoldsOtherVersion {
+        /// The target tier.
+        tier: String,
+        /// Ingest digest of the version the target holds.
+        held: Sha256Digest,
+        /// Digest of the S3 copy.
+        s3: Sha256Digest,
+    },
+    /// The manifest has a format this version cannot read; left for a newer version.
+    UnsupportedFormat {
+        /// The manifest's key.
+        key: String,
+        /// The format it declares.
+        format: u64,
+    },
+}
+
+impl Skip {
+    /// The skip a manifest read error stands for, if it is one ([`Error::UnsupportedFormat`]).
+    fn of(error: &Error) -> Option<Skip> {
+        match error {
+            Error::UnsupportedFormat { key, format } => Some(Skip::UnsupportedFormat {
+                key: key.clone(),
+                format: *format,
+            }),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Skip {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Skip::TargetHoldsOtherVersion { tier, held, s3 } => write!(
+                f,
+                "tier {tier} holds another version ({held}) than s3 ({s3}); kept it \
+                 (--overwrite replaces it if another tier holds a verified copy)"
+            ),
+            Skip::UnsupportedFormat { key, format } => write!(
+                f,
+                "manifest {key} has format {format}, which this version cannot read (it reads \
+                 {}..={}); left for a newer cim-gateway",
+                crate::format::READABLE_FORMATS.start(),
+                crate::format::READABLE_FORMATS.end()
+            ),
+        }
+    }
+}
+
+/// Restores objects from one S3 tier into one JetStream tier.
+pub struct Restorer {
+    system: Arc<System>,
+    store: S3Store,
+    target: JetStreamTier,
+    journal: WriteJournal,
+    overwrite: bool,
+    include_deleted: bool,
+    concurrency: usize,
+    /// What does not change per object, looked up once per bucket (see [`TargetBucket`]).
+    buckets: tokio::sync::Mutex<HashMap<String, Arc<TargetBucket>>>,
+}
+
+/// Bytes the pipe between the S3 read and the chunk publisher holds: two chunks, so the reader
+/// decompresses the next chunk while the previous one is published.
+const PIPE_BUF: usize = 2 * 128 * 1024;
+
+impl Restorer {
+    /// A restorer from `store` into the JetStream tier named `target`. Opens the write journal
+    /// (and this process's writer lease); call [`Restorer::recover`] to clean up after restores
+    /// that were killed.
+    pub async fn new(system: Arc<System>, store: S3Store, target: &str) -> Result<Self, Error> {
+        let target = system.jetstream_tier(target)?.clone();
+        if let Some(dir) = &system.config.restore.staging_dir {
+            tracing::warn!(
+                staging_dir = %dir.display(),
+                "[restore] staging_dir is deprecated and ignored: restore streams from s3 into \
+                 nats without staging on disk"
+            );
+        }
+        let leases = Leases::open(system.control(), system.config.nats.replicas).await?;
+        let journal = WriteJournal::open(
+            system.control(),
+            system.config.nats.replicas,
+            leases,
+            &format!("cim-gateway restore (pid {})", std::process::id()),
+        )
+        .await?;
+        let concurrency = system.config.restore.concurrency.max(1);
+        Ok(Self {
+            system,
+            store,
+            target,
+            journal,
+            overwrite: false,
+            include_deleted: false,
+            concurrency,
+            buckets: Default::default(),
+        })
+    }
+
+    /// Whether a target version different from the S3 copy may be replaced (`--overwrite`);
+    /// even then only when another tier holds a verified copy of it (see the module docs).
+    pub fn overwrite(mut self, overwrite: bool) -> Self {
+        self.overwrite = overwrite;
+        self
+    }
+
+    /// Whether deleted objects are restored too (`--include-deleted`): the last version the S3
+    /// tier held before the delete, while its blob is kept.
+    pub fn include_deleted(mut self, include_deleted: bool) -> Self {
+        self.include_deleted = include_deleted;
+        self
+    }
+
+    /// Objects restored at once by [`Restorer::restore_bucket`] (default `[restore]
+    /// concurrency`; at least 1).
+    pub fn concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency.max(1);
+        self
+    }
+
+    /// The S3 store read from.
+    pub fn store(&self) -> &S3Store {
+        &self.store
+    }
+
+    /// Cleans up after restores that were killed: purges the chunks their journal records name
+    /// when their writer is dead (see `cim_tiering::jetstream::write`); restores running in
+    /// other processes are left alone.
+    pub async fn recover(&self) -> Result<Recovered, Error> {
+        let system = self.system.clone();
+        Ok(self
+            .journal
+            .recover(|tier| system.jetstream_tier(tier).ok().cloned())
+            .await?)
+    }
+
+    /// Releases this process's writer lease at once (it would expire by itself otherwise).
+    pub async fn close(self) {
+        self.journal.close().await;
+    }
+
+    /// Restores one object by bucket and name.
+    pub async fn restore(&self, bucket: &str, name: &str) -> Result<Restored, Error> {
+        let manifest = match self.store.get_manifest(bucket, name).await {
+            Ok(Some(manifest)) => manifest,
+            Ok(None) => {
+                return Err(Error::NotInS3 {
+                    bucket: bucket.to_string(),
+                    name: name.to_string(),
+                    tier: self.store.tier_name().to_string(),
+                })
+            }
+            Err(e) => return Skip::of(&e).map(Restored::Skipped).ok_or(e),
+        };
+        self.restore_manifest(&manifest).await
+    }
+
+    /// Restores every object of a bucket, [`Restorer::concurrency`] at a time, calling `report`
+    /// with each object's outcome as it finishes; failures do not stop the rest. Returns how
+    /// many objects were reported.
+    ///
+    /// A pipeline: the manifest keys are listed, then each object's manifest is fetched and the
+    /// object restored by the same task, so restoring starts with the first manifest, not after
+    /// the last. A manifest of a format this version cannot read is skipped
+    /// ([`Skip::UnsupportedFormat`]); one deleted since the listing is left out.
+    pub async fn restore_bucket(
+        &self,
+        bucket: &str,
+        mut report: impl FnMut(&str, Result<Restored, Error>),
+    ) -> Result<usize, Error> {
+        let prefix = manifest_prefix(self.store.prefix(), Some(bucket));
+        let keys = self.store.list_keys(&prefix).await?;
+        let names = keys.into_iter().filter_map(|listed| {
+            match decode_manifest_key(self.store.prefix(), &listed.key) {
+                Some((b, name)) if b == bucket => Some(name),
+                _ => {
+                    tracing::warn!(key = %listed.key, "skipping key that is not a manifest");
+                    None
+                }
+            }
+        });
+        let mut outcomes = futures::stream::iter(names)
+            .map(|name| async move {
+                let outcome = match self.store.get_manifest(bucket, &name).await {
+                    Ok(Some(manifest)) => Some(self.restore_manifest(&manifest).await),
+                    Ok(None) => None, // deleted since listed
+                    Err(e) => Some(match Skip::of(&e) {
+                        Some(skip) => {
+                            tracing::warn!(bucket, name, %skip, "skipped");
+                            Ok(Restored::Skipped(skip))
+                        }
+                        None => Err(e),
+                    }),
+                };
+                (name, outcome)
+            })
+            .buffer_unordered(self.concurrency);
+        let mut reported = 0;
+        while let Some((name, outcome)) = outcomes.next().await {
+            if let Some(outcome) = outcome {
+                report(&name, outcome);
+                reported += 1;
+            }
+        }
+        Ok(reported)
+    }
+
+    /// Restores the object a manifest describes.
+    pub async fn restore_manifest(&self, manifest: &Manifest) -> Result<Restored, Error> {
+        let span = tracing::info_span!("restore", bucket = %manifest.bucket, object = %manifest.name, to = %self.target.name(), size = manifest.size);
+        self.restore_inner(manifest).instrument(span).await
+    }
+
+    /// The target bucket's per-bucket state, looked up on first use.
+    async fn target_bucket(&self, bucket: &str) -> Result<Arc<TargetBucket>, Error> {
+        let mut buckets = self.buckets.lock().await;
+        if let Some(found) = buckets.get(bucket) {
+            return Ok(found.clone());
+        }
+        let opened = Arc::new(TargetBucket::open(&self.system, &self.target, bucket).await?);
+        buckets.insert(bucket.to_string(), opened.clone());
+        Ok(opened)
+    }
+
+    async fn restore_inner(&self, m: &Manifest) -> Result<Restored, Error> {
+        let (bucket, name) = (m.bucket.as_str(), m.name.as_str());
+        let entry = self.system.catalog.get(bucket, name).await?;
+        let target = self.target_bucket(bucket).await?;
+        // The object's latest meta on the target, live or a delete marker: what this restore
+        // decides on, and what its commit requires to be unchanged.
+        let latest = target.latest(name).await?;
+        if !self.include_deleted {
+            if let Some(why) = self.deleted(m, entry.as_ref(), latest.as_ref()) {
+                tracing::info!(why, "deleted; not restored");
+                return Ok(Restored::Deleted(why));
+            }
+        }
+        self.check_against_catalog(m, entry.as_ref())?;
+        let existing = latest.as_ref().filter(|l| is_live(&l.info));
+        if let Some(existing) = existing {
+            let held = ingest_digest(self.target.name(), bucket, &existing.info)?;
+            if held == m.digest {
+                tracing::info!("already present with the same digest");
+                return Ok(Restored::AlreadyPresent);
+            }
+            if !self.overwrite {
+                let skip = Skip::TargetHoldsOtherVersion {
+                    tier: self.target.name().to_string(),
+                    held,
+                    s3: m.digest,
+                };
+                tracing::warn!(%skip, "skipped");
+                return Ok(Restored::Skipped(skip));
+            }
+            self.check_replaceable(bucket, name, &held, entry.as_ref())?;
+        }
+        let reservation = target.reserve(m)?;
+
+        // S3 → decompress → verify, piped into chunk publishes; the meta (visibility) only once
+        // the content hashed to the manifest's digest and every chunk was acknowledged.
+        let writer = target.writer().await?;
+        let mut write = writer
+            .begin(&self.journal, name, latest.as_ref().map_or(0, |l| l.seq))
+            .await?;
+        let (mut pipe_in, mut pipe_out) = tokio::io::duplex(PIPE_BUF);
+        // Both sides run to their end (no early return on the first error): each drops its end
+        // of the pipe when done, so the other finishes too, and no chunk publish is still in
+        // flight when a failed write purges its chunks.
+        let read = async move {
+            let read = self.store.read_verified(m, &mut pipe_in).await;
+            drop(pipe_in); // EOF for the publisher, whatever the outcome
+            read
+        };
+        let publishing = &mut write;
+        let publish = async move {
+            let written = publishing.write_from(&mut pipe_out, m.size).await;
+            drop(pipe_out); // a failed publisher stops the reader (broken pipe)
+            written
+        };
+        let (read, published) = tokio::join!(read, publish);
+        if let Err(e) = read.and(published.map_err(Error::from)) {
+            write.abort(&self.journal).await;
+            return Err(e);
+        }
+        let meta = ObjectMetadata {
+            name: name.to_string(),
+            description: m.description.clone(),
+            chunk_size: None,
+            metadata: m.metadata.clone(),
+            headers: m.headers.clone(),
+        };
+        let committed = write
+            .commit(
+                &self.journal,
+                meta,
+                m.size,
+                &m.digest,
+                existing.map(|e| &e.info),
+            )
+            .await?;
+        reservation.keep();
+
+        // The restored version is the newest on the target: record it under its own sequence.
+        self.system
+            .catalog
+            .record_copy(
+                bucket,
+                name,
+                &Version {
+                    size: m.size,
+                    digest: m.digest,
+                    seq: committed.seq,
+                },
+                self.target.name(),
+                None,
+            )
+            .await?;
+        metrics::restored(self.target.name());
+        tracing::info!(nuid = %committed.info.nuid, "restored");
+        Ok(Restored::Written)
+    }
+
+    /// Why the object `m` describes counts as deleted, if it does: `m` is a tombstone, the
+    /// catalog records a delete newer than `m`'s version, or the target's latest meta for it
+    /// (`latest`) is a delete marker newer than `m`'s version (sequences compare only on the tier
+    /// `m` was uploaded from).
+    fn deleted(
+        &self,
+        m: &Manifest,
+        entry: Option<&Entry>,
+        latest: Option<&StoredObject>,
+    ) -> Option<String> {
+        if let Some(d) = &m.deleted {
+            return Some(format!("{} at {}", d.by, d.at));
+        }
+        if let Some(e) = entry.filter(|e| e.seq > m.source_seq) {
+            if let Some(d) = &e.deleted {
+                return Some(format!("deleted at {} (catalog)", d.at));
+            }
+        }
+        if m.source_tier == self.target.name() {
+            if let Some(marker) = latest.filter(|l| l.info.deleted && l.seq > m.source_seq) {
+                return Some(format!(
+                    "deleted on {} (delete marker at sequence {})",
+                    self.target.name(),
+                    marker.seq
+                ));
+            }
+        }
+        None
+    }
+
+    /// Refuses a manifest whose digest is not the one the catalog records as verified on this
+    /// S3 tier. Where the catalog does not place the object on this tier (never uploaded by this
+    /// system, or the catalog was lost) there is nothing to compare with.
+    fn check_against_catalog(&self, m: &Manifest, entry: Option<&Entry>) -> Result<(), Error> {
+        let tier = self.store.tier_name();
+        match entry {
+            Some(e) if e.locations.contains_key(tier) && e.digest != m.digest => {
+                Err(Error::CatalogDisagrees {
+                    key: manifest_key(self.store.prefix(), &m.bucket, &m.name),
+                    bucket: m.bucket.clone(),
+                    name: m.name.clone(),
+                    tier: tier.to_string(),
+                    manifest: m.digest.to_nats(),
+                    catalog: e.digest.to_nats(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Refuses to replace the target's version `held` unless the catalog records a verified copy
+    /// of exactly that version on another tier (so `--overwrite` can never lose a version).
+    fn check_replaceable(
+        &self,
+        bucket: &str,
+        name: &str,
+        held: &Sha256Digest,
+        entry: Option<&Entry>,
+    ) -> Result<(), Error> {
+        let elsewhere = entry.and_then(|e| {
+            (&e.digest == held)
+                .then(|| e.locations.keys().find(|t| *t != self.target.name()))
+                .flatten()
+        });
+        match elsewhere {
+            Some(tier) => {
+                tracing::info!(held = %held, verified_on = %tier, "overwriting: the target's version is verified elsewhere");
+                Ok(())
+            }
+            None => Err(Error::WouldLoseVersion {
+                bucket: bucket.to_string(),
+                name: name.to_string(),
+                tier: self.target.name().to_string(),
+                digest: held.to_nats(),
+            }),
+        }
+    }
+}
