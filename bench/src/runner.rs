@@ -73,7 +73,8 @@ impl Scenario {
             Scenario::RawS3 => &["raw-s3 put", "raw-s3 get"],
             Scenario::RawNats => &["raw-nats put", "raw-nats get"],
             Scenario::Peer => &["peer upload", "peer download"],
-            Scenario::PolicyEval => &["policy-eval"],
+            // The steady pass keeps the row name target 6 is read from.
+            Scenario::PolicyEval => &["policy-eval-scan", "policy-eval", "policy-eval-new"],
         }
     }
 }
@@ -585,7 +586,7 @@ async fn external(
             .map(|(put, get)| vec![put, get]),
         Scenario::PolicyEval => policy_eval::run(env, policy_objects)
             .await
-            .map(|run| vec![run]),
+            .map(|p| vec![p.first_scan, p.steady, p.with_new]),
         other => Err(anyhow::anyhow!(
             "scenario {other:?} is not run by another module"
         )),

@@ -10,7 +10,7 @@
 //! object any more, and the entry keeps the delete's sequence, so a copy of an older version
 //! finishing late is refused like any older version (see [`Catalog::record_deletion`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use async_nats::jetstream::{self, kv};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::Sha256Digest;
 use crate::error::{BoxError, Error};
+use crate::jetstream::direct::{DirectGet, DirectMessage, MAX_BATCH};
 
 /// Where one verified copy lives.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,6 +151,9 @@ fn entry_for(current: Option<Entry>, bucket: &str, name: &str, version: &Version
 #[derive(Clone)]
 pub struct Catalog {
     kv: kv::Store,
+    /// Batched reads of the KV stream, for [`Catalog::follow`]; `None` when the catalog is
+    /// reached through a JetStream domain prefix, whose name the KV handle does not tell.
+    direct: Option<DirectGet>,
 }
 
 fn now() -> String {
@@ -188,7 +192,46 @@ impl Catalog {
                 .await
                 .map_err(|e| err(Box::new(e)))?,
         };
-        Ok(Self { kv })
+        let direct = (!kv.use_jetstream_prefix).then(|| {
+            DirectGet::with_api_prefix(js.client(), "$JS.API", &kv.stream_name, "catalog", bucket)
+        });
+        Ok(Self { kv, direct })
+    }
+
+    /// Brings `index` up to date: reads every catalog change written after its cursor (with
+    /// batched direct gets on the KV stream, in sequence order; the first call reads the whole
+    /// catalog), instead of one KV get per object. Returns how many messages it read.
+    ///
+    /// Deletes and purges of keys write a marker, which the walk sees; older revisions that
+    /// the KV history drops no longer matter once a newer one was read. So the index lags the
+    /// catalog by at most the time since the last call. It is in memory only: a restarted
+    /// manager reads the catalog once in full.
+    pub async fn follow(&self, index: &mut CatalogIndex) -> Result<u64, Error> {
+        let direct = self.direct.as_ref().ok_or_else(|| Error::Catalog {
+            op: "follow",
+            key: "*".into(),
+            source: "bulk reads need the catalog on the default JetStream API prefix".into(),
+        })?;
+        let filter = format!("{}>", self.kv.prefix);
+        let mut read = 0;
+        loop {
+            let mut batch = direct
+                .next_by_subject(&filter, index.cursor + 1, MAX_BATCH)
+                .await?;
+            let mut got = 0u64;
+            while let Some(message) = batch.next().await? {
+                index.cursor = index.cursor.max(message.seq);
+                index.take(&self.kv.prefix, &message);
+                got += 1;
+            }
+            read += got;
+            let done = batch
+                .num_pending()
+                .map_or(got < MAX_BATCH as u64, |pending| pending == 0);
+            if got == 0 || done {
+                return Ok(read);
+            }
+        }
     }
 
     /// The entry of an object, if any.
@@ -419,6 +462,157 @@ impl Catalog {
     }
 }
 
+/// What the manager needs to know of the catalog, for every object, without a KV get per
+/// object: kept up to date by [`Catalog::follow`]. About 150 bytes per object (the key, the
+/// digest, and the tiers as bits of a table of tier names).
+#[derive(Debug, Default)]
+pub struct CatalogIndex {
+    cursor: u64,
+    /// Tier names; a tier's position is its bit in [`Summary`]'s sets (at most 64 tiers are
+    /// told apart, which is far more than a deployment has).
+    tiers: Vec<String>,
+    entries: HashMap<Box<str>, Summary>,
+}
+
+/// One catalog entry, reduced to what the manager decides on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Summary {
+    seq: u64,
+    digest: Sha256Digest,
+    /// Tiers holding a verified copy (bits of [`CatalogIndex::tiers`]).
+    locations: u64,
+    /// For a tombstone: tiers the delete reached.
+    reached: u64,
+    damaged: bool,
+    deleted: bool,
+}
+
+impl CatalogIndex {
+    /// An empty index; the first [`Catalog::follow`] reads the whole catalog.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Entries indexed.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no entry is indexed.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn summary(&self, bucket: &str, name: &str) -> Option<&Summary> {
+        self.entries.get(key(bucket, name).as_str())
+    }
+
+    fn bits(&self, tier: &str) -> u64 {
+        self.tiers
+            .iter()
+            .position(|t| t == tier)
+            .filter(|i| *i < 64)
+            .map_or(0, |i| 1 << i)
+    }
+
+    /// Like [`Entry::has`]: `tier` holds a verified copy of exactly `digest`.
+    pub fn has(&self, bucket: &str, name: &str, tier: &str, digest: &Sha256Digest) -> bool {
+        self.summary(bucket, name).is_some_and(|s| {
+            !s.deleted && &s.digest == digest && s.locations & self.bits(tier) != 0
+        })
+    }
+
+    /// Like [`Entry::is_damaged`].
+    pub fn is_damaged(&self, bucket: &str, name: &str, digest: &Sha256Digest) -> bool {
+        self.summary(bucket, name)
+            .is_some_and(|s| &s.digest == digest && s.damaged)
+    }
+
+    /// Whether a verified copy of `digest` is recorded on some tier not in `except`.
+    pub fn verified_elsewhere(
+        &self,
+        bucket: &str,
+        name: &str,
+        digest: &Sha256Digest,
+        except: &[&str],
+    ) -> bool {
+        let excluded = except.iter().fold(0, |bits, tier| bits | self.bits(tier));
+        self.summary(bucket, name)
+            .is_some_and(|s| !s.deleted && &s.digest == digest && s.locations & !excluded != 0)
+    }
+
+    /// Whether the user delete with marker sequence `seq` still has to reach `tier`: the
+    /// catalog has an entry (something was copied somewhere), records no newer version, and
+    /// this delete (or a later one) has not reached `tier`.
+    pub fn deletion_pending(&self, bucket: &str, name: &str, seq: u64, tier: &str) -> bool {
+        self.summary(bucket, name).is_some_and(|s| {
+            let reached = s.seq >= seq && s.deleted && s.reached & self.bits(tier) != 0;
+            s.seq <= seq && !reached
+        })
+    }
+
+    fn bit(&mut self, tier: &str) -> u64 {
+        let i = match self.tiers.iter().position(|t| t == tier) {
+            Some(i) => i,
+            None => {
+                self.tiers.push(tier.to_string());
+                self.tiers.len() - 1
+            }
+        };
+        if i < 64 {
+            1 << i
+        } else {
+            0
+        }
+    }
+
+    /// Takes one KV message in: a put replaces the key's summary, a delete or purge drops it.
+    fn take(&mut self, prefix: &str, message: &DirectMessage) {
+        let Some(key) = message.subject.strip_prefix(prefix) else {
+            return;
+        };
+        let operation = message
+            .headers
+            .get("KV-Operation")
+            .map(|v| v.as_str().to_string());
+        if matches!(operation.as_deref(), Some("DEL") | Some("PURGE")) {
+            self.entries.remove(key);
+            return;
+        }
+        let entry: Entry = match serde_json::from_slice(&message.payload) {
+            Ok(entry) => entry,
+            Err(e) => {
+                // As `Catalog::get` would fail on it: nothing is known of this object.
+                tracing::warn!(key, error = %e, "catalog entry does not decode");
+                self.entries.remove(key);
+                return;
+            }
+        };
+        let mut locations = 0;
+        for tier in entry.locations.keys() {
+            locations |= self.bit(tier);
+        }
+        let mut reached = 0;
+        for tier in entry.deleted.iter().flat_map(|d| d.reached.iter()) {
+            reached |= self.bit(tier);
+        }
+        let summary = Summary {
+            seq: entry.seq,
+            digest: entry.digest,
+            locations,
+            reached,
+            damaged: entry.damaged.is_some(),
+            deleted: entry.deleted.is_some(),
+        };
+        match self.entries.get_mut(key) {
+            Some(slot) => *slot = summary,
+            None => {
+                self.entries.insert(key.into(), summary);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -464,6 +658,74 @@ mod tests {
             (again.seq, again.deleted, again.locations.len()),
             (26, None, 0)
         );
+    }
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn the_index_keeps_what_the_manager_decides_on_and_follows_deletes() {
+        let digest = Sha256Digest::of(b"x");
+        let message = |seq, entry: Option<&Entry>| {
+            let mut headers = async_nats::HeaderMap::new();
+            if entry.is_none() {
+                headers.insert("KV-Operation", "DEL");
+            }
+            DirectMessage {
+                subject: format!("$KV.cat.{}", key("b", "n")),
+                seq,
+                time: time::OffsetDateTime::UNIX_EPOCH,
+                headers,
+                payload: entry
+                    .map(|e| serde_json::to_vec(e).unwrap())
+                    .unwrap_or_default()
+                    .into(),
+            }
+        };
+        let mut entry = Entry::fresh(
+            "b",
+            "n",
+            &Version {
+                size: 1,
+                digest,
+                seq: 7,
+            },
+        );
+        entry.locations.insert(
+            "hub".into(),
+            Location {
+                verified_at: now(),
+                locator: None,
+            },
+        );
+        let mut index = CatalogIndex::new();
+        index.take("$KV.cat.", &message(1, Some(&entry)));
+        assert!(index.has("b", "n", "hub", &digest));
+        assert!(!index.has("b", "n", "s3", &digest));
+        assert!(!index.has("b", "n", "hub", &Sha256Digest::of(b"y")));
+        assert!(index.verified_elsewhere("b", "n", &digest, &["leaf"]));
+        assert!(!index.verified_elsewhere("b", "n", &digest, &["leaf", "hub"]));
+        assert!(
+            index.deletion_pending("b", "n", 9, "s3"),
+            "a delete after 7"
+        );
+        assert!(
+            !index.deletion_pending("b", "n", 5, "s3"),
+            "a delete before 7"
+        );
+        assert!(
+            !index.deletion_pending("b", "other", 9, "s3"),
+            "never copied"
+        );
+        entry.seq = 9;
+        entry.locations.clear();
+        entry.deleted = Some(Deletion {
+            at: now(),
+            reached: BTreeSet::from(["s3".to_string()]),
+        });
+        index.take("$KV.cat.", &message(2, Some(&entry)));
+        assert!(!index.deletion_pending("b", "n", 9, "s3"), "reached");
+        assert!(index.deletion_pending("b", "n", 9, "s3b"), "not reached");
+        index.take("$KV.cat.", &message(3, None));
+        assert!(index.is_empty());
     }
 
     #[test]

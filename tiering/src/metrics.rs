@@ -31,6 +31,8 @@ pub const MANAGER_DISPATCHED: &str = "cim_manager_dispatched_total";
 pub const MANAGER_SKIPPED: &str = "cim_manager_skipped_total";
 /// Completed manager evaluation passes.
 pub const MANAGER_PASSES: &str = "cim_manager_passes_total";
+/// How long the manager's last completed pass took, in seconds.
+pub const MANAGER_PASS_SECONDS: &str = "cim_manager_pass_seconds";
 /// Work items queued or in flight, by role.
 pub const WORK_BACKLOG: &str = "cim_work_backlog_items";
 /// Work items handled, by role and outcome (done, retry, failed, invalid).
@@ -91,6 +93,10 @@ fn describe() {
         "tiers, buckets or objects a manager pass passed over, by policy and reason"
     );
     describe_counter!(MANAGER_PASSES, "completed manager evaluation passes");
+    describe_gauge!(
+        MANAGER_PASS_SECONDS,
+        "seconds the last completed manager pass took"
+    );
     describe_gauge!(WORK_BACKLOG, "work items queued or in flight, by role");
     describe_counter!(WORK_ITEMS, "work items handled, by role and outcome");
     describe_counter!(RESTORED_OBJECTS, "objects restored from s3");
@@ -154,8 +160,10 @@ pub fn dispatched(role: Role) {
     counter!(MANAGER_DISPATCHED, "role" => role.as_str()).increment(1);
 }
 
-/// A manager pass completed.
-pub fn manager_pass() {
+/// A manager pass completed after `took`. The duration is set before the pass is counted, so
+/// whoever sees the count go up reads that pass's duration.
+pub fn manager_pass(took: std::time::Duration) {
+    gauge!(MANAGER_PASS_SECONDS).set(took.as_secs_f64());
     counter!(MANAGER_PASSES).increment(1);
 }
 

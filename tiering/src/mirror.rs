@@ -68,9 +68,19 @@ impl MirrorHandler {
         let catalog = &self.system.catalog;
         match hub.version(bucket, name).await? {
             Some(hub_version) => {
-                // The cluster copy must be this version, read back in full against the ingest digest.
-                self.verify_cluster_copy(job, &leaf_info, &hub_version.info, &digest, progress)
-                    .await?;
+                // The cluster copy must be this version, read back in full against the ingest
+                // digest — once: when the catalog already records this very version (same hub
+                // sequence, same digest) as verified on the cluster, a redelivered or re-queued
+                // item goes straight to eviction instead of reading the copy again.
+                let verified = catalog.get(bucket, name).await?.is_some_and(|entry| {
+                    entry.seq == hub_version.seq && entry.has(hub.name(), &digest)
+                });
+                if verified && hub_version.info.nuid == leaf_info.nuid {
+                    tracing::debug!("cluster copy already verified; eviction only");
+                } else {
+                    self.verify_cluster_copy(job, &leaf_info, &hub_version.info, &digest, progress)
+                        .await?;
+                }
                 // Versions are ordered by the hub's sequence of their meta message.
                 let version = Version {
                     size,

@@ -3,23 +3,28 @@
 //!
 //! The bench fills a hub bucket (3 replicas, like our hub tier) with meta messages only: each
 //! names a chunk subject that holds nothing (size 0, a digest), which is all a pass reads (the
-//! bucket's meta subjects from stream info, then each subject's last message; see
-//! `cim_tiering::jetstream::JetStreamTier::list_objects`). Then it runs the real manager
-//! (`cim-storage run`) with one hub → s3 `copy` policy whose `after` (100000 days) no object
-//! reaches: every pass lists and decodes every object and queues nothing, so what is timed is
-//! the planning alone.
+//! manager walks the bucket's meta subjects with batched direct gets; see
+//! `cim_tiering::jetstream::scan`). Then it runs the real manager (`cim-storage run`) with one
+//! hub → s3 `copy` policy whose `after` (100000 days) no object reaches: every pass evaluates
+//! every object and queues nothing, so what is timed is the planning alone.
 //!
-//! Timing: the manager's first pass includes its start-up (connecting, opening the catalog and
-//! the work queue), so the *second* pass is reported: the time between the first and second
-//! increments of `cim_manager_passes_total`, minus the interval the manager sleeps between
-//! passes. `/metrics` is scraped every [`SCRAPE_EVERY`], which bounds the error. CPU is
-//! counted over the second pass (and the interval before it, when the manager idles); peak
-//! memory is the manager's high-water mark (`VmHWM`), reached in a pass.
+//! Three passes are reported (rows `policy-eval-scan`, `policy-eval`, `policy-eval-new`):
+//! - the *first scan*: the manager's first pass, which reads every meta;
+//! - a *steady* pass with nothing new (the third): what every pass costs once the bucket is
+//!   indexed — issue 8's target 6;
+//! - a pass after [`NEW_OBJECTS`] new metas were written during the interval before it.
+//!
+//! Each pass's time is the manager's own `cim_manager_pass_seconds`, read from `/metrics` (every
+//! [`SCRAPE_EVERY`]) as soon as `cim_manager_passes_total` counts it. CPU is counted from the end
+//! of the pass before (the manager idles for the interval in between); peak memory is the
+//! manager's high-water mark (`VmHWM`), which the first scan sets (the index of every object is
+//! built then).
 //!
 //! Verified: the bucket holds exactly `objects` messages before the manager starts; no pass
-//! skips anything (`cim_manager_skipped_total` stays 0) or finds anything due; and the hub
-//! servers delivered at least one message per object to the manager's connection during the
-//! timed pass, so it cannot have listed fewer objects than there are.
+//! skips anything (`cim_manager_skipped_total` stays 0) or finds anything due; the hub servers
+//! delivered at least one message per object to the manager's connection during the first
+//! pass, so it cannot have indexed fewer objects than there are, and at least one per new object
+//! during the pass after them.
 
 use std::time::{Duration, Instant};
 
@@ -49,10 +54,10 @@ const WRITE_WINDOW: usize = 1024;
 /// The name our roles give their NATS connections (`System::connect`), as `/connz` shows it.
 const MANAGER_CONNECTION: &str = "cim-storage manager";
 
-/// Fills [`BUCKET`] with `objects` metas, runs the manager over it and returns its second
-/// pass: `objects` = metas, `elapsed` = the pass, `procs` = [the manager]. The bucket is deleted
-/// afterwards.
-pub async fn run(env: &Env, objects: u64) -> anyhow::Result<Run> {
+/// Fills [`BUCKET`] with `objects` metas, runs the manager over it and returns its passes
+/// (each a [`Run`]: `objects` = metas, `elapsed` = the pass, `procs` = [the manager]). The
+/// bucket is deleted afterwards.
+pub async fn run(env: &Env, objects: u64) -> anyhow::Result<PolicyEval> {
     let js = jetstream::with_domain(env.topology.hub.connect().await?, cim_tests::HUB_DOMAIN);
     let _ = js.delete_stream(stream_name(BUCKET)).await;
     js.create_stream(bucket_stream_config(BUCKET, HUB_REPLICAS, None))
@@ -69,9 +74,9 @@ async fn fill_and_evaluate(
     env: &Env,
     js: &jetstream::Context,
     objects: u64,
-) -> anyhow::Result<Run> {
+) -> anyhow::Result<PolicyEval> {
     let started = Instant::now();
-    write_metas(env, objects).await?;
+    write_metas(env, 0, objects).await?;
     let held = js
         .get_stream(stream_name(BUCKET))
         .await?
@@ -91,8 +96,8 @@ async fn fill_and_evaluate(
     evaluate(env, objects).await
 }
 
-/// Writes `objects` metas named `meta-<n>` from [`WRITERS`] connections, pipelined.
-async fn write_metas(env: &Env, objects: u64) -> anyhow::Result<()> {
+/// Writes metas named `meta-<n>` for `n` in `from..to` from [`WRITERS`] connections, pipelined.
+async fn write_metas(env: &Env, from: u64, to: u64) -> anyhow::Result<()> {
     let mut writers = tokio::task::JoinSet::new();
     for w in 0..WRITERS {
         let client = env.topology.hub.connect().await?;
@@ -101,7 +106,7 @@ async fn write_metas(env: &Env, objects: u64) -> anyhow::Result<()> {
         writers.spawn(async move {
             let empty = Sha256Digest::of(b"");
             let mut acks = std::collections::VecDeque::with_capacity(WRITE_WINDOW);
-            for i in (w..objects).step_by(WRITERS as usize) {
+            for i in (from + w..to).step_by(WRITERS as usize) {
                 let name = format!("meta-{i:08}");
                 let nuid = nuid::next().to_string();
                 let payload = Bytes::from(serde_json::to_vec(&object_info(
@@ -140,40 +145,83 @@ fn policies() -> String {
     )
 }
 
-/// Starts the manager, times its second pass and stops it.
-async fn evaluate(env: &Env, objects: u64) -> anyhow::Result<Run> {
+/// What one policy-eval run measured, each a [`Run`] over the bucket's objects.
+pub struct PolicyEval {
+    /// The manager's first pass: start-up plus reading every meta (the first scan).
+    pub first_scan: Run,
+    /// A later pass with nothing new: what every pass costs once the bucket is indexed.
+    pub steady: Run,
+    /// A later pass after [`NEW_OBJECTS`] new metas were written.
+    pub with_new: Run,
+}
+
+/// Metas written between two passes for [`PolicyEval::with_new`].
+pub const NEW_OBJECTS: u64 = 100;
+
+/// Starts the manager, times its first scan and two later passes, and stops it.
+async fn evaluate(env: &Env, objects: u64) -> anyhow::Result<PolicyEval> {
     let config = env.write_config("bench-policy-eval/", &policies());
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let log = env.topology.dir().join("policy-eval-manager.log");
     let config = config.display().to_string();
+    let delivered_before = manager_deliveries(env).await?;
     let mut manager = RoleProcess::spawn_with_env(
         &cim_bin("cim-storage"),
         &["run", "--config", &config, "--metrics-listen", &listen],
         &[("RUST_LOG", "info")],
         &log,
     )?;
-    let result = time_second_pass(env, &manager, port, objects).await;
+    let result = time_passes(env, &manager, port, objects, delivered_before).await;
     let _ = manager.sigterm_and_wait(Duration::from_secs(6));
     result.with_context(|| format!("policy-eval: the manager's log is {}", log.display()))
 }
 
-async fn time_second_pass(
+async fn time_passes(
     env: &Env,
     manager: &RoleProcess,
     port: u16,
     objects: u64,
-) -> anyhow::Result<Run> {
+    delivered_before: u64,
+) -> anyhow::Result<PolicyEval> {
     let http = reqwest::Client::builder().no_proxy().build()?;
-    wait_for_passes(&http, manager, port, 1).await?;
-    let first_end = Instant::now();
     let pid = manager.pid().context("the manager is gone")?;
+    let run = |elapsed: Duration, usage| Run {
+        logical_bytes: 0,
+        stored_bytes: 0,
+        objects,
+        elapsed,
+        latencies: Vec::new(),
+        procs: vec![usage],
+    };
+
+    let watch = Watch::start("manager", pid);
+    let took = wait_for_passes(&http, manager, port, 1).await?;
+    let first_scan = run(took, watch.finish());
+    let delivered = manager_deliveries(env).await? - delivered_before;
+    anyhow::ensure!(
+        delivered >= objects,
+        "policy-eval: the manager received {delivered} messages in its first pass over {objects} objects"
+    );
+
+    // A pass with nothing new (the third: the second may still settle the first's queueing).
+    wait_for_passes(&http, manager, port, 2).await?;
+    let watch = Watch::start("manager", pid);
+    let took = wait_for_passes(&http, manager, port, 3).await?;
+    let steady = run(took, watch.finish());
+
+    // A pass after a few new objects, written while the manager sleeps between passes.
     let watch = Watch::start("manager", pid);
     let delivered_before = manager_deliveries(env).await?;
-    wait_for_passes(&http, manager, port, 2).await?;
-    let second_end = Instant::now();
-    let usage = watch.finish();
+    write_metas(env, objects, objects + NEW_OBJECTS).await?;
+    let took = wait_for_passes(&http, manager, port, 4).await?;
+    let with_new = run(took, watch.finish());
     let delivered = manager_deliveries(env).await? - delivered_before;
+    anyhow::ensure!(
+        delivered >= NEW_OBJECTS,
+        "policy-eval: the manager received {delivered} messages in a pass after {NEW_OBJECTS} new objects"
+    );
+
     let metrics = scrape(&http, port).await?;
     let skipped = metric_sum(&metrics, "cim_manager_skipped_total");
     let due = metric_sum(&metrics, "cim_manager_backlog_objects");
@@ -181,27 +229,21 @@ async fn time_second_pass(
         skipped == 0.0 && due == 0.0,
         "policy-eval: the manager skipped {skipped} and found {due} due (expected none)"
     );
-    anyhow::ensure!(
-        delivered >= objects,
-        "policy-eval: the manager received {delivered} messages in its pass over {objects} objects"
-    );
-    Ok(Run {
-        logical_bytes: 0,
-        stored_bytes: 0,
-        objects,
-        elapsed: (second_end - first_end).saturating_sub(INTERVAL),
-        latencies: Vec::new(),
-        procs: vec![usage],
+    Ok(PolicyEval {
+        first_scan,
+        steady,
+        with_new,
     })
 }
 
-/// Waits until the manager has completed `passes` passes; fails if it exits.
+/// Waits until the manager has completed `passes` passes and returns how long the last one
+/// took (its `cim_manager_pass_seconds`); fails if the manager exits.
 async fn wait_for_passes(
     http: &reqwest::Client,
     manager: &RoleProcess,
     port: u16,
     passes: u64,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Duration> {
     let deadline = Instant::now() + PASS_DEADLINE + Duration::from_secs(60);
     loop {
         if let Some(status) = manager.exit_status() {
@@ -210,12 +252,10 @@ async fn wait_for_passes(
                 cim_tests::tail_file(manager.log_path(), 20)
             );
         }
-        let done = scrape(http, port)
-            .await
-            .map(|text| metric_sum(&text, "cim_manager_passes_total"))
-            .unwrap_or(0.0);
-        if done >= passes as f64 {
-            return Ok(());
+        let text = scrape(http, port).await.unwrap_or_default();
+        if metric_sum(&text, "cim_manager_passes_total") >= passes as f64 {
+            let took = metric_sum(&text, "cim_manager_pass_seconds");
+            return Ok(Duration::from_secs_f64(took.max(0.0)));
         }
         anyhow::ensure!(
             Instant::now() < deadline,

@@ -23,7 +23,10 @@ pub const S3_RETENTION: Duration = Duration::from_secs(90 * 86_400);
 pub const METRICS_LISTEN: SocketAddr =
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)), 9464);
 /// `[manager] interval`.
-pub const MANAGER_INTERVAL: Duration = Duration::from_secs(10);
+/// One second: a pass reads only what changed since the last one (the manager follows each
+/// bucket's stream), so passes are cheap, and leaf copies are evicted within seconds of
+/// replication.
+pub const MANAGER_INTERVAL: Duration = Duration::from_secs(1);
 /// `[work] stream`.
 pub const WORK_STREAM: &str = "CIM_WORK";
 /// `[work] ack_wait`.

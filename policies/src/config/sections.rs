@@ -39,7 +39,7 @@ impl Default for MetricsConfig {
 /// `[manager]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ManagerConfig {
-    /// How often the storage manager evaluates policies (> 0). Default 10s.
+    /// How often the storage manager evaluates policies (> 0). Default 1s.
     pub interval: Duration,
 }
 

@@ -98,7 +98,7 @@ fn minimal_config_gets_defaults() {
     assert_eq!(config.nats.credentials_file, None);
     assert!(config.policies.is_empty());
     assert_eq!(config.metrics.listen.to_string(), "127.0.0.1:9464");
-    assert_eq!(config.manager.interval, Duration::from_secs(10));
+    assert_eq!(config.manager.interval, Duration::from_secs(1));
     assert_eq!(config.work.stream, "CIM_WORK");
     assert_eq!(config.work.ack_wait, Duration::from_secs(60));
     assert_eq!(config.work.max_deliver, 20);

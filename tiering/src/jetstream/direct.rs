@@ -85,9 +85,21 @@ impl DirectGet {
         tier: &str,
         bucket: &str,
     ) -> Self {
+        Self::with_api_prefix(client, &format!("$JS.{domain}.API"), stream, tier, bucket)
+    }
+
+    /// Direct gets on stream `stream` through the JetStream API at `api_prefix` (`$JS.API`
+    /// for the account's own JetStream, as the catalog's control plane uses it).
+    pub fn with_api_prefix(
+        client: async_nats::Client,
+        api_prefix: &str,
+        stream: &str,
+        tier: &str,
+        bucket: &str,
+    ) -> Self {
         DirectGet {
             client,
-            api: format!("$JS.{domain}.API.DIRECT.GET.{stream}"),
+            api: format!("{api_prefix}.DIRECT.GET.{stream}"),
             tier: tier.to_string(),
             bucket: bucket.to_string(),
         }

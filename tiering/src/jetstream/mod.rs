@@ -33,6 +33,7 @@ use crate::digest::{Hasher, Sha256Digest};
 use crate::error::{Error, IntegrityFailure};
 
 pub mod direct;
+pub mod scan;
 pub mod write;
 
 /// Connects to NATS at `url` (a comma-separated list is fine), with an optional credentials file.

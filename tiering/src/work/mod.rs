@@ -63,6 +63,9 @@ pub const SUBJECT_PREFIX: &str = "cim.work";
 /// How long the stream remembers message ids for de-duplication.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(600);
 
+/// Publish acks the manager keeps in flight while queueing many items.
+pub const PUBLISH_WINDOW: usize = 256;
+
 /// How long a stopping worker waits for its in-flight items to release themselves (nak);
 /// well inside the 5 s in which a role must exit after SIGTERM.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -152,29 +155,51 @@ impl WorkQueue {
     /// step is pending (refused by the per-subject limit), or the same item was queued within
     /// the duplicate window.
     pub async fn publish(&self, item: &WorkItem) -> Result<bool, Error> {
+        let mut results = self.publish_all(std::slice::from_ref(item)).await;
+        results.pop().unwrap_or(Ok(false))
+    }
+
+    /// Queues many items with up to [`PUBLISH_WINDOW`] acks in flight, instead of a round trip
+    /// per item; one result per item, in order, as [`WorkQueue::publish`] gives it. A failed
+    /// item does not stop the others.
+    pub async fn publish_all(&self, items: &[WorkItem]) -> Vec<Result<bool, Error>> {
+        use std::collections::VecDeque;
+        let mut results: Vec<Result<bool, Error>> = Vec::with_capacity(items.len());
+        // (index of the item, its ack) in publish order.
+        let mut in_flight = VecDeque::with_capacity(PUBLISH_WINDOW.min(items.len()));
+        for (i, item) in items.iter().enumerate() {
+            results.push(Ok(false));
+            if in_flight.len() == PUBLISH_WINDOW {
+                if let Some((j, ack)) = in_flight.pop_front() {
+                    results[j] = acked(ack).await;
+                }
+            }
+            match self.send(item).await {
+                Ok(ack) => in_flight.push_back((i, ack)),
+                Err(e) => results[i] = Err(e),
+            }
+        }
+        for (j, ack) in in_flight {
+            results[j] = acked(ack).await;
+        }
+        results
+    }
+
+    /// Publishes one item; the ack comes later.
+    async fn send(&self, item: &WorkItem) -> Result<jetstream::context::PublishAckFuture, Error> {
         let payload = encode(item).map_err(|e| Error::Work {
             op: "encode item",
             source: Box::new(e),
         })?;
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(async_nats::header::NATS_MESSAGE_ID, item.id().as_str());
-        let ack = self
-            .js
+        self.js
             .publish_with_headers(item.subject(), headers, payload.into())
             .await
             .map_err(|e| Error::Work {
                 op: "publish",
                 source: Box::new(e),
-            })?
-            .await;
-        match ack {
-            Ok(ack) => Ok(!ack.duplicate),
-            Err(e) if is_subject_full(&e) => Ok(false),
-            Err(e) => Err(Error::Work {
-                op: "publish ack",
-                source: Box::new(e),
-            }),
-        }
+            })
     }
 
     /// `role`'s durable consumer of format `version`, created or updated to today's settings.
@@ -313,6 +338,19 @@ pub fn stream_config(name: &str, replicas: usize) -> stream::Config {
         discard: stream::DiscardPolicy::New,
         discard_new_per_subject: true,
         ..Default::default()
+    }
+}
+
+/// Whether a queued item was taken (true) or was already queued (false); the ack has the
+/// context's deadline.
+async fn acked(ack: jetstream::context::PublishAckFuture) -> Result<bool, Error> {
+    match ack.await {
+        Ok(ack) => Ok(!ack.duplicate),
+        Err(e) if is_subject_full(&e) => Ok(false),
+        Err(e) => Err(Error::Work {
+            op: "publish ack",
+            source: Box::new(e),
+        }),
     }
 }
 

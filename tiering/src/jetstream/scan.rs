@@ -1,0 +1,335 @@
+//! The meta index: what one bucket of one tier holds, read once and then followed.
+//!
+//! The manager needs, every pass, each object's current meta (stored time, size, nuid, ingest
+//! digest, deleted or not). Listing a bucket costs a round trip per object; a million objects
+//! took two minutes, every pass. Instead the index walks the bucket's meta subjects
+//! (`$O.<bucket>.M.>`) in sequence order with batched direct gets ([`super::direct`]): a rollup
+//! keeps only the last meta message of each object, so the first walk (from sequence 1) sees
+//! every object once, and every later walk starts after the last sequence seen (the *cursor*)
+//! and sees only what was written since: new objects, overwrites, user deletes (a delete is a
+//! meta message too).
+//!
+//! # What a walk does not see, and how the index finds out
+//! Evictions and purges write no message: they remove meta messages. After each walk the index
+//! asks how many meta messages the stream holds (one direct get of one message; the server
+//! reports how many more match). Every object has exactly one, so fewer messages than indexed
+//! objects means something was removed. The caller then re-reads the objects it expects to be
+//! gone (those it queued an eviction for; [`MetaIndex::recheck`]) and, if that does not account
+//! for the difference, walks the whole bucket again ([`MetaIndex::rescan`]), dropping what the
+//! walk no longer finds. Removals that coincide with as many new objects are found on the next
+//! pass, once the walk has taken in the new ones.
+//!
+//! # Why a stale index is safe
+//! The index may lag the bucket by up to a pass (plus a pass for the removals above). It only
+//! decides what to *queue*: every handler re-reads the object's current state from the stream
+//! leader before acting, and does nothing for an object that changed or went away. And the index
+//! is kept in memory only: a restarted manager walks every bucket from sequence 1 once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::object_store::ObjectInfo;
+
+use super::direct::{DirectGet, DirectMessage, MAX_BATCH};
+use super::{ingest_digest, is_live, object_of_meta_subject};
+use crate::digest::Sha256Digest;
+use crate::error::Error;
+
+/// Most subjects named in one `multi_last` request (nats-server 2.15 refuses more than 1,024).
+const RECHECK_BATCH: usize = 1000;
+
+/// What the index keeps of one object's current meta message: about 100 bytes with the name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Meta {
+    /// Stream sequence of the meta message on this tier (orders versions).
+    pub seq: u64,
+    /// When this tier stored it, in Unix milliseconds (ages are measured from it).
+    pub stored_ms: i64,
+    /// Size recorded at ingest.
+    pub size: u64,
+    /// The version's nuid (names its chunk subject).
+    pub nuid: Box<str>,
+    /// The ingest digest; `None` when the meta has none or a malformed one.
+    pub digest: Option<Sha256Digest>,
+    /// Live object, user delete marker, or something the system does not move (a link).
+    pub kind: Kind,
+    /// Set by the walk of a [`MetaIndex::rescan`]; entries it leaves unset are gone.
+    seen: bool,
+}
+
+/// What an object's current meta message says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A live object the system moves.
+    Live,
+    /// A user delete (`deleted: true`).
+    Deleted,
+    /// A link or anything else the system leaves alone.
+    Other,
+}
+
+impl Meta {
+    /// How long ago this tier stored the version (zero if the server's clock is ahead of ours).
+    pub fn age(&self, now: time::OffsetDateTime) -> Duration {
+        let now_ms = (now.unix_timestamp_nanos() / 1_000_000) as i64;
+        Duration::from_millis(now_ms.saturating_sub(self.stored_ms).max(0) as u64)
+    }
+}
+
+/// Every object of one bucket of one tier, as of the last walk (see the module docs).
+#[derive(Debug, Default)]
+pub struct MetaIndex {
+    cursor: u64,
+    objects: HashMap<Arc<str>, Meta>,
+    /// Objects whose current meta does not decode: name → why.
+    unreadable: HashMap<Arc<str>, String>,
+    /// Whether the first walk is done.
+    scanned: bool,
+}
+
+/// What one [`MetaIndex::follow`] found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Followed {
+    /// Meta messages read by the walk.
+    pub read: u64,
+    /// How many indexed objects the stream no longer holds a meta message for (0 when none
+    /// were removed, as far as the count tells).
+    pub missing: u64,
+}
+
+impl MetaIndex {
+    /// An empty index: the first [`MetaIndex::follow`] walks the bucket from sequence 1.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The last stream sequence the index has taken in.
+    pub fn cursor(&self) -> u64 {
+        self.cursor
+    }
+
+    /// Objects indexed (live, deleted or other), not counting unreadable ones.
+    pub fn len(&self) -> usize {
+        self.objects.len()
+    }
+
+    /// Whether the index holds no object.
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty()
+    }
+
+    /// Every indexed object (in no particular order).
+    pub fn objects(&self) -> impl Iterator<Item = (&Arc<str>, &Meta)> {
+        self.objects.iter()
+    }
+
+    /// One object's entry.
+    pub fn get(&self, name: &str) -> Option<&Meta> {
+        self.objects.get(name)
+    }
+
+    /// The shared name of an indexed object (to key other maps without another allocation).
+    pub fn name(&self, name: &str) -> Option<Arc<str>> {
+        self.objects.get_key_value(name).map(|(k, _)| k.clone())
+    }
+
+    /// Objects whose current meta message does not decode, with the decoder's complaint.
+    pub fn unreadable(&self) -> impl Iterator<Item = (&Arc<str>, &String)> {
+        self.unreadable.iter()
+    }
+
+    /// Takes in every meta message stored after the cursor, then counts the bucket's meta
+    /// messages to find removals the walk cannot see ([`Followed::missing`]).
+    pub async fn follow(&mut self, direct: &DirectGet, bucket: &str) -> Result<Followed, Error> {
+        let read = self.walk(direct, bucket, self.cursor + 1, false).await?;
+        self.scanned = true;
+        let held = count(direct, &meta_filter(bucket)).await?;
+        let indexed = (self.objects.len() + self.unreadable.len()) as u64;
+        Ok(Followed {
+            read,
+            missing: indexed.saturating_sub(held),
+        })
+    }
+
+    /// Re-reads the current meta of `names` (with `multi_last`, up to 1,000 a request) and
+    /// drops those the stream no longer holds; returns how many were dropped.
+    pub async fn recheck(
+        &mut self,
+        direct: &DirectGet,
+        bucket: &str,
+        names: &[Arc<str>],
+    ) -> Result<u64, Error> {
+        let mut dropped = 0;
+        for chunk in names.chunks(RECHECK_BATCH) {
+            let subjects: Vec<String> = chunk
+                .iter()
+                .map(|name| super::meta_subject(bucket, name))
+                .collect();
+            let mut batch = direct.last_per_subject(&subjects, None, None).await?;
+            let mut present = std::collections::HashSet::new();
+            while let Some(message) = batch.next().await? {
+                present.insert(message.subject.clone());
+                self.take(bucket, &message, false);
+            }
+            for (name, subject) in chunk.iter().zip(&subjects) {
+                if !present.contains(subject) {
+                    dropped += u64::from(self.objects.remove(name).is_some());
+                    dropped += u64::from(self.unreadable.remove(name).is_some());
+                }
+            }
+        }
+        Ok(dropped)
+    }
+
+    /// Walks the whole bucket again and drops every object the walk does not find.
+    pub async fn rescan(&mut self, direct: &DirectGet, bucket: &str) -> Result<u64, Error> {
+        for meta in self.objects.values_mut() {
+            meta.seen = false;
+        }
+        self.unreadable.clear();
+        // A stream deleted and created again numbers from 1 again.
+        self.cursor = 0;
+        let read = self.walk(direct, bucket, 1, true).await?;
+        let before = self.objects.len();
+        self.objects.retain(|_, meta| meta.seen);
+        tracing::info!(
+            bucket,
+            read,
+            dropped = before - self.objects.len(),
+            "rescanned a bucket"
+        );
+        Ok(read)
+    }
+
+    /// Reads every meta message from `from` on into the index; returns how many.
+    async fn walk(
+        &mut self,
+        direct: &DirectGet,
+        bucket: &str,
+        from: u64,
+        mark: bool,
+    ) -> Result<u64, Error> {
+        let filter = meta_filter(bucket);
+        let mut from = from;
+        let mut read = 0;
+        loop {
+            let mut batch = direct.next_by_subject(&filter, from, MAX_BATCH).await?;
+            let mut got = 0;
+            while let Some(message) = batch.next().await? {
+                from = message.seq + 1;
+                self.cursor = self.cursor.max(message.seq);
+                self.take(bucket, &message, mark);
+                got += 1;
+            }
+            read += got;
+            // The server says how many more match; a batch may also end early (a byte limit).
+            let done = batch
+                .num_pending()
+                .map_or(got < MAX_BATCH as u64, |pending| pending == 0);
+            if got == 0 || done {
+                return Ok(read);
+            }
+        }
+    }
+
+    /// Takes one meta message in, replacing an older one of the same object.
+    fn take(&mut self, bucket: &str, message: &DirectMessage, mark: bool) {
+        let info: ObjectInfo = match serde_json::from_slice(&message.payload) {
+            Ok(info) => info,
+            Err(e) => {
+                let name: Arc<str> = object_of_meta_subject(bucket, &message.subject).into();
+                self.objects.remove(&name);
+                self.unreadable.insert(name, e.to_string());
+                return;
+            }
+        };
+        if let Some(current) = self.objects.get(info.name.as_str()) {
+            if current.seq > message.seq {
+                return; // a newer meta is already indexed (a recheck raced the walk)
+            }
+        }
+        self.unreadable.remove(info.name.as_str());
+        let kind = if info.deleted {
+            Kind::Deleted
+        } else if is_live(&info) {
+            Kind::Live
+        } else {
+            Kind::Other
+        };
+        let meta = Meta {
+            seq: message.seq,
+            stored_ms: (message.time.unix_timestamp_nanos() / 1_000_000) as i64,
+            size: info.size as u64,
+            digest: ingest_digest("", bucket, &info).ok(),
+            nuid: info.nuid.into_boxed_str(),
+            kind,
+            seen: mark,
+        };
+        match self.objects.get_mut(info.name.as_str()) {
+            Some(slot) => *slot = meta,
+            None => {
+                self.objects.insert(info.name.into(), meta);
+            }
+        }
+    }
+}
+
+/// `$O.<bucket>.M.>`: every object's meta subject.
+fn meta_filter(bucket: &str) -> String {
+    format!("$O.{bucket}.M.>")
+}
+
+/// How many messages of the stream match `filter`: one message asked for, and the server says
+/// how many more there are.
+pub async fn count(direct: &DirectGet, filter: &str) -> Result<u64, Error> {
+    let mut batch = direct.next_by_subject(filter, 1, 1).await?;
+    let mut returned = 0;
+    while batch.next().await?.is_some() {
+        returned += 1;
+    }
+    Ok(returned + batch.num_pending().unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn message(bucket: &str, name: &str, seq: u64, nuid: &str, deleted: bool) -> DirectMessage {
+        let info = serde_json::json!({
+            "name": name, "bucket": bucket, "nuid": nuid, "size": 3, "chunks": 1,
+            "mtime": "2026-01-01T00:00:00Z", "deleted": deleted,
+            "digest": Sha256Digest::of(b"abc").to_nats(),
+        });
+        DirectMessage {
+            subject: super::super::meta_subject(bucket, name),
+            seq,
+            time: time::OffsetDateTime::UNIX_EPOCH + Duration::from_secs(seq),
+            headers: Default::default(),
+            payload: serde_json::to_vec(&info).unwrap().into(),
+        }
+    }
+
+    #[test]
+    fn later_metas_replace_earlier_ones_and_bad_ones_are_set_aside() {
+        let mut index = MetaIndex::new();
+        index.take("b", &message("b", "x", 5, "n1", false), false);
+        index.take("b", &message("b", "x", 3, "n0", false), false);
+        assert_eq!(&*index.get("x").unwrap().nuid, "n1", "older never wins");
+        index.take("b", &message("b", "x", 9, "n2", true), false);
+        assert_eq!(index.get("x").unwrap().kind, Kind::Deleted);
+        let mut garbage = message("b", "y", 10, "n3", false);
+        garbage.payload = "not json".into();
+        index.take("b", &garbage, false);
+        assert_eq!(index.unreadable().count(), 1);
+        index.take("b", &message("b", "y", 11, "n4", false), false);
+        assert_eq!(index.unreadable().count(), 0);
+        let y = index.get("y").unwrap();
+        assert_eq!(
+            (y.kind, y.digest),
+            (Kind::Live, Some(Sha256Digest::of(b"abc")))
+        );
+        assert_eq!(index.len(), 2);
+    }
+}

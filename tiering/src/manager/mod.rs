@@ -1,0 +1,546 @@
+//! The storage manager (`cim-storage run`): decides, never moves data itself.
+//!
+//! Every `[manager] interval` it evaluates the policies against what each JetStream tier holds
+//! and queues work for the mirror and upload roles (see [`crate::work`]). It reads each bucket
+//! once in full and then follows it (see [`crate::jetstream::scan`] and [`state`]): a pass reads
+//! only what changed since the last one, decides in memory, and queues what is due with
+//! pipelined publishes, skipping what it queued recently. A pass is cheap to repeat: queued
+//! items are de-duplicated by id, and handlers re-check state before acting.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cim_policies::{Action, Policy, Route};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::error::{Error, IntegrityFailure};
+use crate::jetstream::scan::{Kind, Meta};
+use crate::jetstream::JetStreamTier;
+use crate::metrics;
+use crate::system::System;
+use crate::work::{ObjectDelete, ObjectMove, WorkItem};
+
+mod state;
+
+pub use state::REQUEUE_AFTER;
+use state::{BucketState, Queued, State};
+
+/// What one pass found and queued.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PassReport {
+    /// Objects due for a move or copy.
+    pub due: usize,
+    /// Items newly queued (not de-duplicated).
+    pub queued: usize,
+    /// Tiers, buckets or objects passed over because of an error (see [`Manager::pass`]).
+    pub skipped: usize,
+}
+
+/// A pass that takes longer is abandoned (logged) and the next one starts after the interval.
+/// Far above a pass over a large deployment; it only keeps a hung pass from stopping the
+/// manager for good. (A constant until the configuration grows a `[manager]` knob for it.)
+pub const PASS_DEADLINE: Duration = Duration::from_secs(15 * 60);
+
+/// The storage manager.
+pub struct Manager {
+    system: Arc<System>,
+    /// The indexes and what was queued; one pass at a time.
+    state: Mutex<State>,
+}
+
+/// An item to queue and what to remember of it.
+struct Pending {
+    item: WorkItem,
+    name: Arc<str>,
+    queued: Queued,
+}
+
+impl Manager {
+    /// A manager over the role's connections.
+    pub fn new(system: Arc<System>) -> Self {
+        Self {
+            system,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// Runs passes every interval until `shutdown`, which also cancels a pass under way:
+    /// dropping a pass is safe, it only queues items and queueing is idempotent.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        let interval = self.system.config.manager.interval;
+        loop {
+            let pass = tokio::select! {
+                pass = tokio::time::timeout(PASS_DEADLINE, self.pass()) => pass,
+                _ = shutdown.cancelled() => return,
+            };
+            match pass {
+                Ok(Ok(report)) => {
+                    tracing::debug!(due = report.due, queued = report.queued, "manager pass")
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "manager pass failed; retrying next interval")
+                }
+                Err(_) => tracing::warn!(
+                    deadline = ?PASS_DEADLINE,
+                    "manager pass exceeded its deadline; abandoned, the next one starts over"
+                ),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// One evaluation of every policy. Failures are isolated: an unavailable tier skips its
+    /// policy, an unavailable bucket (a stream without quorum, say) skips that bucket, and a bad
+    /// object (meta that does not decode, no usable digest) skips that object; each is counted
+    /// in `cim_manager_skipped_total{policy, reason}` and logged once per pass, and the pass goes
+    /// on with everything else.
+    pub async fn pass(&self) -> Result<PassReport, Error> {
+        let mut report = PassReport::default();
+        let started = Instant::now();
+        let now = time::OffsetDateTime::now_utc();
+        let mut state = self.state.lock().await;
+        let catalog = if self.needs_catalog() {
+            let state = &mut *state;
+            match self.system.catalog.follow(&mut state.catalog).await {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "catalog unreadable this pass");
+                    Err(e.to_string())
+                }
+            }
+        } else {
+            Ok(())
+        };
+        for (position, policy) in self.system.config.policies.iter().enumerate() {
+            let span = tracing::info_span!("policy", policy = %policy.name, from = %policy.from, to = %policy.to);
+            let context = Context {
+                position,
+                policy,
+                route: self.system.config.route(policy),
+                now,
+                catalog: catalog.as_ref().err(),
+            };
+            self.evaluate(&context, &mut state, &mut report)
+                .instrument(span)
+                .await?;
+        }
+        state.forget_untouched();
+        metrics::manager_pass(started.elapsed());
+        Ok(report)
+    }
+
+    /// Whether some policy decides on the catalog: cluster → S3 (copies, damage, deletes) and
+    /// leaf → cluster `move` (a copy verified beyond the cluster lets the leaf copy go).
+    fn needs_catalog(&self) -> bool {
+        self.system
+            .config
+            .policies
+            .iter()
+            .any(|p| self.system.config.route(p) == Route::ClusterToS3 || p.action == Action::Move)
+    }
+
+    /// One policy over every bucket of its source tier.
+    async fn evaluate(
+        &self,
+        cx: &Context<'_>,
+        state: &mut State,
+        report: &mut PassReport,
+    ) -> Result<(), Error> {
+        let policy = cx.policy;
+        let tier = self.system.jetstream_tier(&policy.from)?;
+        let buckets = match tier.bucket_names().await {
+            Ok(buckets) => buckets,
+            Err(e) => {
+                skipped(policy, Skip::TierUnavailable, &e, report);
+                // Keep what is known of the tier's buckets for when it is back.
+                let from = policy.from.clone();
+                let known: Vec<_> = state
+                    .buckets
+                    .keys()
+                    .filter(|(t, _)| *t == from)
+                    .cloned()
+                    .collect();
+                state.touched.extend(known);
+                return Ok(());
+            }
+        };
+        let mut due = 0u64;
+        for bucket in buckets.iter().filter(|b| policy.matches_bucket(b)) {
+            if let Err((reason, e)) = self
+                .evaluate_bucket(cx, tier, bucket, state, &mut due, report)
+                .await
+            {
+                skipped(policy, reason, &e, report);
+            }
+        }
+        report.due += due as usize;
+        metrics::manager_backlog(&policy.from, &policy.to, due);
+        Ok(())
+    }
+
+    async fn evaluate_bucket(
+        &self,
+        cx: &Context<'_>,
+        tier: &JetStreamTier,
+        bucket: &str,
+        state: &mut State,
+        due: &mut u64,
+        report: &mut PassReport,
+    ) -> Result<(), (Skip, Error)> {
+        let policy = cx.policy;
+        if cx.route == Route::LeafToCluster {
+            self.ensure_source(cx, bucket, state, report).await?;
+            // Replication is continuous; only `move` has per-object work (eviction).
+            if policy.action != Action::Move {
+                return Ok(());
+            }
+        }
+        if cx.route == Route::ClusterToS3 || policy.action == Action::Move {
+            if let Some(message) = cx.catalog {
+                return Err((
+                    Skip::CatalogUnavailable,
+                    Error::Catalog {
+                        op: "follow",
+                        key: "*".into(),
+                        source: message.clone().into(),
+                    },
+                ));
+            }
+        }
+        // The source bucket's index, and for leaf → cluster the cluster's: eviction is queued
+        // only once the cluster holds the version.
+        let mut source = state.take(tier.name(), bucket);
+        let followed = follow(tier, bucket, &mut source).await;
+        let mut target = None;
+        if followed.is_ok() && cx.route == Route::LeafToCluster {
+            let mut hub_state = state.take(&policy.to, bucket);
+            let result = match self.system.jetstream_tier(&policy.to) {
+                Ok(hub) => follow(hub, bucket, &mut hub_state).await,
+                Err(e) => Err(e),
+            };
+            target = Some((hub_state, result));
+        }
+        let result = match (followed, target.as_mut()) {
+            (Err(e), _) => Err((Skip::BucketUnavailable, e)),
+            (Ok(()), Some((_, Err(_)))) => Ok(false),
+            (Ok(()), _) => Ok(true),
+        };
+        let result = match result {
+            Ok(true) => {
+                let hub_index = target.as_ref().map(|(s, _)| &s.index);
+                let pending = self.plan(
+                    cx,
+                    tier,
+                    bucket,
+                    &source,
+                    hub_index,
+                    &state.catalog,
+                    due,
+                    report,
+                );
+                self.queue(cx, pending, &mut source, report).await;
+                source.prune();
+                Ok(())
+            }
+            Ok(false) => Ok(()), // reported below
+            Err(e) => Err(e),
+        };
+        state.put(tier.name(), bucket, source);
+        if let Some((hub_state, hub_result)) = target {
+            state.put(&policy.to, bucket, hub_state);
+            if let Err(e) = hub_result {
+                return Err((Skip::BucketUnavailable, e));
+            }
+        }
+        result
+    }
+
+    /// Queues the bucket's `EnsureSource` unless it was queued within [`REQUEUE_AFTER`].
+    async fn ensure_source(
+        &self,
+        cx: &Context<'_>,
+        bucket: &str,
+        state: &mut State,
+        report: &mut PassReport,
+    ) -> Result<(), (Skip, Error)> {
+        let key = (cx.position, bucket.to_string());
+        let now = Instant::now();
+        if state
+            .sources
+            .get(&key)
+            .is_some_and(|at| now.duration_since(*at) < REQUEUE_AFTER)
+        {
+            return Ok(());
+        }
+        let source = WorkItem::EnsureSource {
+            policy: cx.policy.name.clone(),
+            from: cx.policy.from.clone(),
+            to: cx.policy.to.clone(),
+            bucket: bucket.to_string(),
+        };
+        let role = source.role();
+        let queued = self
+            .system
+            .work
+            .publish(&source)
+            .await
+            .map_err(|e| (Skip::QueueUnavailable, e))?;
+        if queued {
+            report.queued += 1;
+            metrics::dispatched(role);
+        }
+        state.sources.insert(key, now);
+        Ok(())
+    }
+
+    /// What to queue for one bucket, decided in memory from the indexes.
+    #[allow(clippy::too_many_arguments)]
+    fn plan(
+        &self,
+        cx: &Context<'_>,
+        tier: &JetStreamTier,
+        bucket: &str,
+        source: &BucketState,
+        hub: Option<&crate::jetstream::scan::MetaIndex>,
+        catalog: &crate::catalog::CatalogIndex,
+        due: &mut u64,
+        report: &mut PassReport,
+    ) -> Vec<Pending> {
+        let policy = cx.policy;
+        let now = Instant::now();
+        let mut pending = Vec::new();
+        for (name, reason) in source.index.unreadable() {
+            let e = Error::BadMeta {
+                tier: tier.name().to_string(),
+                bucket: bucket.to_string(),
+                object: name.to_string(),
+                reason: reason.clone(),
+            };
+            skipped(policy, Skip::UndecodableMeta, &e, report);
+        }
+        let recently = |name: &Arc<str>, seq: u64| {
+            source
+                .queued
+                .get(&(cx.position, name.clone()))
+                .is_some_and(|q| q.covers(seq, now))
+        };
+        for (name, meta) in source.index.objects() {
+            match meta.kind {
+                // User deletes go on to S3 at once, whatever the policy's age: a deleted object
+                // must not stay listed and restorable there.
+                Kind::Deleted if cx.route == Route::ClusterToS3 => {
+                    if !catalog.deletion_pending(bucket, name, meta.seq, &policy.to)
+                        || recently(name, meta.seq)
+                    {
+                        continue;
+                    }
+                    pending.push(Pending {
+                        item: WorkItem::Delete(ObjectDelete {
+                            policy: policy.name.clone(),
+                            from: tier.name().to_string(),
+                            to: policy.to.clone(),
+                            bucket: bucket.to_string(),
+                            name: name.to_string(),
+                            seq: meta.seq,
+                            nuid: meta.nuid.to_string(),
+                        }),
+                        name: name.clone(),
+                        queued: Queued {
+                            seq: meta.seq,
+                            at: now,
+                            evicts: false,
+                        },
+                    });
+                    continue;
+                }
+                Kind::Live => {}
+                _ => continue,
+            }
+            // Age from when the tier stored it: the writer's clock may say anything.
+            if !policy.is_due(meta.age(cx.now)) {
+                continue;
+            }
+            let Some(digest) = meta.digest else {
+                let e = missing_digest(tier.name(), bucket, name);
+                skipped(policy, Skip::MissingDigest, &e, report);
+                continue;
+            };
+            let job = ObjectMove {
+                policy: policy.name.clone(),
+                from: policy.from.clone(),
+                to: policy.to.clone(),
+                action: policy.action,
+                bucket: bucket.to_string(),
+                name: name.to_string(),
+                size: meta.size,
+                digest,
+                nuid: meta.nuid.to_string(),
+            };
+            let item = match cx.route {
+                Route::LeafToCluster => {
+                    // Only once the cluster holds this version (or a copy verified beyond it
+                    // lets the leaf copy go): queued earlier, the item would only wait.
+                    *due += 1;
+                    let on_hub = hub
+                        .and_then(|h| h.get(name))
+                        .is_some_and(|h: &Meta| h.kind == Kind::Live && h.nuid == meta.nuid);
+                    if !on_hub
+                        && !catalog.verified_elsewhere(
+                            bucket,
+                            name,
+                            &digest,
+                            &[&policy.from, &policy.to],
+                        )
+                    {
+                        continue;
+                    }
+                    WorkItem::LeafEvict(job)
+                }
+                Route::ClusterToS3 => {
+                    // A damaged version has no verified copy to move: reported once, never retried.
+                    if catalog.is_damaged(bucket, name, &digest) {
+                        continue;
+                    }
+                    // A copy that is already in S3 needs nothing more; a move still needs eviction.
+                    if policy.action == Action::Copy
+                        && catalog.has(bucket, name, &policy.to, &digest)
+                    {
+                        continue;
+                    }
+                    *due += 1;
+                    WorkItem::Upload(job)
+                }
+            };
+            if recently(name, meta.seq) {
+                continue;
+            }
+            pending.push(Pending {
+                item,
+                name: name.clone(),
+                queued: Queued {
+                    seq: meta.seq,
+                    at: now,
+                    evicts: policy.action == Action::Move,
+                },
+            });
+        }
+        pending
+    }
+
+    /// Queues the items (pipelined) and remembers those the stream took or already held.
+    async fn queue(
+        &self,
+        cx: &Context<'_>,
+        pending: Vec<Pending>,
+        bucket: &mut BucketState,
+        report: &mut PassReport,
+    ) {
+        if pending.is_empty() {
+            return;
+        }
+        let items: Vec<WorkItem> = pending.iter().map(|p| p.item.clone()).collect();
+        let results = self.system.work.publish_all(&items).await;
+        for (p, result) in pending.into_iter().zip(results) {
+            match result {
+                Ok(queued) => {
+                    if queued {
+                        report.queued += 1;
+                        metrics::dispatched(p.item.role());
+                        tracing::debug!(id = %p.item.id(), "queued");
+                    }
+                    bucket.queued.insert((cx.position, p.name), p.queued);
+                }
+                Err(e) => skipped(cx.policy, Skip::QueueUnavailable, &e, report),
+            }
+        }
+    }
+}
+
+/// Brings a bucket's index up to date. A bucket whose stream does not exist (a cluster bucket
+/// before its sourcing is set up, or one deleted since it was listed) is empty, not an error.
+/// A direct get on a missing stream is not refused at once (nats-server answers 503 after
+/// seconds), so while the index is empty the stream is first looked up (one API request); after
+/// that, only when the direct get fails.
+async fn follow(tier: &JetStreamTier, bucket: &str, state: &mut BucketState) -> Result<(), Error> {
+    if state.index.cursor() == 0 && !tier.stream_exists(bucket).await? {
+        *state = BucketState::default();
+        return Ok(());
+    }
+    match state.follow(&tier.direct(bucket), bucket).await {
+        Ok(()) => Ok(()),
+        Err(e) => match tier.stream_exists(bucket).await {
+            Ok(false) => {
+                *state = BucketState::default();
+                Ok(())
+            }
+            _ => Err(e),
+        },
+    }
+}
+
+/// What every bucket of one policy's evaluation shares.
+struct Context<'a> {
+    /// The policy's position in the configuration (keys what was queued for it).
+    position: usize,
+    policy: &'a Policy,
+    route: Route,
+    now: time::OffsetDateTime,
+    /// Why the catalog could not be read this pass, if it could not.
+    catalog: Option<&'a String>,
+}
+
+/// The error for an object whose meta has no usable ingest digest.
+fn missing_digest(tier: &str, bucket: &str, name: &str) -> Error {
+    IntegrityFailure {
+        bucket: bucket.to_string(),
+        object: name.to_string(),
+        tier: tier.to_string(),
+        what: "sha-256",
+        expected: "a digest in the object's meta (SHA-256=<base64url>)".into(),
+        actual: "none, or malformed".into(),
+    }
+    .into()
+}
+
+/// Why the manager passed over a tier, bucket or object in one pass: the `reason` label of
+/// `cim_manager_skipped_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Skip {
+    /// The source tier could not list its buckets.
+    TierUnavailable,
+    /// A bucket's stream could not be read (e.g. it lost quorum).
+    BucketUnavailable,
+    /// An object's meta message does not decode.
+    UndecodableMeta,
+    /// An object has no usable ingest digest (missing or malformed).
+    MissingDigest,
+    /// The catalog could not be read for an object.
+    CatalogUnavailable,
+    /// The work queue refused an item.
+    QueueUnavailable,
+}
+
+impl Skip {
+    fn as_str(self) -> &'static str {
+        match self {
+            Skip::TierUnavailable => "tier_unavailable",
+            Skip::BucketUnavailable => "bucket_unavailable",
+            Skip::UndecodableMeta => "undecodable_meta",
+            Skip::MissingDigest => "missing_digest",
+            Skip::CatalogUnavailable => "catalog_unavailable",
+            Skip::QueueUnavailable => "queue_unavailable",
+        }
+    }
+}
+
+/// Counts and logs one skip; the error names the tier, bucket and object where there is one.
+fn skipped(policy: &Policy, reason: Skip, error: &Error, report: &mut PassReport) {
+    report.skipped += 1;
+    metrics::manager_skipped(&policy.name, reason.as_str());
+    tracing::warn!(policy = %policy.name, reason = reason.as_str(), error = %error, "skipped this pass");
+}
