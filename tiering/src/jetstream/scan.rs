@@ -142,6 +142,13 @@ impl MetaIndex {
     /// Takes in every meta message stored after the cursor, then counts the bucket's meta
     /// messages to find removals the walk cannot see ([`Followed::missing`]).
     pub async fn follow(&mut self, direct: &DirectGet, bucket: &str) -> Result<Followed, Error> {
+        if !self.scanned {
+            // Room for every object at once: growing the table doubles it, and holds the old
+            // and the new one together while it does (a third more peak memory at a million).
+            let held = count(direct, &meta_filter(bucket)).await?;
+            self.objects
+                .reserve((held as usize).saturating_sub(self.objects.len()));
+        }
         let read = self.walk(direct, bucket, self.cursor + 1, false).await?;
         self.scanned = true;
         let held = count(direct, &meta_filter(bucket)).await?;
