@@ -463,8 +463,8 @@ impl Catalog {
 }
 
 /// What the manager needs to know of the catalog, for every object, without a KV get per
-/// object: kept up to date by [`Catalog::follow`]. About 150 bytes per object (the key, the
-/// digest, and the tiers as bits of a table of tier names).
+/// object: kept up to date by [`Catalog::follow`]. Per entry: the key, the digest, the
+/// sequence and the tiers as bits of a table of tier names (about 90 bytes and the key).
 #[derive(Debug, Default)]
 pub struct CatalogIndex {
     cursor: u64,

@@ -39,7 +39,8 @@ use crate::error::Error;
 /// Most subjects named in one `multi_last` request (nats-server 2.15 refuses more than 1,024).
 const RECHECK_BATCH: usize = 1000;
 
-/// What the index keeps of one object's current meta message: about 100 bytes with the name.
+/// What the index keeps of one object's current meta message: 80 bytes, plus the name and the
+/// nuid on the heap (a million objects: 283 MiB peak RSS of the manager in the bench).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Meta {
     /// Stream sequence of the meta message on this tier (orders versions).
