@@ -66,7 +66,14 @@ impl Scenario {
     /// The rows a scenario produces (pairs for put/get scenarios).
     pub fn rows(self) -> &'static [&'static str] {
         match self {
-            Scenario::Replicate => &["replicate"],
+            // Item 7 of issue 8: sourcing with our roles running against sourcing alone, and the
+            // time from the hub holding an object to its eviction from the leaf.
+            Scenario::Replicate => &[
+                "replicate",
+                "replicate sourcing",
+                "replicate settle",
+                "sourcing alone",
+            ],
             Scenario::Upload => &["upload"],
             Scenario::Restore => &["restore"],
             Scenario::Small => &["upload", "restore"],
@@ -445,14 +452,8 @@ async fn run_cell(
                 _ => Stage::Replicate,
             };
             let outcomes = stage_runs(env, repeat, stage, set, data, conc).await;
-            for outcome in outcomes {
-                results.record(
-                    set,
-                    stage.name(),
-                    data,
-                    conc,
-                    outcome.map_err(|e| format!("{e:#}")),
-                );
+            for (row, outcome) in outcomes {
+                results.record(set, row, data, conc, outcome.map_err(|e| format!("{e:#}")));
             }
         }
         _ => {
@@ -510,7 +511,7 @@ async fn stage_runs(
     set: &str,
     data: &DataSet,
     conc: usize,
-) -> Vec<anyhow::Result<Run>> {
+) -> Vec<(&'static str, anyhow::Result<Run>)> {
     let scenario = match stage {
         Stage::Upload => Scenario::Upload,
         Stage::Restore => Scenario::Restore,
@@ -535,11 +536,27 @@ async fn stage_runs(
         let mut prepared = match prepared {
             Ok(p) => p,
             Err(e) => {
-                outcomes.push(Err(e.context(format!("{} set-up", stage.name()))));
+                outcomes.push((
+                    stage.name(),
+                    Err(e.context(format!("{} set-up", stage.name()))),
+                ));
                 continue;
             }
         };
-        outcomes.push(prepared.run(env, data).await);
+        outcomes.push((stage.name(), prepared.run(env, data).await));
+        outcomes.extend(
+            prepared
+                .take_extra_rows()
+                .into_iter()
+                .map(|(row, run)| (row, Ok(run))),
+        );
+        if stage == Stage::Replicate {
+            let id = format!("{}-alone", cell_id(set, scenario, data, conc, r));
+            outcomes.push((
+                "sourcing alone",
+                pipeline::sourcing_alone(env, data, &id, conc).await,
+            ));
+        }
         if stage == Stage::Restore {
             reusable = Some(prepared);
         } else if let Err(e) = prepared.cleanup(env).await {

@@ -81,6 +81,16 @@ fn between_ceilings(
     peer_factor: f64,
 ) -> Vec<Target> {
     let mut out = Vec::new();
+    if !all
+        .iter()
+        .any(|s| s.scenario == row && s.set == "matrix" && s.size >= LARGE)
+    {
+        out.push(missing(
+            item,
+            &format!("{row}, 16 MiB and above"),
+            "between its ceilings",
+        ));
+    }
     for ours in all
         .iter()
         .filter(|s| s.scenario == row && s.set == "matrix" && s.size >= LARGE)
@@ -236,12 +246,13 @@ pub fn check(all: &[Summary]) -> Vec<Target> {
             .find(|s| s.scenario == "replicate settle" && s.error.is_none())
         {
             Some(s) => {
-                let secs = s.p90_ms.map(|p| p.median / 1000.0);
+                // Every object, not most: the slowest one's time from the hub holding it.
+                let secs = s.p99_ms.map(|p| p.median / 1000.0);
                 Target {
                     item: 7,
                     what: format!("leaf → cluster, {}", cell_label(s)),
                     target: "verified and evicted ≤ 2 s after sourcing caught up".to_string(),
-                    measured: format!("p90 {} s", secs.map_or("?".into(), |v| format!("{v:.2}"))),
+                    measured: format!("p99 {} s", secs.map_or("?".into(), |v| format!("{v:.2}"))),
                     met: secs.map(|v| v <= SETTLE_SECS),
                 }
             }
@@ -249,7 +260,7 @@ pub fn check(all: &[Summary]) -> Vec<Target> {
         },
     );
     let sourcing = all.iter().find_map(|with| {
-        let alone = (with.scenario == "replicate" && with.error.is_none())
+        let alone = (with.scenario == "replicate sourcing" && with.error.is_none())
             .then(|| beside(all, with, "sourcing alone"))
             .flatten()?;
         Some((with, median_mib(with)?, median_mib(alone)?))

@@ -91,6 +91,9 @@ pub struct Prepared {
     concurrency: usize,
     /// Distinguishes the log files of successive runs on the same preparation.
     runs: usize,
+    /// Rows a run measured besides its stage's own (replicate: `replicate sourcing`,
+    /// `replicate settle`), taken by [`Prepared::take_extra_rows`].
+    extra_rows: Vec<(&'static str, Run)>,
 }
 
 /// A run's id as a NATS bucket / stream name: `[A-Za-z0-9_-]` only.
@@ -128,6 +131,7 @@ pub async fn prepare(
         digests,
         concurrency: concurrency.max(1),
         runs: 0,
+        extra_rows: Vec::new(),
     };
     match stage {
         Stage::Replicate => {
@@ -413,6 +417,7 @@ impl Prepared {
     /// Times the stage once, verifies what arrived, and returns the run. Restore runs may be
     /// repeated on the same preparation (the hub bucket is deleted first, not timed).
     pub async fn run(&mut self, env: &Env, set: &DataSet) -> anyhow::Result<Run> {
+        self.extra_rows.clear();
         anyhow::ensure!(
             set.files.len() == self.digests.len(),
             "data set changed since set-up"
@@ -452,7 +457,17 @@ impl Prepared {
         self.finish(env, set, start, &done, Vec::new(), procs).await
     }
 
-    async fn run_replicate(&self, env: &Env, set: &DataSet, label: &str) -> anyhow::Result<Run> {
+    /// Also measures, for issue 8's item 7, when each object reached the hub (polled like the
+    /// leaf): row `replicate sourcing` (from the first put until the hub holds every object, with
+    /// our roles running) and row `replicate settle` (per object, from the hub holding it to
+    /// verified and evicted from the leaf; its run's time runs from sourcing caught up to the
+    /// last eviction).
+    async fn run_replicate(
+        &mut self,
+        env: &Env,
+        set: &DataSet,
+        label: &str,
+    ) -> anyhow::Result<Run> {
         let (leaf, hub) = (leaf_tier(env).await?, hub_tier(env).await?);
         let tracker = Tracker::start(env, &self.bucket, "hub", self.expected()).await?;
         let mut roles = Roles { procs: Vec::new() };
@@ -468,14 +483,22 @@ impl Prepared {
             || async { hub.stream_exists(&self.bucket).await.unwrap_or(false) },
         )
         .await?;
+        let arrivals = Arrivals::watch(hub.clone(), &self.bucket, self.names().len());
         let start = Instant::now();
         let put_started = self.put_timed(&leaf, set).await?;
         let waited = self.wait_done(&tracker, &roles, &leaf, false).await;
         let procs = roles.stop();
         let done = waited?;
+        let sourced = arrivals.stop();
         ensure_empty(&leaf, &self.bucket).await?;
+        self.extra_rows = sourcing_rows(set, start, &put_started, &sourced, &done, &self.bucket);
         self.finish(env, set, start, &done, put_started, procs)
             .await
+    }
+
+    /// Rows measured besides the stage's own by the last run (see [`Prepared::run_replicate`]).
+    pub fn take_extra_rows(&mut self) -> Vec<(&'static str, Run)> {
+        std::mem::take(&mut self.extra_rows)
     }
 
     /// Puts the set on the leaf, recording when each put started (latency is measured from it).
@@ -774,6 +797,179 @@ async fn meta_subjects(tier: &JetStreamTier, bucket: &str) -> anyhow::Result<Has
         .try_collect()
         .await?;
     Ok(subjects.into_iter().map(|(s, _)| s).collect())
+}
+
+/// When each object of a bucket first showed up on a tier, polled (one stream-info request per
+/// poll, as [`Prepared::wait_done`] polls the source) by a background task.
+struct Arrivals {
+    seen: Arc<Mutex<HashMap<String, Instant>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Arrivals {
+    fn watch(tier: JetStreamTier, bucket: &str, objects: usize) -> Arrivals {
+        let seen = Arc::new(Mutex::new(HashMap::new()));
+        let (record, bucket) = (seen.clone(), bucket.to_string());
+        let poll = Duration::from_millis(100) + Duration::from_micros(20) * objects as u32;
+        let task = tokio::spawn(async move {
+            loop {
+                if let Ok(subjects) = meta_subjects(&tier, &bucket).await {
+                    let now = Instant::now();
+                    let mut map = record.lock().unwrap_or_else(|e| e.into_inner());
+                    for subject in subjects {
+                        map.entry(subject).or_insert(now);
+                    }
+                }
+                tokio::time::sleep(poll).await;
+            }
+        });
+        Arrivals { seen, task }
+    }
+
+    /// First-seen times by meta subject.
+    fn stop(self) -> HashMap<String, Instant> {
+        self.task.abort();
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// `replicate sourcing` and `replicate settle` of one replicate run (see
+/// [`Prepared::run_replicate`]); empty when an object was never seen on the hub (evicted from the
+/// leaf between two polls of the hub cannot happen: eviction waits for the hub copy, which the
+/// next poll sees — but a poll can fail, so this stays honest rather than guessing).
+fn sourcing_rows(
+    set: &DataSet,
+    start: Instant,
+    put_started: &[(String, Instant)],
+    sourced: &HashMap<String, Instant>,
+    done: &HashMap<String, Instant>,
+    bucket: &str,
+) -> Vec<(&'static str, Run)> {
+    let mut on_hub = Vec::new();
+    for (name, put) in put_started {
+        let subject = cim_tiering::jetstream::meta_subject(bucket, name);
+        let (Some(at), Some(end)) = (sourced.get(&subject), done.get(name)) else {
+            return Vec::new();
+        };
+        on_hub.push((*put, *at, *end));
+    }
+    let Some(caught_up) = on_hub.iter().map(|(_, at, _)| *at).max() else {
+        return Vec::new();
+    };
+    let last_done = on_hub
+        .iter()
+        .map(|(_, _, end)| *end)
+        .max()
+        .unwrap_or(caught_up);
+    let run = |elapsed: Duration, latencies: Vec<Duration>| Run {
+        logical_bytes: set.bytes(),
+        stored_bytes: 0,
+        objects: set.files.len() as u64,
+        elapsed,
+        latencies,
+        procs: Vec::new(),
+    };
+    vec![
+        (
+            "replicate sourcing",
+            run(
+                caught_up.saturating_duration_since(start),
+                on_hub
+                    .iter()
+                    .map(|(put, at, _)| at.saturating_duration_since(*put))
+                    .collect(),
+            ),
+        ),
+        (
+            "replicate settle",
+            run(
+                last_done.saturating_duration_since(caught_up),
+                on_hub
+                    .iter()
+                    .map(|(_, at, end)| end.saturating_duration_since(*at))
+                    .collect(),
+            ),
+        ),
+    ]
+}
+
+/// Leaf → hub sourcing with none of our roles running (issue 8's item 7 compares `replicate
+/// sourcing` with it): a bucket created on the leaf and sourced by the hub, the set put on the
+/// leaf `concurrency` at a time, timed from the first put until the hub holds every object's
+/// meta. Both buckets are deleted afterwards.
+pub async fn sourcing_alone(
+    env: &Env,
+    set: &DataSet,
+    cell: &str,
+    concurrency: usize,
+) -> anyhow::Result<Run> {
+    let bucket = format!("b-{}", sanitize(cell));
+    let (leaf, hub) = (leaf_tier(env).await?, hub_tier(env).await?);
+    let store = leaf.ensure_bucket(&bucket).await?;
+    hub.ensure_sourced_from(&bucket, &leaf).await?;
+    let result = async {
+        let start = Instant::now();
+        let arrivals = Arrivals::watch(hub.clone(), &bucket, set.files.len());
+        let put_started: Vec<(String, Instant)> = futures::stream::iter(0..set.files.len())
+            .map(|i| {
+                let store = &store;
+                async move {
+                    let started = Instant::now();
+                    put_one(store, set, i).await?;
+                    Ok::<_, anyhow::Error>((set.name(i), started))
+                }
+            })
+            .buffer_unordered(concurrency.max(1))
+            .try_collect()
+            .await?;
+        let subjects: Vec<String> = put_started
+            .iter()
+            .map(|(n, _)| cim_tiering::jetstream::meta_subject(&bucket, n))
+            .collect();
+        let deadline = Instant::now() + STALL_TIMEOUT;
+        let seen = loop {
+            let seen = arrivals
+                .seen
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            if subjects.iter().all(|s| seen.contains_key(s)) {
+                break seen;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "sourcing alone: the hub holds {} of {} objects after {STALL_TIMEOUT:?}",
+                subjects.iter().filter(|s| seen.contains_key(*s)).count(),
+                subjects.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        arrivals.stop();
+        let ends: Vec<Instant> = subjects
+            .iter()
+            .filter_map(|s| seen.get(s).copied())
+            .collect();
+        let end = ends.iter().max().copied().unwrap_or(start);
+        Ok(Run {
+            logical_bytes: set.bytes(),
+            stored_bytes: 0,
+            objects: set.files.len() as u64,
+            elapsed: end.saturating_duration_since(start),
+            latencies: put_started
+                .iter()
+                .zip(&ends)
+                .map(|((_, put), end)| end.saturating_duration_since(*put))
+                .collect(),
+            procs: Vec::new(),
+        })
+    }
+    .await;
+    for tier in [&hub, &leaf] {
+        if tier.stream_exists(&bucket).await.unwrap_or(false) {
+            let _ = tier.context().delete_object_store(&bucket).await;
+        }
+    }
+    result
 }
 
 /// Sum of the sizes of the blobs under `prefix` on S3 (ListObjectsV2), what the service stores.
