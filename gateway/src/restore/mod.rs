@@ -53,7 +53,7 @@ use std::sync::Arc;
 use async_nats::jetstream::object_store::ObjectMetadata;
 use cim_tiering::catalog::{Entry, Version};
 use cim_tiering::digest::Sha256Digest;
-use cim_tiering::jetstream::write::{Recovered, WriteJournal};
+use cim_tiering::jetstream::write::{Recovered, WriteJournal, ACK_WINDOW, CHUNK_SIZE};
 use cim_tiering::jetstream::{ingest_digest, is_live, JetStreamTier, StoredObject};
 use cim_tiering::lease::Leases;
 use cim_tiering::{metrics, System};
@@ -145,6 +145,8 @@ pub struct Restorer {
     overwrite: bool,
     include_deleted: bool,
     concurrency: usize,
+    /// [`MEMORY_BUDGET`] in KiB permits; each object in flight holds [`in_flight_cost`] of them.
+    memory: Arc<tokio::sync::Semaphore>,
     /// What does not change per object, looked up once per bucket (see [`TargetBucket`]).
     buckets: tokio::sync::Mutex<HashMap<String, Arc<TargetBucket>>>,
 }
@@ -152,6 +154,19 @@ pub struct Restorer {
 /// Bytes the pipe between the S3 read and the chunk publisher holds: two chunks, so the reader
 /// decompresses the next chunk while the previous one is published.
 const PIPE_BUF: usize = 2 * 128 * 1024;
+
+/// Memory the objects in flight may hold together, whatever `[restore] concurrency` says: many
+/// small objects fly at once (each costs a few hundred KiB), large ones a few at a time.
+pub const MEMORY_BUDGET: u64 = 64 << 20;
+
+/// What one object in flight may hold at most: its unacknowledged chunks (up to the ack window),
+/// the zstd decoder's window (at most 8 MiB for blobs written at level ≤ 19; never more than the
+/// content), the pipe, the S3 read buffer and one chunk being filled.
+fn in_flight_cost(size: u64) -> u64 {
+    let window = (ACK_WINDOW * CHUNK_SIZE) as u64;
+    let overhead = (PIPE_BUF + 64 * 1024 + CHUNK_SIZE) as u64;
+    (size.min(window) + size.min(8 << 20) + overhead).min(MEMORY_BUDGET)
+}
 
 impl Restorer {
     /// A restorer from `store` into the JetStream tier named `target`. Opens the write journal
@@ -183,6 +198,7 @@ impl Restorer {
             overwrite: false,
             include_deleted: false,
             concurrency,
+            memory: Arc::new(tokio::sync::Semaphore::new((MEMORY_BUDGET >> 10) as usize)),
             buckets: Default::default(),
         })
     }
@@ -345,6 +361,13 @@ impl Restorer {
             self.check_replaceable(bucket, name, &held, entry.as_ref())?;
         }
         let reservation = target.reserve(m)?;
+        let cost = u32::try_from(in_flight_cost(m.size).div_ceil(1024)).unwrap_or(u32::MAX);
+        let _memory = self.memory.acquire_many(cost).await.map_err(|_| {
+            Error::io(
+                "memory budget",
+                std::io::Error::other("the restore's memory budget was closed"),
+            )
+        })?;
 
         // S3 → decompress → verify, piped into chunk publishes; the meta (visibility) only once
         // the content hashed to the manifest's digest and every chunk was acknowledged.
@@ -486,5 +509,23 @@ impl Restorer {
                 digest: held.to_nats(),
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_objects_cost_little_and_nothing_exceeds_the_budget() {
+        let small = in_flight_cost(4096);
+        assert!(small < 512 * 1024, "{small}");
+        assert!(
+            MEMORY_BUDGET / small >= 128,
+            "128 small objects must fit at once"
+        );
+        let large = in_flight_cost(256 << 20);
+        assert!(((12 << 20)..=(13 << 20)).contains(&large), "{large}");
+        assert!(in_flight_cost(u64::MAX) <= MEMORY_BUDGET);
     }
 }

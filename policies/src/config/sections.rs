@@ -107,7 +107,7 @@ pub struct RestoreConfig {
     /// staging on disk. Still accepted so existing configurations keep
     /// working; `cim-gateway restore` warns when it is set.
     pub staging_dir: Option<PathBuf>,
-    /// Objects restored at once, >= 1. Default 32.
+    /// Objects restored at once, >= 1. Default 128.
     pub concurrency: usize,
 }
 
