@@ -169,10 +169,28 @@ impl Manager {
                 return Ok(());
             }
         };
+        // For leaf → cluster `move`: the cluster's buckets, listed once (a bucket's stream is
+        // created by the mirror role, and asking a stream being created for its info can hang
+        // for the request's whole deadline). Unlisted, no eviction is queued this pass.
+        let mut cluster_buckets = None;
+        if cx.route == Route::LeafToCluster && policy.action == Action::Move {
+            match self.system.jetstream_tier(&policy.to)?.bucket_names().await {
+                Ok(names) => cluster_buckets = Some(names),
+                Err(e) => skipped(policy, Skip::TierUnavailable, &e, report),
+            }
+        }
         let mut due = 0u64;
         for bucket in buckets.iter().filter(|b| policy.matches_bucket(b)) {
             if let Err((reason, e)) = self
-                .evaluate_bucket(cx, tier, bucket, state, &mut due, report)
+                .evaluate_bucket(
+                    cx,
+                    tier,
+                    bucket,
+                    cluster_buckets.as_deref(),
+                    state,
+                    &mut due,
+                    report,
+                )
                 .await
             {
                 skipped(policy, reason, &e, report);
@@ -183,11 +201,13 @@ impl Manager {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn evaluate_bucket(
         &self,
         cx: &Context<'_>,
         tier: &JetStreamTier,
         bucket: &str,
+        cluster_buckets: Option<&[String]>,
         state: &mut State,
         due: &mut u64,
         report: &mut PassReport,
@@ -217,10 +237,17 @@ impl Manager {
         let mut source = state.take(tier.name(), bucket);
         let followed = follow(tier, bucket, &mut source).await;
         let mut target = None;
-        if followed.is_ok() && cx.route == Route::LeafToCluster {
+        if let (Ok(()), Some(listed)) = (&followed, cluster_buckets) {
             let mut hub_state = state.take(&policy.to, bucket);
             let result = match self.system.jetstream_tier(&policy.to) {
-                Ok(hub) => follow(hub, bucket, &mut hub_state).await,
+                Ok(hub) if listed.iter().any(|b| b == bucket) => {
+                    follow(hub, bucket, &mut hub_state).await
+                }
+                // Not on the cluster (yet): nothing there to evict against.
+                Ok(_) => {
+                    hub_state = BucketState::default();
+                    Ok(())
+                }
                 Err(e) => Err(e),
             };
             target = Some((hub_state, result));
@@ -461,16 +488,10 @@ impl Manager {
     }
 }
 
-/// Brings a bucket's index up to date. A bucket whose stream does not exist (a cluster bucket
-/// before its sourcing is set up, or one deleted since it was listed) is empty, not an error.
-/// A direct get on a missing stream is not refused at once (nats-server answers 503 after
-/// seconds), so while the index is empty the stream is first looked up (one API request); after
-/// that, only when the direct get fails.
+/// Brings the index of a listed bucket up to date. One deleted since it was listed is empty,
+/// not an error (asked only when the direct get fails: nats-server answers a direct get on a
+/// missing stream with 503 only after seconds, so callers follow only listed buckets).
 async fn follow(tier: &JetStreamTier, bucket: &str, state: &mut BucketState) -> Result<(), Error> {
-    if state.index.cursor() == 0 && !tier.stream_exists(bucket).await? {
-        *state = BucketState::default();
-        return Ok(());
-    }
     match state.follow(&tier.direct(bucket), bucket).await {
         Ok(()) => Ok(()),
         Err(e) => match tier.stream_exists(bucket).await {
