@@ -181,7 +181,7 @@ impl UploadHandler {
         let info = &version.info;
         let mut options = self.options.clone();
         loop {
-            let reader = progress.reader(hub.open(origin.bucket, info).await?);
+            let reader = progress.reader(hub.open(origin.bucket, info));
             let blob = store
                 .upload_blob(reader, info.size as u64, digest, origin, &options)
                 .await?;

@@ -241,11 +241,16 @@ fn hashing_result<R: AsyncRead + Unpin>(encoder: &Encoder<R>) -> (Sha256Digest, 
 
 impl BlobWrite<'_> {
     /// Maps an error reading the compressed stream: content overflowing the expected size, or a
-    /// source reader that found its own content contradicting the digest (`InvalidData`, as
-    /// async-nats' object reader reports "wrong digest" at its end), is an integrity failure of
-    /// the source — reported once, not retried as if it were a network error; anything else is
-    /// the source's I/O error.
+    /// source reader that found its own content contradicting the digest (`InvalidData`), is an
+    /// integrity failure of the source — reported once, not retried as if it were a network
+    /// error; an error of the cluster's reader ([`cim_tiering::jetstream::ObjectReader`]: a
+    /// lagging replica is `NotReady`) is passed on as it is; anything else is the source's I/O
+    /// error.
     fn read_error<R: AsyncRead + Unpin>(&self, encoder: &Encoder<R>, e: io::Error) -> Error {
+        let e = match cim_tiering::jetstream::read::tiering_error(e) {
+            Ok(tiering) => return tiering.into(),
+            Err(e) => e,
+        };
         if encoder.get_ref().get_ref().oversize {
             integrity_failure(
                 self.origin,
