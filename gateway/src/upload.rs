@@ -1,9 +1,11 @@
 //! The upload role (`cim-gateway upload`): cluster → S3.
 //!
 //! For each [`WorkItem::Upload`]: stream the object from the cluster's object store through
-//! SHA-256 and zstd into a content-addressed blob (multipart above the threshold), write the
-//! object's manifest, read the blob back and verify it against the ingest digest, record the S3
-//! location in the catalog, and only then — for `move` — evict the cluster copy.
+//! SHA-256 and zstd into a content-addressed blob (multipart above the threshold), verify the
+//! blob — by the checksums the service checked on receipt (`verify = "md5" | "crc32c"`), or by
+//! reading it back against the ingest digest (`"read-back"`, and any blob found already
+//! stored) — write the object's manifests, record the S3 location in the catalog, and only then
+//! — for `move` — evict the cluster copy.
 //!
 //! Every step is idempotent, so a redelivered item (after a crash or SIGKILL) resumes: a blob
 //! already complete is reused, a stale multipart upload of the same blob is aborted before a new
@@ -19,7 +21,7 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use cim_policies::{Action, Tier};
+use cim_policies::{Action, S3Verify, Tier};
 use cim_tiering::catalog::Version;
 use cim_tiering::digest::Sha256Digest;
 use cim_tiering::jetstream::{ingest_digest, JetStreamTier, StoredObject};
@@ -31,7 +33,7 @@ use tokio::sync::OnceCell;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::format::{self, Compression, Manifest, FORMAT_VERSION};
+use crate::format::{self, Compression, Manifest, Verification, FORMAT_VERSION};
 use crate::s3::{BlobUpload, Origin, S3Store, UploadOptions};
 use crate::versions::{self, Tombstoned};
 use crate::Error;
@@ -158,9 +160,15 @@ impl UploadHandler {
         }
     }
 
-    /// Stores the blob of `digest`, read from `hub`, and verifies it by reading it back
-    /// (invariant 1: before anything depends on it); returns the manifest to commit and what
-    /// the upload did.
+    /// Stores the blob of `digest`, read from `hub`, and verifies it (invariant 1: before
+    /// anything depends on it); returns the manifest to commit, which records how it was
+    /// verified, and what the upload did.
+    ///
+    /// A blob just uploaded to a tier with `verify = "md5"` or `"crc32c"` is verified when the
+    /// service has confirmed the checksum of every body we sent (see `s3::checksums`): nothing
+    /// is read back. A blob uploaded with `verify = "read-back"`, and a blob found already
+    /// stored (nothing was sent, so the service checked nothing), is read back whole and checked
+    /// against the ingest digest.
     ///
     /// A blob already stored that fails verification (bit rot, tampering: its metadata matches,
     /// its bytes do not) is not reused forever: the failure is counted and logged naming the
@@ -185,12 +193,22 @@ impl UploadHandler {
             let blob = store
                 .upload_blob(reader, info.size as u64, digest, origin, &options)
                 .await?;
-            let manifest = manifest_of(origin, version, digest, &blob);
+            let mut manifest = manifest_of(origin, version, digest, &blob);
+            if manifest.verified.is_some() {
+                return Ok((manifest, blob));
+            }
             match store
                 .read_verified(&manifest, &mut progress.writer(tokio::io::sink()))
                 .await
             {
-                Ok(_) => return Ok((manifest, blob)),
+                Ok(_) => {
+                    manifest.verified = Some(Verification {
+                        mode: S3Verify::ReadBack,
+                        checksums: Vec::new(),
+                        part_size: None,
+                    });
+                    return Ok((manifest, blob));
+                }
                 Err(Error::Integrity { .. }) if blob.reused => {
                     tracing::warn!(key = %blob.key, "stored blob failed verification; uploading it again from the source");
                     options.reuse_existing = false;
@@ -412,6 +430,7 @@ fn manifest_of(
         source_nuid: info.nuid.clone(),
         source_seq: version.seq,
         deleted: None,
+        verified: blob.verified.clone(),
     }
 }
 

@@ -1,12 +1,17 @@
-//! The upload role's fast paths on real servers: the hub copy read with batched direct gets.
+//! The upload role's fast paths on real servers: the hub copy read with batched direct gets, and
+//! S3 copies verified by the checksums the service checks on receipt.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod common;
 
-use cim_tests::Topology;
+use std::time::Duration;
+
+use cim_gateway::s3::recorded_checksum;
+use cim_policies::S3Verify;
+use cim_tests::{wait_until, Topology};
 use cim_tiering::digest::Sha256Digest;
 use cim_tiering::jetstream::{chunk_subject, stream_name, JetStreamTier};
-use common::content;
+use common::{content, s3_store, Roles, Tiers};
 use tokio::io::AsyncReadExt;
 
 /// An object of many chunks (several batches of direct gets) reads back whole and in order,
@@ -92,4 +97,139 @@ async fn chunks_ending_short_are_not_ready_rather_than_corrupt() {
         "missing chunks are not ready, not corrupt: {err}"
     );
     assert!(err.is_transient());
+}
+
+/// Each verification mode on its own S3 tier: a `move` evicts the hub copy only once the copy
+/// is verified, and the manifest records how — for `md5` and `crc32c` the checksum of every
+/// request body (recomputed here from the stored blob, cut at the recorded part size), for
+/// `read-back` none. Every blob carries zstd's frame checksum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_move_evicts_only_a_verified_copy_and_the_manifest_says_how() {
+    let topology = Topology::start().await.unwrap();
+    let modes = [
+        (S3Verify::Md5, "md5"),
+        (S3Verify::Crc32c, "crc"),
+        (S3Verify::ReadBack, "rb"),
+    ];
+    let mut extra = String::new();
+    for (mode, short) in modes {
+        extra += &format!(
+            r#"
+[tiers.s3-{short}]
+kind = "s3"
+endpoint = "{endpoint}"
+region = "{region}"
+bucket = "{bucket}"
+prefix = "{short}/"
+flavor = "garage"
+credentials_file = "{credentials}"
+verify = "{mode}"
+
+[[policy]]
+name = "to-{short}"
+buckets = ["fast-{short}"]
+from = "hub"
+to = "s3-{short}"
+action = "move"
+after = "0s"
+"#,
+            endpoint = topology.s3.endpoint,
+            region = topology.s3.region,
+            bucket = topology.s3.bucket,
+            credentials = topology.s3.credentials_file().display(),
+        );
+    }
+    let config = topology.write_config(&extra);
+    let tiers = Tiers::connect(&topology).await;
+    // One single PutObject and one multipart upload (two parts of 16 MiB) per tier.
+    let objects = [
+        ("small", content(810, 200 * 1024)),
+        ("big", content(811, 20 * 1024 * 1024 + 3)),
+    ];
+    for (_, short) in modes {
+        let store = tiers
+            .hub_tier
+            .ensure_bucket(&format!("fast-{short}"))
+            .await
+            .unwrap();
+        for (name, data) in &objects {
+            store.put(*name, &mut data.as_slice()).await.unwrap();
+        }
+    }
+    let mut roles = Roles::start(&topology, &config);
+    let stores = [
+        s3_store(&topology, "md5/").await,
+        s3_store(&topology, "crc/").await,
+        s3_store(&topology, "rb/").await,
+    ];
+
+    let moved = wait_until(
+        "every object moved to its tier",
+        Duration::from_secs(120),
+        || async {
+            let mut all = true;
+            for ((_, short), store) in modes.iter().zip(&stores) {
+                let bucket = format!("fast-{short}");
+                let on_hub = Tiers::names(&tiers.hub_tier, &bucket).await;
+                let catalog = tiers.catalog_locations(&bucket).await;
+                for (name, _) in &objects {
+                    if on_hub.iter().any(|n| n == name) {
+                        all = false;
+                        continue;
+                    }
+                    // Evicted from the hub: the S3 copy must be recorded, and verified.
+                    let tier = format!("s3-{short}");
+                    assert_eq!(catalog.get(*name), Some(&vec![tier]), "{bucket}/{name}");
+                    let manifest = store.get_manifest(&bucket, name).await.unwrap().unwrap();
+                    assert!(manifest.verified.is_some(), "{bucket}/{name}: {manifest:?}");
+                }
+            }
+            all
+        },
+    )
+    .await;
+    moved.unwrap_or_else(|e| panic!("{e:#}\n{}", roles.logs()));
+
+    for ((mode, short), store) in modes.iter().zip(&stores) {
+        let bucket = format!("fast-{short}");
+        for (name, data) in &objects {
+            let manifest = store.get_manifest(&bucket, name).await.unwrap().unwrap();
+            let verified = manifest.verified.clone().unwrap();
+            assert_eq!(verified.mode, *mode, "{bucket}/{name}");
+            let blob = store
+                .client()
+                .get_object()
+                .bucket(store.bucket())
+                .key(&manifest.blob_key)
+                .send()
+                .await
+                .unwrap()
+                .body
+                .collect()
+                .await
+                .unwrap()
+                .into_bytes();
+            assert_eq!(blob.len() as u64, manifest.stored_size);
+            // Frame header descriptor: Content_Checksum_flag (bit 2).
+            assert_eq!(&blob[..4], &[0x28, 0xb5, 0x2f, 0xfd], "a zstd frame");
+            assert_ne!(blob[4] & 0x04, 0, "{bucket}/{name}: no zstd frame checksum");
+            assert!(zstd::decode_all(&blob[..]).unwrap() == *data);
+            if *mode == S3Verify::ReadBack {
+                assert!(verified.checksums.is_empty(), "{verified:?}");
+                continue;
+            }
+            let pieces: Vec<&[u8]> = match verified.part_size {
+                None => vec![&blob[..]],
+                Some(size) => blob.chunks(size as usize).collect(),
+            };
+            let expected: Vec<String> = pieces
+                .iter()
+                .map(|p| recorded_checksum(*mode, p).unwrap())
+                .collect();
+            assert_eq!(verified.checksums, expected, "{bucket}/{name}");
+            let parts = if *name == "big" { 2 } else { 1 };
+            assert_eq!(verified.checksums.len(), parts, "{bucket}/{name}");
+        }
+    }
+    roles.stop();
 }

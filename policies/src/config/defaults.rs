@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
-use super::S3Flavor;
+use super::{S3Flavor, S3Verify};
 
 /// `[nats] replicas`: replicas of the control-plane streams.
 pub const NATS_REPLICAS: usize = 3;
@@ -19,6 +19,15 @@ pub const S3_FLAVOR: S3Flavor = S3Flavor::Other;
 /// `[tiers.<name>] retention` of an S3 tier: Wasabi bills every stored object for at least 90
 /// days, so removing anything earlier would be billed anyway (and lose the chance to restore).
 pub const S3_RETENTION: Duration = Duration::from_secs(90 * 86_400);
+/// `[tiers.<name>] verify` of an S3 tier of `flavor`: `crc32c` where the service is known to
+/// check `x-amz-checksum-crc32c` on receipt and echo it (AWS, Garage ≥ 1.0, MinIO); `md5`
+/// elsewhere (every S3 implementation checks `Content-MD5`, Wasabi included).
+pub fn s3_verify(flavor: S3Flavor) -> S3Verify {
+    match flavor {
+        S3Flavor::Aws | S3Flavor::Garage | S3Flavor::Minio => S3Verify::Crc32c,
+        S3Flavor::Wasabi | S3Flavor::Other => S3Verify::Md5,
+    }
+}
 /// `[metrics] listen`.
 pub const METRICS_LISTEN: SocketAddr =
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)), 9464);

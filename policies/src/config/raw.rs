@@ -56,6 +56,7 @@ pub(super) struct Tier {
     pub prefix: Option<String>,
     pub flavor: Option<String>,
     pub force_path_style: Option<bool>,
+    pub verify: Option<String>,
     pub retention: Option<String>,
 }
 
