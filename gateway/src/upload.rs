@@ -347,7 +347,9 @@ impl UploadHandler {
             // under the blob's lease: garbage collection takes the same lease before removing
             // a blob, so it never removes one that a manifest is about to reference.
             let version_key = store.put_version_manifest(&manifest).await?;
-            lease.release().await;
+            // Released in the background (dropping it deletes the key): nothing below needs it
+            // gone, so the upload does not wait a round trip for it.
+            drop(lease);
             // The catalog's compare-and-set decides which version is current: an older version
             // finishing after a newer one was recorded stays history and changes nothing.
             let committed = catalog

@@ -152,6 +152,7 @@ fn small_parts() -> UploadOptions {
         multipart_threshold: 5 * MIB,
         zstd_level: 3,
         reuse_existing: true,
+        budget: cim_gateway::s3::MemoryBudget::new(16 * MIB),
     }
 }
 

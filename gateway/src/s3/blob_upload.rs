@@ -16,6 +16,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use super::budget::{Charge, MemoryBudget};
 use super::checksums::BodyChecksum;
 use super::deadlines;
 use super::hashing::HashingReader;
@@ -31,15 +32,17 @@ pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
 pub const MAX_PART_SIZE: u64 = 5 * 1024 * 1024 * 1024;
 /// Most parts one multipart upload may have.
 pub const MAX_PARTS: u64 = 10_000;
-/// Parts uploading concurrently while the next one is compressed. Memory ≈ (this + 1) × part size.
-const MAX_PARTS_IN_FLIGHT: usize = 2;
+/// Most parts of one object uploading at once while the next one is compressed; the memory of
+/// all of them, across all uploads, is bounded by [`UploadOptions::budget`].
+const MAX_PARTS_IN_FLIGHT: usize = 4;
 
 /// How blobs are cut and compressed.
 ///
 /// Sizes are in bytes. `part_size` is clamped to S3's limits ([`MIN_PART_SIZE`] ..
 /// [`MAX_PART_SIZE`]) and raised when needed so an object of the expected size fits in
 /// [`MAX_PARTS`] parts; `multipart_threshold` is capped at [`MAX_PART_SIZE`] (the largest single
-/// PutObject).
+/// PutObject). From a configuration, both are also capped at half the memory budget, so that
+/// one part can be sent while the next is filled.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UploadOptions {
     /// Size of each multipart part (compressed bytes).
@@ -56,15 +59,20 @@ pub struct UploadOptions {
     /// that failed [`S3Store::verify`]: the replacement only becomes visible once the new content
     /// has been verified, so a bad source never replaces the blob.
     pub reuse_existing: bool,
+    /// Bounds the compressed-byte buffers of every upload sharing it (see [`MemoryBudget`]).
+    pub budget: MemoryBudget,
 }
 
 impl From<&UploadConfig> for UploadOptions {
+    /// Options for the role: one budget of `memory_budget` bytes for all its uploads.
     fn from(config: &UploadConfig) -> Self {
+        let half = (config.memory_budget / 2).max(MIN_PART_SIZE);
         UploadOptions {
-            part_size: config.part_size,
-            multipart_threshold: config.multipart_threshold,
+            part_size: config.part_size.min(half),
+            multipart_threshold: config.multipart_threshold.min(half),
             zstd_level: config.zstd_level,
             reuse_existing: true,
+            budget: MemoryBudget::new(config.memory_budget),
         }
     }
 }
@@ -180,9 +188,19 @@ impl S3Store {
             &[CParameter::checksum_flag(true)],
         );
         let threshold = usize_of(opts.multipart_threshold.min(MAX_PART_SIZE));
+        let part_size = usize_of(opts.effective_part_size(expected_size));
         // Sized for this object rather than the threshold: small objects are the common case.
-        let mut first =
-            BytesMut::with_capacity(threshold.min(usize_of(compress_bound(expected_size))));
+        let capacity = threshold.min(usize_of(compress_bound(expected_size)));
+        // An object that may need a multipart upload is charged a whole part up front, so that
+        // growing this buffer to a part never waits for room while holding some.
+        let may_be_multipart = compress_bound(expected_size) > threshold as u64;
+        let charged = if may_be_multipart {
+            capacity.max(part_size)
+        } else {
+            capacity
+        };
+        let mut charge = opts.budget.charge(charged as u64).await;
+        let mut first = BytesMut::with_capacity(capacity);
         let eof = fill(&mut encoder, &mut first, threshold)
             .await
             .map_err(|e| upload.read_error(&encoder, e))?;
@@ -190,10 +208,12 @@ impl S3Store {
         let (stored_size, checksums, part_size) = if eof {
             upload.check(hashing_result(&encoder))?;
             let (stored_size, checksum) = upload.put_single(first.freeze()).await?;
+            drop(charge);
             (stored_size, checksum.into_iter().collect(), None)
         } else {
-            let part_size = usize_of(opts.effective_part_size(expected_size));
-            let (stored_size, checksums) = upload.multipart(encoder, first, part_size).await?;
+            let (stored_size, checksums) = upload
+                .multipart(encoder, first, &mut charge, &opts.budget, part_size)
+                .await?;
             (stored_size, checksums, Some(part_size as u64))
         };
         cim_tiering::metrics::s3_blob(false);
@@ -369,6 +389,8 @@ impl BlobWrite<'_> {
         &self,
         mut encoder: Encoder<R>,
         first: BytesMut,
+        charge: &mut Charge,
+        budget: &MemoryBudget,
         part_size: usize,
     ) -> Result<(u64, Vec<String>), Error> {
         let (client, bucket, key) = (&self.store.client, &self.store.bucket, self.key);
@@ -401,7 +423,14 @@ impl BlobWrite<'_> {
 
         let mut tasks = JoinSet::new();
         let result = match self
-            .stream_parts(&mut encoder, first, part_size, &upload_id, &mut tasks)
+            .stream_parts(
+                &mut encoder,
+                first,
+                (charge, budget),
+                part_size,
+                &upload_id,
+                &mut tasks,
+            )
             .await
         {
             Ok(parts) => self.complete(&upload_id, parts).await,
@@ -423,11 +452,14 @@ impl BlobWrite<'_> {
     }
 
     /// Cuts the compressed stream into parts and uploads them, at most
-    /// [`MAX_PARTS_IN_FLIGHT`] at a time; checks the content at EOF. Returns the parts in order.
+    /// [`MAX_PARTS_IN_FLIGHT`] at a time and within the memory budget (`held` is what the
+    /// buffer being filled is charged; each part takes its share along); checks the content at
+    /// EOF. Returns the parts in order.
     async fn stream_parts<R: AsyncRead + Unpin + Send>(
         &self,
         encoder: &mut Encoder<R>,
         mut pending: BytesMut,
+        (held, budget): (&mut Charge, &MemoryBudget),
         part_size: usize,
         upload_id: &str,
         tasks: &mut JoinSet<Result<UploadedPart, Error>>,
@@ -437,6 +469,11 @@ impl BlobWrite<'_> {
         let mut eof = false;
         loop {
             if !eof && pending.len() < part_size {
+                if held.bytes() < part_size as u64 {
+                    // Waits while other uploads' parts hold the budget; this one holds no
+                    // unsent bytes meanwhile (a partly filled buffer was charged a whole part).
+                    held.merge(budget.charge(part_size as u64 - held.bytes()).await);
+                }
                 if pending.is_empty() {
                     // The previous buffer is owned by in-flight parts; start a fresh one.
                     pending = BytesMut::with_capacity(part_size);
@@ -467,13 +504,14 @@ impl BlobWrite<'_> {
                 while tasks.len() >= MAX_PARTS_IN_FLIGHT {
                     done.push(join_part(tasks).await?);
                 }
+                let charge = held.split(body.len() as u64);
                 tasks.spawn(upload_part(
                     self.store.client.clone(),
                     self.store.bucket.clone(),
                     self.key.to_string(),
                     upload_id.to_string(),
                     part_number as i32,
-                    body,
+                    (body, charge),
                     self.store.verify,
                 ));
             }
@@ -574,7 +612,7 @@ async fn upload_part(
     key: String,
     upload_id: String,
     part_number: i32,
-    body: Bytes,
+    (body, _charge): (Bytes, Charge),
     verify: S3Verify,
 ) -> Result<UploadedPart, Error> {
     let len = body.len() as u64;
@@ -674,6 +712,7 @@ mod tests {
             multipart_threshold: 0,
             zstd_level: 3,
             reuse_existing: true,
+            budget: MemoryBudget::new(64 << 20),
         };
         assert_eq!(opts.effective_part_size(0), MIN_PART_SIZE);
         let huge = 100 * 1024 * 1024 * 1024 * 1024; // 100 TiB: beyond 10,000 × 5 GiB

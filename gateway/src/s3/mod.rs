@@ -2,8 +2,9 @@
 //!
 //! Everything here is streaming: uploads read the content once, hashing the plaintext while it is
 //! compressed into part-sized buffers; restores decompress and hash on the way to the writer. The
-//! only buffers are the single-upload buffer (up to the multipart threshold) and at most three
-//! part buffers (one being filled, two in flight).
+//! only buffers are the single-upload buffer (up to the multipart threshold) and the part
+//! buffers (one being filled, a few in flight), all charged to one memory budget per process
+//! (`[upload] memory_budget_mib`, see `budget`).
 //!
 //! S3 makes a key visible only when a PutObject or CompleteMultipartUpload succeeds, and both are
 //! issued only after the content hashed to the expected digest: nothing unverified or
@@ -14,6 +15,7 @@
 //! * this module — [`S3Store`]: connection from the tier configuration, accessors, and the
 //!   integrity report shared by uploads and reads;
 //! * `blob_upload` — verified blob upload, single or multipart, and part streaming;
+//! * `budget` — the memory budget every upload buffer is charged to;
 //! * `checksums` — the per-request checksums of `verify = "md5" | "crc32c"` and the check of
 //!   the service's answer;
 //! * `multipart` — listing and aborting unfinished multipart uploads;
@@ -38,6 +40,7 @@ use cim_tiering::digest::Sha256Digest;
 
 use crate::Error;
 mod blob_upload;
+mod budget;
 mod checksums;
 pub mod deadlines;
 mod hashing;
@@ -47,6 +50,7 @@ mod multipart;
 mod read;
 
 pub use blob_upload::{BlobUpload, UploadOptions, MAX_PARTS, MAX_PART_SIZE, MIN_PART_SIZE};
+pub use budget::{Charge, MemoryBudget};
 pub use checksums::recorded_checksum;
 pub use keys::ListedKey;
 pub use manifests::ListedManifest;

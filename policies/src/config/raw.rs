@@ -98,6 +98,7 @@ pub(super) struct Upload {
     pub part_size_mib: Option<i64>,
     pub multipart_threshold_mib: Option<i64>,
     pub zstd_level: Option<i64>,
+    pub memory_budget_mib: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
