@@ -55,6 +55,10 @@ pub const STALE_MULTIPART_AGE: Duration = Duration::from_secs(24 * 3600);
 /// handler slot stays occupied, not the correctness of anything.
 pub const LEASE_WAIT_LIMIT: Duration = Duration::from_secs(10 * 60);
 
+/// How often an upload whose fresh blob fails its read-back is sent again within one work item
+/// before the item fails (and the worker retries it later).
+const MAX_FRESH_REUPLOADS: u32 = 2;
+
 /// The lease key of the blob of `digest` on S3 tier `tier` (different tiers are different blobs).
 pub fn blob_lease_key(tier: &str, digest: &Sha256Digest) -> String {
     format!("blob.{}.{}", URL_SAFE_NO_PAD.encode(tier), digest.to_hex())
@@ -188,6 +192,7 @@ impl UploadHandler {
     ) -> Result<(Manifest, BlobUpload), Error> {
         let info = &version.info;
         let mut options = self.options.clone();
+        let mut fresh_attempts = 0;
         loop {
             let reader = progress.reader(hub.open(origin.bucket, info));
             let blob = store
@@ -211,6 +216,15 @@ impl UploadHandler {
                 }
                 Err(Error::Integrity { .. }) if blob.reused => {
                     tracing::warn!(key = %blob.key, "stored blob failed verification; uploading it again from the source");
+                    options.reuse_existing = false;
+                }
+                // What we just sent was stored wrong (damaged in transit past a service that
+                // checked nothing, or on its disk): upload it again, a few times at most — the
+                // read-back failure was counted and logged, and the source is checked again as
+                // it is read.
+                Err(Error::Integrity { .. }) if fresh_attempts < MAX_FRESH_REUPLOADS => {
+                    fresh_attempts += 1;
+                    tracing::warn!(key = %blob.key, attempt = fresh_attempts, "blob just uploaded failed its read-back; uploading it again");
                     options.reuse_existing = false;
                 }
                 Err(e) => return Err(e),
