@@ -100,6 +100,16 @@ let
         default = null;
         description = "S3 tiers: path-style addressing (default true, except for `aws`).";
       };
+      verify = mkOption {
+        type = types.nullOr (types.enum [ "md5" "crc32c" "read-back" ]);
+        default = null;
+        description = ''
+          S3 tiers: how an uploaded blob is proven stored before it counts as verified:
+          `md5` or `crc32c` (the service checks a checksum of every request body on receipt),
+          or `read-back` (the blob is downloaded again and checked). Default `crc32c` for the
+          `aws`, `garage` and `minio` flavors, `md5` otherwise.
+        '';
+      };
       retention = mkOption {
         type = types.nullOr duration;
         default = null;
@@ -205,7 +215,7 @@ let
       // (if t.kind == "jetstream" then {
         inherit (t) url domain replicas;
       } else {
-        inherit (t) endpoint region bucket prefix flavor retention;
+        inherit (t) endpoint region bucket prefix flavor retention verify;
         force_path_style = t.forcePathStyle;
       })
     );

@@ -58,6 +58,26 @@ pub enum Error {
         actual: String,
     },
 
+    /// The service accepted an upload without confirming the checksum the tier's `verify` mode
+    /// relies on (no echoed `x-amz-checksum-crc32c`, or an ETag that is not the body's MD5, as
+    /// with SSE-KMS encryption). The copy is not counted as verified. Not transient: the same
+    /// service answers the same way; the operator must choose another mode.
+    #[error(
+        "s3 {op} {key}: the service did not confirm the {mode} checksum of what we sent \
+         ({found}), so the copy is not verified; set `verify = {}` on this tier",
+        other_modes(*.mode)
+    )]
+    Unconfirmed {
+        /// The S3 operation, e.g. `"upload_part"`.
+        op: &'static str,
+        /// The blob key.
+        key: String,
+        /// The tier's verification mode.
+        mode: cim_policies::S3Verify,
+        /// What the response said instead.
+        found: String,
+    },
+
     /// A manifest could not be parsed, or parsed but contradicts itself or its key.
     #[error("invalid manifest {key}: {source}")]
     Manifest {
@@ -227,6 +247,7 @@ impl Error {
             Error::Tiering(e) => e.is_transient(),
             Error::Integrity { .. }
             | Error::Manifest { .. }
+            | Error::Unconfirmed { .. }
             | Error::UnsupportedFormat { .. }
             | Error::Config { .. }
             | Error::WouldLoseVersion { .. }
@@ -314,6 +335,14 @@ impl Error {
     }
 }
 
+/// The modes to suggest when `mode` cannot be confirmed by a service.
+fn other_modes(mode: cim_policies::S3Verify) -> &'static str {
+    match mode {
+        cim_policies::S3Verify::Crc32c => "\"md5\"` or `verify = \"read-back\"",
+        _ => "\"crc32c\"` or `verify = \"read-back\"",
+    }
+}
+
 fn object_suffix(object: &Option<String>) -> String {
     match object {
         Some(object) => format!(" (object {object:?})"),
@@ -343,6 +372,11 @@ pub struct S3Failure {
 
 /// S3 error codes that mean "try again later" whatever the HTTP status says.
 const TRANSIENT_CODES: &[&str] = &[
+    // The body the service received does not match the checksum we sent (`Content-MD5`,
+    // `x-amz-checksum-*`): damaged on the way; the upload is sent again.
+    "BadDigest",
+    "InvalidDigest",
+    "XAmzContentSHA256Mismatch",
     "SlowDown",
     "Throttling",
     "ThrottlingException",

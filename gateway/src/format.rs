@@ -29,8 +29,9 @@ use crate::Error;
 /// The manifest format version this crate writes. It reads every version from 1 up to this one.
 ///
 /// 2 added `source_seq` (the order of versions) and the per-version history under `versions/`;
-/// 3 added tombstones (`deleted`).
-pub const FORMAT_VERSION: u32 = 3;
+/// 3 added tombstones (`deleted`); 4 added `verified` (how the blob was verified, with the
+/// checksums the service checked) and blobs carry zstd's frame checksum.
+pub const FORMAT_VERSION: u32 = 4;
 
 /// The manifest formats this crate reads: every format from 1 up to the one it writes, so a
 /// reader of format N also reads N−1 (bumping [`FORMAT_VERSION`] is the only change needed).
@@ -225,6 +226,29 @@ pub struct Manifest {
     /// tombstone keeps no blob alive. Absent before format 3.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deleted: Option<Deletion>,
+    /// How the blob was verified when this version was uploaded. Absent before format 4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified: Option<Verification>,
+}
+
+/// How a version's blob was proven stored before the version was committed (format 4).
+///
+/// What each mode proves is in `docs/architecture.md` ("Verification").
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Verification {
+    /// `"md5"` or `"crc32c"`: the service checked a checksum of every request body on receipt
+    /// and confirmed it; `"read-back"`: the blob was read back whole and checked against
+    /// `digest`.
+    pub mode: cim_policies::S3Verify,
+    /// For `md5` and `crc32c`: the checksum of each request body, base64 as sent in its header
+    /// (`Content-MD5`, `x-amz-checksum-crc32c`), in order: one for a single PutObject, one per
+    /// part of a multipart upload. Empty for `read-back`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checksums: Vec<String>,
+    /// For a multipart upload: the size of every part but the last (compressed bytes), so the
+    /// blob can be cut again to recompute the checksums. Absent for a single PutObject.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part_size: Option<u64>,
 }
 
 /// What a tombstone records about the delete.
@@ -324,7 +348,35 @@ mod tests {
             source_nuid: "NUID123".into(),
             source_seq: 7,
             deleted: None,
+            verified: None,
         }
+    }
+
+    #[test]
+    fn verifications_round_trip_and_older_formats_have_none() {
+        let mut m = sample();
+        m.verified = Some(Verification {
+            mode: cim_policies::S3Verify::Crc32c,
+            checksums: vec!["yZRlqg==".into(), "AAAAAA==".into()],
+            part_size: Some(16 << 20),
+        });
+        let json = String::from_utf8(m.to_json()).unwrap();
+        assert!(json.contains(r#""mode": "crc32c""#), "{json}");
+        assert_eq!(Manifest::from_json("k", json.as_bytes()).unwrap(), m);
+        m.verified = Some(Verification {
+            mode: cim_policies::S3Verify::ReadBack,
+            checksums: vec![],
+            part_size: None,
+        });
+        let json = String::from_utf8(m.to_json()).unwrap();
+        assert!(json.contains(r#""mode": "read-back""#), "{json}");
+        assert!(!json.contains("checksums"), "{json}");
+        assert_eq!(Manifest::from_json("k", json.as_bytes()).unwrap(), m);
+        // A format-3 manifest knows no `verified`.
+        let mut v3 = serde_json::to_value(sample()).unwrap();
+        v3["format"] = 3.into();
+        let read = Manifest::from_json("k", v3.to_string().as_bytes()).unwrap();
+        assert_eq!(read.verified, None);
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! The upload role (`cim-gateway upload`): cluster → S3.
 //!
 //! For each [`WorkItem::Upload`]: stream the object from the cluster's object store through
-//! SHA-256 and zstd into a content-addressed blob (multipart above the threshold), write the
-//! object's manifest, read the blob back and verify it against the ingest digest, record the S3
-//! location in the catalog, and only then — for `move` — evict the cluster copy.
+//! SHA-256 and zstd into a content-addressed blob (multipart above the threshold), verify the
+//! blob — by the checksums the service checked on receipt (`verify = "md5" | "crc32c"`), or by
+//! reading it back against the ingest digest (`"read-back"`, and any blob found already
+//! stored) — write the object's manifests, record the S3 location in the catalog, and only then
+//! — for `move` — evict the cluster copy.
 //!
 //! Every step is idempotent, so a redelivered item (after a crash or SIGKILL) resumes: a blob
 //! already complete is reused, a stale multipart upload of the same blob is aborted before a new
@@ -19,7 +21,7 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use cim_policies::{Action, Tier};
+use cim_policies::{Action, S3Verify, Tier};
 use cim_tiering::catalog::Version;
 use cim_tiering::digest::Sha256Digest;
 use cim_tiering::jetstream::{ingest_digest, JetStreamTier, StoredObject};
@@ -31,7 +33,7 @@ use tokio::sync::OnceCell;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::format::{self, Compression, Manifest, FORMAT_VERSION};
+use crate::format::{self, Compression, Manifest, Verification, FORMAT_VERSION};
 use crate::s3::{BlobUpload, Origin, S3Store, UploadOptions};
 use crate::versions::{self, Tombstoned};
 use crate::Error;
@@ -52,6 +54,10 @@ pub const STALE_MULTIPART_AGE: Duration = Duration::from_secs(24 * 3600);
 /// holder's expires within [`cim_tiering::lease::LEASE_TTL`]), so this bounds how long one
 /// handler slot stays occupied, not the correctness of anything.
 pub const LEASE_WAIT_LIMIT: Duration = Duration::from_secs(10 * 60);
+
+/// How often an upload whose fresh blob fails its read-back is sent again within one work item
+/// before the item fails (and the worker retries it later).
+const MAX_FRESH_REUPLOADS: u32 = 2;
 
 /// The lease key of the blob of `digest` on S3 tier `tier` (different tiers are different blobs).
 pub fn blob_lease_key(tier: &str, digest: &Sha256Digest) -> String {
@@ -158,9 +164,15 @@ impl UploadHandler {
         }
     }
 
-    /// Stores the blob of `digest`, read from `hub`, and verifies it by reading it back
-    /// (invariant 1: before anything depends on it); returns the manifest to commit and what
-    /// the upload did.
+    /// Stores the blob of `digest`, read from `hub`, and verifies it (invariant 1: before
+    /// anything depends on it); returns the manifest to commit, which records how it was
+    /// verified, and what the upload did.
+    ///
+    /// A blob just uploaded to a tier with `verify = "md5"` or `"crc32c"` is verified when the
+    /// service has confirmed the checksum of every body we sent (see `s3::checksums`): nothing
+    /// is read back. A blob uploaded with `verify = "read-back"`, and a blob found already
+    /// stored (nothing was sent, so the service checked nothing), is read back whole and checked
+    /// against the ingest digest.
     ///
     /// A blob already stored that fails verification (bit rot, tampering: its metadata matches,
     /// its bytes do not) is not reused forever: the failure is counted and logged naming the
@@ -180,19 +192,39 @@ impl UploadHandler {
     ) -> Result<(Manifest, BlobUpload), Error> {
         let info = &version.info;
         let mut options = self.options.clone();
+        let mut fresh_attempts = 0;
         loop {
-            let reader = progress.reader(hub.open(origin.bucket, info).await?);
+            let reader = progress.reader(hub.open(origin.bucket, info));
             let blob = store
                 .upload_blob(reader, info.size as u64, digest, origin, &options)
                 .await?;
-            let manifest = manifest_of(origin, version, digest, &blob);
+            let mut manifest = manifest_of(origin, version, digest, &blob);
+            if manifest.verified.is_some() {
+                return Ok((manifest, blob));
+            }
             match store
                 .read_verified(&manifest, &mut progress.writer(tokio::io::sink()))
                 .await
             {
-                Ok(_) => return Ok((manifest, blob)),
+                Ok(_) => {
+                    manifest.verified = Some(Verification {
+                        mode: S3Verify::ReadBack,
+                        checksums: Vec::new(),
+                        part_size: None,
+                    });
+                    return Ok((manifest, blob));
+                }
                 Err(Error::Integrity { .. }) if blob.reused => {
                     tracing::warn!(key = %blob.key, "stored blob failed verification; uploading it again from the source");
+                    options.reuse_existing = false;
+                }
+                // What we just sent was stored wrong (damaged in transit past a service that
+                // checked nothing, or on its disk): upload it again, a few times at most — the
+                // read-back failure was counted and logged, and the source is checked again as
+                // it is read.
+                Err(Error::Integrity { .. }) if fresh_attempts < MAX_FRESH_REUPLOADS => {
+                    fresh_attempts += 1;
+                    tracing::warn!(key = %blob.key, attempt = fresh_attempts, "blob just uploaded failed its read-back; uploading it again");
                     options.reuse_existing = false;
                 }
                 Err(e) => return Err(e),
@@ -329,7 +361,9 @@ impl UploadHandler {
             // under the blob's lease: garbage collection takes the same lease before removing
             // a blob, so it never removes one that a manifest is about to reference.
             let version_key = store.put_version_manifest(&manifest).await?;
-            lease.release().await;
+            // Released in the background (dropping it deletes the key): nothing below needs it
+            // gone, so the upload does not wait a round trip for it.
+            drop(lease);
             // The catalog's compare-and-set decides which version is current: an older version
             // finishing after a newer one was recorded stays history and changes nothing.
             let committed = catalog
@@ -412,6 +446,7 @@ fn manifest_of(
         source_nuid: info.nuid.clone(),
         source_seq: version.seq,
         deleted: None,
+        verified: blob.verified.clone(),
     }
 }
 

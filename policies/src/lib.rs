@@ -27,7 +27,7 @@ pub mod policy;
 
 pub use config::{
     CatalogConfig, Config, Format, JetStreamTier, ManagerConfig, MetricsConfig, NatsConfig,
-    RestoreConfig, S3Flavor, S3Tier, Tier, UploadConfig, WorkConfig,
+    RestoreConfig, S3Flavor, S3Tier, S3Verify, Tier, UploadConfig, WorkConfig,
 };
 pub use error::{ConfigError, Problem};
 pub use policy::{due_policies, Action, Policy, Route};

@@ -452,6 +452,7 @@ async fn cim_tests_s3_store(topology: &Topology) -> cim_gateway::s3::S3Store {
         flavor: cim_policies::S3Flavor::Garage,
         force_path_style: true,
         retention: std::time::Duration::from_secs(90 * 86_400),
+        verify: cim_policies::S3Verify::Crc32c,
     };
     cim_gateway::s3::S3Store::connect(&tier).await.unwrap()
 }

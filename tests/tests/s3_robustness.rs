@@ -142,6 +142,7 @@ async fn s3_store(topology: &Topology) -> S3Store {
         flavor: cim_policies::S3Flavor::Garage,
         force_path_style: true,
         retention: std::time::Duration::from_secs(90 * 86_400),
+        verify: cim_policies::S3Verify::Crc32c,
     };
     S3Store::connect(&tier).await.unwrap()
 }

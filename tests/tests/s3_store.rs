@@ -48,6 +48,7 @@ impl Env {
                         flavor: S3Flavor::Garage,
                         force_path_style: true,
                         retention: std::time::Duration::from_secs(90 * 86_400),
+                        verify: cim_policies::S3Verify::Crc32c,
                     };
                     let store = S3Store::connect(&tier).await.context("connect")?;
                     store.check_bucket().await.context("check_bucket")?;
@@ -151,6 +152,7 @@ fn small_parts() -> UploadOptions {
         multipart_threshold: 5 * MIB,
         zstd_level: 3,
         reuse_existing: true,
+        budget: cim_gateway::s3::MemoryBudget::new(16 * MIB),
     }
 }
 
@@ -191,6 +193,7 @@ fn manifest_for(name: &str, data: &[u8], blob: &BlobUpload) -> Manifest {
         source_nuid: format!("NUID-{name}"),
         source_seq: 1,
         deleted: None,
+        verified: blob.verified.clone(),
     }
 }
 
@@ -425,7 +428,8 @@ async fn identical_content_is_stored_once() {
             BlobUpload {
                 key: first.key.clone(),
                 stored_size: first.stored_size,
-                reused: true
+                reused: true,
+                verified: None,
             }
         );
         // Unless asked to replace it (repair), which re-uploads and verifies the content.

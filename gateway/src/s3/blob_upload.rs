@@ -4,24 +4,27 @@
 use std::io;
 
 use async_compression::tokio::bufread::ZstdEncoder;
+use async_compression::zstd::CParameter;
 use async_compression::Level;
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
 use bytes::{BufMut, Bytes, BytesMut};
-use cim_policies::UploadConfig;
+use cim_policies::{S3Verify, UploadConfig};
 use cim_tiering::digest::Sha256Digest;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use super::budget::{Charge, MemoryBudget};
+use super::checksums::BodyChecksum;
 use super::deadlines;
 use super::hashing::HashingReader;
 use super::{
     check_content, integrity_failure, Origin, S3Store, IO_BUF, META_COMPRESSION, META_SHA256,
     META_SIZE,
 };
-use crate::format::{blob_key, Compression};
+use crate::format::{blob_key, Compression, Verification};
 use crate::Error;
 /// Smallest part S3 accepts (except for the last part of an upload).
 pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
@@ -29,15 +32,17 @@ pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
 pub const MAX_PART_SIZE: u64 = 5 * 1024 * 1024 * 1024;
 /// Most parts one multipart upload may have.
 pub const MAX_PARTS: u64 = 10_000;
-/// Parts uploading concurrently while the next one is compressed. Memory ≈ (this + 1) × part size.
-const MAX_PARTS_IN_FLIGHT: usize = 2;
+/// Most parts of one object uploading at once while the next one is compressed; the memory of
+/// all of them, across all uploads, is bounded by [`UploadOptions::budget`].
+const MAX_PARTS_IN_FLIGHT: usize = 4;
 
 /// How blobs are cut and compressed.
 ///
 /// Sizes are in bytes. `part_size` is clamped to S3's limits ([`MIN_PART_SIZE`] ..
 /// [`MAX_PART_SIZE`]) and raised when needed so an object of the expected size fits in
 /// [`MAX_PARTS`] parts; `multipart_threshold` is capped at [`MAX_PART_SIZE`] (the largest single
-/// PutObject).
+/// PutObject). From a configuration, both are also capped at half the memory budget, so that
+/// one part can be sent while the next is filled.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UploadOptions {
     /// Size of each multipart part (compressed bytes).
@@ -54,15 +59,20 @@ pub struct UploadOptions {
     /// that failed [`S3Store::verify`]: the replacement only becomes visible once the new content
     /// has been verified, so a bad source never replaces the blob.
     pub reuse_existing: bool,
+    /// Bounds the compressed-byte buffers of every upload sharing it (see [`MemoryBudget`]).
+    pub budget: MemoryBudget,
 }
 
 impl From<&UploadConfig> for UploadOptions {
+    /// Options for the role: one budget of `memory_budget` bytes for all its uploads.
     fn from(config: &UploadConfig) -> Self {
+        let half = (config.memory_budget / 2).max(MIN_PART_SIZE);
         UploadOptions {
-            part_size: config.part_size,
-            multipart_threshold: config.multipart_threshold,
+            part_size: config.part_size.min(half),
+            multipart_threshold: config.multipart_threshold.min(half),
             zstd_level: config.zstd_level,
             reuse_existing: true,
+            budget: MemoryBudget::new(config.memory_budget),
         }
     }
 }
@@ -86,6 +96,10 @@ pub struct BlobUpload {
     pub stored_size: u64,
     /// True when the blob was already stored and nothing was uploaded.
     pub reused: bool,
+    /// Set when the tier verifies by checksum (`md5`, `crc32c`) and the service confirmed the
+    /// checksum of every body of this upload: the blob is verified without reading it back.
+    /// `None` for a reused blob (nothing was sent, so nothing was checked) and for `read-back`.
+    pub verified: Option<Verification>,
 }
 
 impl S3Store {
@@ -152,6 +166,7 @@ impl S3Store {
                     key,
                     stored_size,
                     reused: true,
+                    verified: None,
                 });
             }
         }
@@ -165,31 +180,54 @@ impl S3Store {
             origin,
         };
         let hashing = HashingReader::new(content, expected_size);
-        let mut encoder = ZstdEncoder::with_quality(
+        // zstd's frame checksum (XXH64 of the content, 4 bytes at the end) lets any reader —
+        // `zstd -d` by hand included — detect a damaged blob without our manifest.
+        let mut encoder = ZstdEncoder::with_quality_and_params(
             tokio::io::BufReader::with_capacity(IO_BUF, hashing),
             Level::Precise(opts.zstd_level),
+            &[CParameter::checksum_flag(true)],
         );
         let threshold = usize_of(opts.multipart_threshold.min(MAX_PART_SIZE));
+        let part_size = usize_of(opts.effective_part_size(expected_size));
         // Sized for this object rather than the threshold: small objects are the common case.
-        let mut first =
-            BytesMut::with_capacity(threshold.min(usize_of(compress_bound(expected_size))));
+        let capacity = threshold.min(usize_of(compress_bound(expected_size)));
+        // An object that may need a multipart upload is charged a whole part up front, so that
+        // growing this buffer to a part never waits for room while holding some.
+        let may_be_multipart = compress_bound(expected_size) > threshold as u64;
+        let charged = if may_be_multipart {
+            capacity.max(part_size)
+        } else {
+            capacity
+        };
+        let mut charge = opts.budget.charge(charged as u64).await;
+        let mut first = BytesMut::with_capacity(capacity);
         let eof = fill(&mut encoder, &mut first, threshold)
             .await
             .map_err(|e| upload.read_error(&encoder, e))?;
 
-        let stored_size = if eof {
+        let (stored_size, checksums, part_size) = if eof {
             upload.check(hashing_result(&encoder))?;
-            upload.put_single(first.freeze()).await?
+            let (stored_size, checksum) = upload.put_single(first.freeze()).await?;
+            drop(charge);
+            (stored_size, checksum.into_iter().collect(), None)
         } else {
-            let part_size = usize_of(opts.effective_part_size(expected_size));
-            upload.multipart(encoder, first, part_size).await?
+            let (stored_size, checksums) = upload
+                .multipart(encoder, first, &mut charge, &opts.budget, part_size)
+                .await?;
+            (stored_size, checksums, Some(part_size as u64))
         };
         cim_tiering::metrics::s3_blob(false);
-        tracing::info!(stored_size, "blob uploaded");
+        tracing::info!(stored_size, verify = %self.verify, "blob uploaded");
+        let verified = (self.verify != S3Verify::ReadBack).then_some(Verification {
+            mode: self.verify,
+            checksums,
+            part_size,
+        });
         Ok(BlobUpload {
             key,
             stored_size,
             reused: false,
+            verified,
         })
     }
 
@@ -241,11 +279,16 @@ fn hashing_result<R: AsyncRead + Unpin>(encoder: &Encoder<R>) -> (Sha256Digest, 
 
 impl BlobWrite<'_> {
     /// Maps an error reading the compressed stream: content overflowing the expected size, or a
-    /// source reader that found its own content contradicting the digest (`InvalidData`, as
-    /// async-nats' object reader reports "wrong digest" at its end), is an integrity failure of
-    /// the source — reported once, not retried as if it were a network error; anything else is
-    /// the source's I/O error.
+    /// source reader that found its own content contradicting the digest (`InvalidData`), is an
+    /// integrity failure of the source — reported once, not retried as if it were a network
+    /// error; an error of the cluster's reader ([`cim_tiering::jetstream::ObjectReader`]: a
+    /// lagging replica is `NotReady`) is passed on as it is; anything else is the source's I/O
+    /// error.
     fn read_error<R: AsyncRead + Unpin>(&self, encoder: &Encoder<R>, e: io::Error) -> Error {
+        let e = match cim_tiering::jetstream::read::tiering_error(e) {
+            Ok(tiering) => return tiering.into(),
+            Err(e) => e,
+        };
         if encoder.get_ref().get_ref().oversize {
             integrity_failure(
                 self.origin,
@@ -291,9 +334,12 @@ impl BlobWrite<'_> {
         ]
     }
 
-    /// One PutObject of the whole (already verified) compressed blob.
-    async fn put_single(&self, blob: Bytes) -> Result<u64, Error> {
+    /// One PutObject of the whole (already verified) compressed blob; returns its length and,
+    /// unless the tier verifies by reading back, the checksum the service confirmed.
+    async fn put_single(&self, blob: Bytes) -> Result<(u64, Option<String>), Error> {
         let len = blob.len() as u64;
+        let verify = self.store.verify;
+        let checksum = BodyChecksum::of_body(verify, &blob).await;
         let mut request = self
             .store
             .client
@@ -306,23 +352,47 @@ impl BlobWrite<'_> {
         for (k, v) in self.metadata() {
             request = request.metadata(k, v);
         }
-        request
+        match &checksum {
+            Some(BodyChecksum::Md5 { base64, .. }) => request = request.content_md5(base64),
+            Some(BodyChecksum::Crc32c { base64 }) => request = request.checksum_crc32_c(base64),
+            None => {}
+        }
+        let mut request = request
             .customize()
-            .config_override(deadlines::with_timeouts(deadlines::upload_timeouts(len)))
+            .config_override(deadlines::with_timeouts(deadlines::upload_timeouts(len)));
+        if checksum.is_some() {
+            // The service checks our checksum; SigV4's SHA-256 of the payload would be a
+            // third pass over the bytes for no further proof.
+            request = request.disable_payload_signing();
+        }
+        let output = request
             .send()
             .await
             .map_err(|e| Error::s3("put_object", self.key, e))?;
         cim_tiering::metrics::s3_sent(len, false);
-        Ok(len)
+        if let Some(checksum) = &checksum {
+            confirm(
+                checksum,
+                verify,
+                "put_object",
+                self.key,
+                output.e_tag(),
+                output.checksum_crc32_c(),
+            )?;
+        }
+        Ok((len, checksum.map(|c| c.value().to_string())))
     }
 
-    /// Multipart upload of the compressed stream, `first` being what was read so far.
+    /// Multipart upload of the compressed stream, `first` being what was read so far; returns
+    /// the stored size and the confirmed checksum of each part, in order (none for read-back).
     async fn multipart<R: AsyncRead + Unpin + Send>(
         &self,
         mut encoder: Encoder<R>,
         first: BytesMut,
+        charge: &mut Charge,
+        budget: &MemoryBudget,
         part_size: usize,
-    ) -> Result<u64, Error> {
+    ) -> Result<(u64, Vec<String>), Error> {
         let (client, bucket, key) = (&self.store.client, &self.store.bucket, self.key);
         self.store.abort_uploads_for(key).await?;
         let mut create = client
@@ -332,6 +402,10 @@ impl BlobWrite<'_> {
             .content_type("application/zstd");
         for (k, v) in self.metadata() {
             create = create.metadata(k, v);
+        }
+        if self.store.verify == S3Verify::Crc32c {
+            // AWS requires the algorithm of the parts' checksums to be declared up front.
+            create = create.checksum_algorithm(ChecksumAlgorithm::Crc32C);
         }
         let upload_id = create
             .send()
@@ -349,7 +423,14 @@ impl BlobWrite<'_> {
 
         let mut tasks = JoinSet::new();
         let result = match self
-            .stream_parts(&mut encoder, first, part_size, &upload_id, &mut tasks)
+            .stream_parts(
+                &mut encoder,
+                first,
+                (charge, budget),
+                part_size,
+                &upload_id,
+                &mut tasks,
+            )
             .await
         {
             Ok(parts) => self.complete(&upload_id, parts).await,
@@ -371,20 +452,28 @@ impl BlobWrite<'_> {
     }
 
     /// Cuts the compressed stream into parts and uploads them, at most
-    /// [`MAX_PARTS_IN_FLIGHT`] at a time; checks the content at EOF. Returns the parts in order.
+    /// [`MAX_PARTS_IN_FLIGHT`] at a time and within the memory budget (`held` is what the
+    /// buffer being filled is charged; each part takes its share along); checks the content at
+    /// EOF. Returns the parts in order.
     async fn stream_parts<R: AsyncRead + Unpin + Send>(
         &self,
         encoder: &mut Encoder<R>,
         mut pending: BytesMut,
+        (held, budget): (&mut Charge, &MemoryBudget),
         part_size: usize,
         upload_id: &str,
-        tasks: &mut JoinSet<Result<(CompletedPart, u64), Error>>,
-    ) -> Result<Vec<(CompletedPart, u64)>, Error> {
+        tasks: &mut JoinSet<Result<UploadedPart, Error>>,
+    ) -> Result<Vec<UploadedPart>, Error> {
         let mut done = Vec::new();
         let mut part_number: u64 = 0;
         let mut eof = false;
         loop {
             if !eof && pending.len() < part_size {
+                if held.bytes() < part_size as u64 {
+                    // Waits while other uploads' parts hold the budget; this one holds no
+                    // unsent bytes meanwhile (a partly filled buffer was charged a whole part).
+                    held.merge(budget.charge(part_size as u64 - held.bytes()).await);
+                }
                 if pending.is_empty() {
                     // The previous buffer is owned by in-flight parts; start a fresh one.
                     pending = BytesMut::with_capacity(part_size);
@@ -415,13 +504,15 @@ impl BlobWrite<'_> {
                 while tasks.len() >= MAX_PARTS_IN_FLIGHT {
                     done.push(join_part(tasks).await?);
                 }
+                let charge = held.split(body.len() as u64);
                 tasks.spawn(upload_part(
                     self.store.client.clone(),
                     self.store.bucket.clone(),
                     self.key.to_string(),
                     upload_id.to_string(),
                     part_number as i32,
-                    body,
+                    (body, charge),
+                    self.store.verify,
                 ));
             }
             if eof {
@@ -431,18 +522,19 @@ impl BlobWrite<'_> {
         while !tasks.is_empty() {
             done.push(join_part(tasks).await?);
         }
-        done.sort_by_key(|(part, _)| part.part_number());
+        done.sort_by_key(|p| p.part.part_number());
         Ok(done)
     }
 
     async fn complete(
         &self,
         upload_id: &str,
-        parts: Vec<(CompletedPart, u64)>,
-    ) -> Result<u64, Error> {
-        let stored: u64 = parts.iter().map(|(_, len)| len).sum();
+        parts: Vec<UploadedPart>,
+    ) -> Result<(u64, Vec<String>), Error> {
+        let stored: u64 = parts.iter().map(|p| p.len).sum();
         let count = parts.len();
-        let parts = parts.into_iter().map(|(part, _)| part).collect();
+        let checksums = parts.iter().filter_map(|p| p.checksum.clone()).collect();
+        let parts = parts.into_iter().map(|p| p.part).collect();
         self.store
             .client
             .complete_multipart_upload()
@@ -465,13 +557,42 @@ impl BlobWrite<'_> {
             stored,
             "multipart upload completed"
         );
-        Ok(stored)
+        Ok((stored, checksums))
     }
 }
 
+/// One uploaded part: what CompleteMultipartUpload lists, its length, and the checksum the
+/// service confirmed (none for read-back).
+struct UploadedPart {
+    part: CompletedPart,
+    len: u64,
+    checksum: Option<String>,
+}
+
+/// Checks the service's answer against the checksum a request carried (see
+/// [`super::checksums`]); an answer that does not confirm it fails the upload, naming the mode
+/// to use instead.
+fn confirm(
+    checksum: &BodyChecksum,
+    mode: S3Verify,
+    op: &'static str,
+    key: &str,
+    etag: Option<&str>,
+    echoed_crc32c: Option<&str>,
+) -> Result<(), Error> {
+    checksum
+        .confirm(etag, echoed_crc32c)
+        .map_err(|unconfirmed| Error::Unconfirmed {
+            op,
+            key: key.to_string(),
+            mode,
+            found: unconfirmed.found,
+        })
+}
+
 async fn join_part(
-    tasks: &mut JoinSet<Result<(CompletedPart, u64), Error>>,
-) -> Result<(CompletedPart, u64), Error> {
+    tasks: &mut JoinSet<Result<UploadedPart, Error>>,
+) -> Result<UploadedPart, Error> {
     match tasks.join_next().await {
         Some(Ok(result)) => result,
         Some(Err(join)) => Err(Error::io(
@@ -491,29 +612,61 @@ async fn upload_part(
     key: String,
     upload_id: String,
     part_number: i32,
-    body: Bytes,
-) -> Result<(CompletedPart, u64), Error> {
+    (body, _charge): (Bytes, Charge),
+    verify: S3Verify,
+) -> Result<UploadedPart, Error> {
     let len = body.len() as u64;
-    let output = client
+    let checksum = BodyChecksum::of_body(verify, &body).await;
+    let mut request = client
         .upload_part()
         .bucket(bucket)
         .key(&key)
         .upload_id(upload_id)
         .part_number(part_number)
         .content_length(len as i64)
-        .body(ByteStream::from(body))
+        .body(ByteStream::from(body));
+    match &checksum {
+        Some(BodyChecksum::Md5 { base64, .. }) => request = request.content_md5(base64),
+        Some(BodyChecksum::Crc32c { base64 }) => request = request.checksum_crc32_c(base64),
+        None => {}
+    }
+    let mut request = request
         .customize()
-        .config_override(deadlines::with_timeouts(deadlines::upload_timeouts(len)))
+        .config_override(deadlines::with_timeouts(deadlines::upload_timeouts(len)));
+    if checksum.is_some() {
+        // As for PutObject: the service checks our checksum, so no SHA-256 of the payload.
+        request = request.disable_payload_signing();
+    }
+    let output = request
         .send()
         .await
         .map_err(|e| Error::s3("upload_part", &key, e))?;
     cim_tiering::metrics::s3_sent(len, true);
     tracing::trace!(part_number, len, "part uploaded");
+    if let Some(checksum) = &checksum {
+        confirm(
+            checksum,
+            verify,
+            "upload_part",
+            &key,
+            output.e_tag(),
+            output.checksum_crc32_c(),
+        )?;
+    }
+    let crc32c = match &checksum {
+        Some(BodyChecksum::Crc32c { base64 }) => Some(base64.clone()),
+        _ => None,
+    };
     let part = CompletedPart::builder()
         .part_number(part_number)
         .set_e_tag(output.e_tag().map(str::to_string))
+        .set_checksum_crc32_c(crc32c)
         .build();
-    Ok((part, len))
+    Ok(UploadedPart {
+        part,
+        len,
+        checksum: checksum.map(|c| c.value().to_string()),
+    })
 }
 
 /// Reads from `reader` into `buf` until it holds `cap` bytes (returns `false`) or EOF (`true`).
@@ -559,6 +712,7 @@ mod tests {
             multipart_threshold: 0,
             zstd_level: 3,
             reuse_existing: true,
+            budget: MemoryBudget::new(64 << 20),
         };
         assert_eq!(opts.effective_part_size(0), MIN_PART_SIZE);
         let huge = 100 * 1024 * 1024 * 1024 * 1024; // 100 TiB: beyond 10,000 × 5 GiB
@@ -571,6 +725,48 @@ mod tests {
             ..opts
         };
         assert_eq!(opts.effective_part_size(1 << 30), 8 << 20);
+    }
+
+    #[test]
+    fn an_unconfirmed_checksum_is_refused_and_names_the_modes_to_use() {
+        let crc = BodyChecksum::of(S3Verify::Crc32c, b"part").unwrap();
+        // A service that accepts the part but does not echo x-amz-checksum-crc32c.
+        let err = confirm(
+            &crc,
+            S3Verify::Crc32c,
+            "upload_part",
+            "k",
+            Some("\"e\""),
+            None,
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::Unconfirmed { .. }), "{err:?}");
+        assert!(!err.is_transient(), "the same service answers the same way");
+        let text = err.to_string();
+        assert!(
+            text.contains(r#"verify = "md5""#) && text.contains(r#"verify = "read-back""#),
+            "{text}"
+        );
+        let md5 = BodyChecksum::of(S3Verify::Md5, b"part").unwrap();
+        let err = confirm(
+            &md5,
+            S3Verify::Md5,
+            "put_object",
+            "k",
+            Some("\"kms\""),
+            None,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains(r#"verify = "crc32c""#), "{err}");
+        confirm(
+            &crc,
+            S3Verify::Crc32c,
+            "upload_part",
+            "k",
+            None,
+            Some(crc.value()),
+        )
+        .unwrap();
     }
 
     #[tokio::test]

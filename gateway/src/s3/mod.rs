@@ -2,8 +2,9 @@
 //!
 //! Everything here is streaming: uploads read the content once, hashing the plaintext while it is
 //! compressed into part-sized buffers; restores decompress and hash on the way to the writer. The
-//! only buffers are the single-upload buffer (up to the multipart threshold) and at most three
-//! part buffers (one being filled, two in flight).
+//! only buffers are the single-upload buffer (up to the multipart threshold) and the part
+//! buffers (one being filled, a few in flight), all charged to one memory budget per process
+//! (`[upload] memory_budget_mib`, see `budget`).
 //!
 //! S3 makes a key visible only when a PutObject or CompleteMultipartUpload succeeds, and both are
 //! issued only after the content hashed to the expected digest: nothing unverified or
@@ -14,6 +15,9 @@
 //! * this module — [`S3Store`]: connection from the tier configuration, accessors, and the
 //!   integrity report shared by uploads and reads;
 //! * `blob_upload` — verified blob upload, single or multipart, and part streaming;
+//! * `budget` — the memory budget every upload buffer is charged to;
+//! * `checksums` — the per-request checksums of `verify = "md5" | "crc32c"` and the check of
+//!   the service's answer;
 //! * `multipart` — listing and aborting unfinished multipart uploads;
 //! * `manifests` — writing, reading and listing manifests;
 //! * `keys` — plain key listings with their ages, and deletes (garbage collection);
@@ -31,11 +35,13 @@ use aws_sdk_s3::config::{
 };
 use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::Client;
-use cim_policies::{S3Flavor, S3Tier};
+use cim_policies::{S3Flavor, S3Tier, S3Verify};
 use cim_tiering::digest::Sha256Digest;
 
 use crate::Error;
 mod blob_upload;
+mod budget;
+mod checksums;
 pub mod deadlines;
 mod hashing;
 mod keys;
@@ -44,6 +50,8 @@ mod multipart;
 mod read;
 
 pub use blob_upload::{BlobUpload, UploadOptions, MAX_PARTS, MAX_PART_SIZE, MIN_PART_SIZE};
+pub use budget::{Charge, MemoryBudget};
+pub use checksums::recorded_checksum;
 pub use keys::ListedKey;
 pub use manifests::ListedManifest;
 
@@ -86,6 +94,8 @@ pub struct S3Store {
     tier_name: String,
     /// The endpoint URL, or `"<aws default>"` (named in errors and logs).
     endpoint: String,
+    /// How uploads to this tier are verified (the tier's `verify`).
+    verify: S3Verify,
 }
 
 impl S3Store {
@@ -95,7 +105,9 @@ impl S3Store {
     ///
     /// * Checksums: request checksums and response validation are `WhenRequired`. Since 2025 the
     ///   SDK otherwise sends CRC32 trailers with aws-chunked encoding, which Wasabi and other
-    ///   S3-compatible services reject. Integrity is ensured by our own SHA-256 instead.
+    ///   S3-compatible services reject. Integrity is ensured by our own SHA-256, and uploads
+    ///   carry the checksum of the tier's `verify` mode as a plain header (`Content-MD5` or
+    ///   `x-amz-checksum-crc32c`), computed by us (see `checksums`).
     /// * Region: used for signing exactly as configured (Garage rejects every request with
     ///   "Invalid signature" unless it is the region in Garage's config).
     /// * Addressing: path-style when `tier.force_path_style`, and always for Garage and MinIO.
@@ -163,7 +175,14 @@ impl S3Store {
             prefix: tier.prefix.clone(),
             tier_name: TIER_S3.to_string(),
             endpoint: endpoint.unwrap_or_else(|| "<aws default>".to_string()),
+            verify: tier.verify,
         })
+    }
+
+    /// How uploads to this tier are verified: by checksums the service checks on receipt
+    /// (`md5`, `crc32c`), or by reading every blob back (`read-back`).
+    pub fn verify_mode(&self) -> S3Verify {
+        self.verify
     }
 
     /// The tier's key prefix: `""` or ending with `/`.

@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
-use super::S3Flavor;
+use super::{S3Flavor, S3Verify};
 
 /// `[nats] replicas`: replicas of the control-plane streams.
 pub const NATS_REPLICAS: usize = 3;
@@ -19,6 +19,15 @@ pub const S3_FLAVOR: S3Flavor = S3Flavor::Other;
 /// `[tiers.<name>] retention` of an S3 tier: Wasabi bills every stored object for at least 90
 /// days, so removing anything earlier would be billed anyway (and lose the chance to restore).
 pub const S3_RETENTION: Duration = Duration::from_secs(90 * 86_400);
+/// `[tiers.<name>] verify` of an S3 tier of `flavor`: `crc32c` where the service is known to
+/// check `x-amz-checksum-crc32c` on receipt and echo it (AWS, Garage ≥ 1.0, MinIO); `md5`
+/// elsewhere (every S3 implementation checks `Content-MD5`, Wasabi included).
+pub fn s3_verify(flavor: S3Flavor) -> S3Verify {
+    match flavor {
+        S3Flavor::Aws | S3Flavor::Garage | S3Flavor::Minio => S3Verify::Crc32c,
+        S3Flavor::Wasabi | S3Flavor::Other => S3Verify::Md5,
+    }
+}
 /// `[metrics] listen`.
 pub const METRICS_LISTEN: SocketAddr =
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)), 9464);
@@ -33,8 +42,10 @@ pub const WORK_STREAM: &str = "CIM_WORK";
 pub const WORK_ACK_WAIT: Duration = Duration::from_secs(60);
 /// `[work] max_deliver`.
 pub const WORK_MAX_DELIVER: i64 = 20;
-/// `[work] concurrency`.
-pub const WORK_CONCURRENCY: usize = 2;
+/// `[work] concurrency`: items a role works on at once. Small objects are bound by round trips,
+/// not bytes, so they need many in flight; large ones share `[upload] memory_budget_mib`, so
+/// more of them in flight costs no memory beyond each one's hub-read batches.
+pub const WORK_CONCURRENCY: usize = 8;
 /// `[upload] part_size_mib`.
 pub const UPLOAD_PART_SIZE_MIB: u64 = 16;
 /// Allowed range of `[upload] part_size_mib` (S3/Wasabi part size limits).
@@ -48,6 +59,12 @@ pub const UPLOAD_MULTIPART_THRESHOLD_MIB_RANGE: RangeInclusive<i64> = 1..=5120;
 pub const UPLOAD_ZSTD_LEVEL: i32 = 3;
 /// Allowed range of `[upload] zstd_level`.
 pub const UPLOAD_ZSTD_LEVEL_RANGE: RangeInclusive<i64> = 1..=19;
+/// `[upload] memory_budget_mib`: with a role's other memory (runtime, clients, the hub reads
+/// batches of a few MiB per object in flight) the upload role stays below 128 MiB RSS.
+pub const UPLOAD_MEMORY_BUDGET_MIB: u64 = 64;
+/// Allowed range of `[upload] memory_budget_mib`: at least room for a part being filled and
+/// one being sent at S3's smallest part size, rounded up.
+pub const UPLOAD_MEMORY_BUDGET_MIB_RANGE: RangeInclusive<i64> = 16..=1_048_576;
 /// `[restore] concurrency`: objects restored at once. Small objects spend their time waiting for
 /// round trips (an S3 GET of a 4 KiB object takes ~45 ms on Garage, and each object needs two):
 /// measured, 32 gives ~370 objects/s of 4 KiB, so 1,000/s takes about 128. Memory does not grow

@@ -40,7 +40,7 @@ pub use sections::{
     CatalogConfig, ManagerConfig, MetricsConfig, NatsConfig, RestoreConfig, UploadConfig,
     WorkConfig,
 };
-pub use tiers::{JetStreamTier, S3Flavor, S3Tier, Tier};
+pub use tiers::{JetStreamTier, S3Flavor, S3Tier, S3Verify, Tier};
 
 pub use format::Format;
 

@@ -56,6 +56,7 @@ pub(super) struct Tier {
     pub prefix: Option<String>,
     pub flavor: Option<String>,
     pub force_path_style: Option<bool>,
+    pub verify: Option<String>,
     pub retention: Option<String>,
 }
 
@@ -97,6 +98,7 @@ pub(super) struct Upload {
     pub part_size_mib: Option<i64>,
     pub multipart_threshold_mib: Option<i64>,
     pub zstd_level: Option<i64>,
+    pub memory_budget_mib: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]

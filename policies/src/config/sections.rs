@@ -62,7 +62,7 @@ pub struct WorkConfig {
     /// Deliveries per job before giving up, >= 1, or -1 for unlimited.
     /// Default 20.
     pub max_deliver: i64,
-    /// Jobs a worker processes at once, >= 1. Default 2.
+    /// Jobs a worker processes at once, >= 1. Default 8.
     pub concurrency: usize,
 }
 
@@ -88,6 +88,9 @@ pub struct UploadConfig {
     pub multipart_threshold: u64,
     /// zstd compression level, 1..=19. Default 3.
     pub zstd_level: i32,
+    /// Bytes all upload buffers of the role may hold together (from `memory_budget_mib`,
+    /// 16..=1048576 MiB). Default 64 MiB. Part size and threshold are capped at half of it.
+    pub memory_budget: u64,
 }
 
 impl Default for UploadConfig {
@@ -96,6 +99,7 @@ impl Default for UploadConfig {
             part_size: defaults::UPLOAD_PART_SIZE_MIB * MIB,
             multipart_threshold: defaults::UPLOAD_MULTIPART_THRESHOLD_MIB * MIB,
             zstd_level: defaults::UPLOAD_ZSTD_LEVEL,
+            memory_budget: defaults::UPLOAD_MEMORY_BUDGET_MIB * MIB,
         }
     }
 }
@@ -133,5 +137,34 @@ impl Default for CatalogConfig {
         CatalogConfig {
             bucket: defaults::CATALOG_BUCKET.to_owned(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::config::Config;
+    use crate::error::ConfigError;
+
+    fn upload(section: &str) -> Result<UploadConfig, ConfigError> {
+        let text = format!(
+            "[nats]\nurl = \"nats://127.0.0.1:4222\"\n\n[tiers.hub]\nkind = \"jetstream\"\n\
+             domain = \"hub\"\n\n[upload]\n{section}"
+        );
+        Config::from_toml_str(&text, "test.toml").map(|c| c.upload)
+    }
+
+    #[test]
+    fn the_memory_budget_defaults_and_is_checked() {
+        assert_eq!(upload("").unwrap().memory_budget, 64 * MIB);
+        assert_eq!(
+            upload("memory_budget_mib = 256\n").unwrap().memory_budget,
+            256 * MIB
+        );
+        let Err(ConfigError::Invalid { problems, .. }) = upload("memory_budget_mib = 8\n") else {
+            panic!("a budget below 16 MiB must be refused");
+        };
+        assert_eq!(problems[0].path, "upload.memory_budget_mib");
     }
 }

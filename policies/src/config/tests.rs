@@ -102,7 +102,7 @@ fn minimal_config_gets_defaults() {
     assert_eq!(config.work.stream, "CIM_WORK");
     assert_eq!(config.work.ack_wait, Duration::from_secs(60));
     assert_eq!(config.work.max_deliver, 20);
-    assert_eq!(config.work.concurrency, 2);
+    assert_eq!(config.work.concurrency, 8);
     assert_eq!(config.upload.part_size, 16 * 1024 * 1024);
     assert_eq!(config.upload.multipart_threshold, 16 * 1024 * 1024);
     assert_eq!(config.upload.zstd_level, 3);

@@ -89,6 +89,55 @@ pub struct S3Tier {
     /// and blobs no manifest references that are at least this old. Default 90 days (Wasabi's
     /// minimum storage duration, so an early removal is never billed).
     pub retention: Duration,
+    /// How an uploaded blob is proven stored before anything depends on it (a `move` evicts
+    /// only a verified copy). Default: [`S3Verify::Crc32c`] for `aws`, `garage` and `minio`,
+    /// [`S3Verify::Md5`] for `wasabi` and `other` (see [`super::defaults::s3_verify`]).
+    pub verify: S3Verify,
+}
+
+/// How an S3 tier's uploads are verified. TOML: `"md5"`, `"crc32c"`, `"read-back"`.
+///
+/// What each proves is stated in `docs/architecture.md` ("Verification"): `md5` and `crc32c`
+/// prove that the service received exactly the bytes we hashed and compressed (it checks the
+/// checksum of every PutObject/UploadPart body on receipt, and we check its answer); `read-back`
+/// reads the whole blob back and proves it was stored, at the cost of downloading it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum S3Verify {
+    /// `Content-MD5` on every request body; the returned ETag must be that MD5 (`"md5"`).
+    #[serde(rename = "md5")]
+    Md5,
+    /// `x-amz-checksum-crc32c` on every request body; the response must echo it (`"crc32c"`).
+    #[serde(rename = "crc32c")]
+    Crc32c,
+    /// The whole blob read back, decompressed and checked against the ingest digest
+    /// (`"read-back"`).
+    #[serde(rename = "read-back")]
+    ReadBack,
+}
+
+impl S3Verify {
+    /// Every mode.
+    pub const ALL: [S3Verify; 3] = [S3Verify::Md5, S3Verify::Crc32c, S3Verify::ReadBack];
+
+    /// The TOML spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            S3Verify::Md5 => "md5",
+            S3Verify::Crc32c => "crc32c",
+            S3Verify::ReadBack => "read-back",
+        }
+    }
+
+    /// Parse the TOML spelling (exact, lowercase).
+    pub fn from_name(name: &str) -> Option<S3Verify> {
+        S3Verify::ALL.into_iter().find(|v| v.as_str() == name)
+    }
+}
+
+impl fmt::Display for S3Verify {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Which S3 implementation an S3 tier talks to. TOML: lowercase strings.

@@ -374,18 +374,28 @@ pub(super) fn validate(raw: raw::Config) -> Result<Config, Vec<Problem>> {
             defaults::UPLOAD_MULTIPART_THRESHOLD_MIB,
             defaults::UPLOAD_MULTIPART_THRESHOLD_MIB_RANGE,
         );
+        let memory_budget = mib(
+            &mut c,
+            "upload.memory_budget_mib",
+            u.memory_budget_mib,
+            defaults::UPLOAD_MEMORY_BUDGET_MIB,
+            defaults::UPLOAD_MEMORY_BUDGET_MIB_RANGE,
+        );
         let zstd_level = match u.zstd_level {
             None => Some(defaults::UPLOAD_ZSTD_LEVEL),
             Some(z) => c
                 .int_in("upload.zstd_level", z, defaults::UPLOAD_ZSTD_LEVEL_RANGE)
                 .and_then(|z| i32::try_from(z).ok()),
         };
-        match (part_size, multipart_threshold, zstd_level) {
-            (Some(part_size), Some(multipart_threshold), Some(zstd_level)) => Some(UploadConfig {
-                part_size,
-                multipart_threshold,
-                zstd_level,
-            }),
+        match (part_size, multipart_threshold, zstd_level, memory_budget) {
+            (Some(part_size), Some(multipart_threshold), Some(zstd_level), Some(memory_budget)) => {
+                Some(UploadConfig {
+                    part_size,
+                    multipart_threshold,
+                    zstd_level,
+                    memory_budget,
+                })
+            }
             _ => None,
         }
     };

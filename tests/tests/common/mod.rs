@@ -334,3 +334,19 @@ pub async fn plant(
         .unwrap();
     key
 }
+
+/// A client of the topology's S3 bucket under `prefix` (for reading what the roles wrote).
+pub async fn s3_store(topology: &Topology, prefix: &str) -> cim_gateway::s3::S3Store {
+    let tier = cim_policies::S3Tier {
+        endpoint: Some(topology.s3.endpoint.clone()),
+        region: topology.s3.region.clone(),
+        bucket: topology.s3.bucket.clone(),
+        prefix: prefix.into(),
+        credentials_file: Some(topology.s3.credentials_file()),
+        flavor: cim_policies::S3Flavor::Garage,
+        force_path_style: true,
+        retention: Duration::from_secs(90 * 86_400),
+        verify: cim_policies::S3Verify::Crc32c,
+    };
+    cim_gateway::s3::S3Store::connect(&tier).await.unwrap()
+}

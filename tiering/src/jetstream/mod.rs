@@ -19,7 +19,6 @@
 //! verified, so a concurrent overwrite survives) and then its chunk subject. Meta goes first: a
 //! crash in between leaves orphaned chunks, never a visible object with missing chunks.
 
-use std::pin::Pin;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, object_store::ObjectInfo, object_store::ObjectStore, stream};
@@ -27,14 +26,16 @@ use base64::engine::general_purpose::URL_SAFE;
 use base64::Engine;
 use futures::TryStreamExt;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio_io_timeout::TimeoutReader;
 
 use crate::digest::{Hasher, Sha256Digest};
 use crate::error::{Error, IntegrityFailure};
 
 pub mod direct;
+pub mod read;
 pub mod scan;
 pub mod write;
+
+pub use read::ObjectReader;
 
 /// Connects to NATS at `url` (a comma-separated list is fine), with an optional credentials file.
 pub async fn connect(
@@ -83,10 +84,6 @@ pub struct JetStreamTier {
 /// chunks continuously and elects a new stream leader within seconds; a reader whose chunks were
 /// purged underneath it (the object moved on) would otherwise wait forever.
 pub const READ_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// A reader over one stored version of an object, failing with `TimedOut` when no chunk arrives
-/// for [`READ_IDLE_TIMEOUT`].
-pub type ObjectReader = Pin<Box<TimeoutReader<async_nats::jetstream::object_store::Object>>>;
 
 /// One version of an object as a tier's stream holds it: the meta message's content plus where
 /// and when this tier's server stored it.
@@ -340,30 +337,25 @@ impl JetStreamTier {
         }))
     }
 
-    /// Opens a reader over the version `info` describes. The reader is async-nats' own; callers
-    /// that must prove integrity hash what they read (see [`JetStreamTier::read_verified`]).
-    pub async fn open(&self, bucket: &str, info: &ObjectInfo) -> Result<ObjectReader, Error> {
-        let store = self.bucket(bucket).await?.ok_or_else(|| Error::NotReady {
-            bucket: bucket.to_string(),
-            object: info.name.clone(),
-            tier: self.name.clone(),
-            reason: "bucket does not exist".into(),
-        })?;
-        let object = store
-            .get(&info.name)
-            .await
-            .map_err(|e| Error::object_op("open object", &self.name, bucket, &info.name, e))?;
-        if object.info.nuid != info.nuid {
-            return Err(Error::NotReady {
+    /// Opens a reader over the version `info` describes: its chunks, by batched direct gets
+    /// (see [`read`]). The reader does not hash; callers that must prove integrity check what
+    /// they read against the ingest digest (see [`JetStreamTier::read_verified`]).
+    ///
+    /// Costs no round trip: the chunks of exactly this version (its nuid) are asked for, so a
+    /// newer version written meanwhile is never mixed in, and a version purged meanwhile ends
+    /// the read with [`Error::NotReady`].
+    pub fn open(&self, bucket: &str, info: &ObjectInfo) -> ObjectReader {
+        ObjectReader::new(
+            self.direct(bucket),
+            read::ChunkSource {
+                tier: self.name.clone(),
                 bucket: bucket.to_string(),
                 object: info.name.clone(),
-                tier: self.name.clone(),
-                reason: "object was overwritten while being read".into(),
-            });
-        }
-        let mut reader = TimeoutReader::new(object);
-        reader.set_timeout(Some(READ_IDLE_TIMEOUT));
-        Ok(Box::pin(reader))
+                subject: chunk_subject(bucket, &info.nuid),
+                size: info.size as u64,
+                chunks: info.chunks as u64,
+            },
+        )
     }
 
     /// Reads the whole object, writing it to `out`, and checks size and SHA-256 against
@@ -406,41 +398,34 @@ impl JetStreamTier {
                 )?;
                 Ok(size)
             }
-            Err((error, corrupt)) => {
-                if corrupt {
-                    crate::metrics::integrity_failure(&self.name);
-                    tracing::error!(bucket, object = %info.name, tier = %self.name, error = %error, "stored chunks do not match the object's digest");
-                }
-                Err(error)
-            }
+            Err(error) => Err(error),
         }
     }
 
-    /// Reads the whole object into `out`, hashing it. On failure, also says whether async-nats
-    /// found the stored chunks contradicting the object's digest.
+    /// Reads the whole object into `out`, hashing it: the one SHA-256 pass over the content
+    /// (the reader itself does not hash).
     async fn read_all<W: AsyncWrite + Unpin>(
         &self,
         bucket: &str,
         info: &ObjectInfo,
         out: &mut W,
-    ) -> Result<(Sha256Digest, u64), (Error, bool)> {
-        let mut reader = self.open(bucket, info).await.map_err(|e| (e, false))?;
+    ) -> Result<(Sha256Digest, u64), Error> {
+        let mut reader = self.open(bucket, info);
         let mut hasher = Hasher::new();
         let mut buf = vec![0u8; 256 * 1024];
         loop {
             let n = reader.read(&mut buf).await.map_err(|e| {
-                let corrupt = e.kind() == std::io::ErrorKind::InvalidData;
-                let error = Error::object_op("read object", &self.name, bucket, &info.name, e);
-                (error, corrupt)
+                read::tiering_error(e).unwrap_or_else(|e| {
+                    Error::object_op("read object", &self.name, bucket, &info.name, e)
+                })
             })?;
             if n == 0 {
                 break;
             }
             hasher.update(&buf[..n]);
-            out.write_all(&buf[..n]).await.map_err(|e| {
-                let error = Error::object_op("write copy", &self.name, bucket, &info.name, e);
-                (error, false)
-            })?;
+            out.write_all(&buf[..n])
+                .await
+                .map_err(|e| Error::object_op("write copy", &self.name, bucket, &info.name, e))?;
         }
         Ok(hasher.finish())
     }

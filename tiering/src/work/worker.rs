@@ -19,6 +19,9 @@ use crate::metrics;
 /// role, if one runs, or back to this one).
 const NEWER_ITEM_DELAY: Duration = Duration::from_secs(300);
 
+/// Most items asked for in one pull request (bounded further by the free handler slots).
+const FETCH_BATCH: usize = 64;
+
 /// Deadline of one ack, nak or progress ack sent to the server.
 const ACK_DEADLINE: Duration = Duration::from_secs(2);
 
@@ -36,19 +39,38 @@ pub(super) struct Worker<H> {
 
 impl<H: Handler> Worker<H> {
     /// Fetches from one consumer, handing each message to a task, until `shutdown`.
+    ///
+    /// Items are fetched in batches: one pull request asks for as many items as there are free
+    /// handler slots (a permit each, taken before the request), so a backlog of small objects
+    /// costs one round trip per batch instead of one per item. The server answers as soon as
+    /// any item is pending (`fetch` is a no-wait pull with an expiry), so a batch never waits
+    /// to fill up. A loop whose last fetch found nothing waits with a single permit: a role
+    /// reads several consumers (one per item format) from one pool of permits, and an idle
+    /// consumer must not hold the slots the busy one needs. Permits of a batch that came back
+    /// short are returned at its end. Acks stay per item (see [`process`]).
     pub(super) async fn fetch_loop(
         &self,
         consumer: &consumer::PullConsumer,
         shutdown: &CancellationToken,
     ) {
         let role = self.role;
+        let mut idle = true;
         loop {
-            let permit = tokio::select! {
+            let first = tokio::select! {
                 permit = self.permits.clone().acquire_owned() => permit.expect("semaphore is never closed"),
                 _ = shutdown.cancelled() => break,
             };
+            let mut permits = vec![first];
+            if !idle {
+                while permits.len() < FETCH_BATCH {
+                    match self.permits.clone().try_acquire_owned() {
+                        Ok(permit) => permits.push(permit),
+                        Err(_) => break,
+                    }
+                }
+            }
             let fetched = tokio::select! {
-                batch = consumer.fetch().max_messages(1).expires(Duration::from_secs(2)).messages() => batch,
+                batch = consumer.fetch().max_messages(permits.len()).expires(Duration::from_secs(2)).messages() => batch,
                 _ = shutdown.cancelled() => break,
             };
             let mut batch = match fetched {
@@ -59,36 +81,45 @@ impl<H: Handler> Worker<H> {
                     continue;
                 }
             };
-            let next = tokio::select! {
-                next = batch.next() => next,
-                _ = shutdown.cancelled() => break,
-            };
-            let message = match next {
-                Some(Ok(message)) => message,
-                Some(Err(e)) => {
-                    tracing::warn!(%role, error = %e, "fetch failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+            idle = true;
+            loop {
+                let next = tokio::select! {
+                    next = batch.next() => next,
+                    _ = shutdown.cancelled() => return,
+                };
+                let message = match next {
+                    Some(Ok(message)) => message,
+                    Some(Err(e)) => {
+                        tracing::warn!(%role, error = %e, "fetch failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        break;
+                    }
+                    None => break,
+                };
+                let Some(permit) = permits.pop() else {
+                    // More than asked for; never expected. Released for redelivery.
+                    reply(&message, AckKind::Nak(None)).await;
                     continue;
-                }
-                None => continue,
-            };
-            let handler = self.handler.clone();
-            let in_flight = self.in_flight.clone();
-            let (ack_wait, max_deliver) = (self.ack_wait, self.max_deliver);
-            let shutdown = shutdown.clone();
-            self.tracker.spawn(async move {
-                process(
-                    role,
-                    message,
-                    handler,
-                    in_flight,
-                    ack_wait,
-                    max_deliver,
-                    shutdown,
-                )
-                .await;
-                drop(permit);
-            });
+                };
+                idle = false;
+                let handler = self.handler.clone();
+                let in_flight = self.in_flight.clone();
+                let (ack_wait, max_deliver) = (self.ack_wait, self.max_deliver);
+                let shutdown = shutdown.clone();
+                self.tracker.spawn(async move {
+                    process(
+                        role,
+                        message,
+                        handler,
+                        in_flight,
+                        ack_wait,
+                        max_deliver,
+                        shutdown,
+                    )
+                    .await;
+                    drop(permit);
+                });
+            }
         }
     }
 }

@@ -1,14 +1,14 @@
 //! `[tiers.<name>]`: the checks of one tier, by kind.
 
 use super::Checker;
-use crate::config::{defaults, raw, JetStreamTier, S3Flavor, S3Tier, Tier};
+use crate::config::{defaults, raw, JetStreamTier, S3Flavor, S3Tier, S3Verify, Tier};
 use crate::policy::is_simple_name;
 
 const RETENTION_EXAMPLES: &str = r#""90d", "180d", "1y""#;
 const TIER_KINDS: &str = "jetstream, s3";
 const JETSTREAM_KEYS: &str = "kind, url, domain, replicas, credentials_file";
-const S3_KEYS: &str =
-    "kind, endpoint, region, bucket, prefix, credentials_file, flavor, force_path_style, retention";
+const S3_KEYS: &str = "kind, endpoint, region, bucket, prefix, credentials_file, flavor, \
+                       force_path_style, retention, verify";
 
 impl Checker {
     pub(super) fn tier(&mut self, name: &str, raw: raw::Tier) -> Option<Tier> {
@@ -34,6 +34,7 @@ impl Checker {
                     ("flavor", raw.flavor.is_some()),
                     ("force_path_style", raw.force_path_style.is_some()),
                     ("retention", raw.retention.is_some()),
+                    ("verify", raw.verify.is_some()),
                 ] {
                     if present {
                         self.problem(
@@ -152,6 +153,21 @@ impl Checker {
                     None => Some(defaults::S3_RETENTION),
                     Some(text) => self.duration(&at("retention"), text, RETENTION_EXAMPLES),
                 };
+                let verify = match raw.verify.as_deref() {
+                    None => Some(None),
+                    Some(v) => {
+                        let verify = S3Verify::from_name(v);
+                        if verify.is_none() {
+                            let names: Vec<&str> =
+                                S3Verify::ALL.iter().map(|v| v.as_str()).collect();
+                            self.problem(
+                                &at("verify"),
+                                format!("unknown verification {v:?} (modes: {})", names.join(", ")),
+                            );
+                        }
+                        verify.map(Some)
+                    }
+                };
                 let flavor = flavor?;
                 if raw_endpoint_missing && !matches!(flavor, S3Flavor::Aws | S3Flavor::Wasabi) {
                     self.problem(
@@ -173,6 +189,7 @@ impl Checker {
                     flavor,
                     force_path_style: raw.force_path_style.unwrap_or(flavor != S3Flavor::Aws),
                     retention: retention?,
+                    verify: verify?.unwrap_or(defaults::s3_verify(flavor)),
                 }))
             }
             other => {
@@ -214,7 +231,47 @@ fn is_s3_bucket_name(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::config::Config;
+    use crate::error::ConfigError;
+
+    fn s3_tier(extra: &str) -> Result<S3Tier, ConfigError> {
+        let text = format!(
+            "[nats]\nurl = \"nats://127.0.0.1:4222\"\n\n[tiers.s3]\nkind = \"s3\"\n\
+             endpoint = \"http://127.0.0.1:3900\"\nregion = \"garage\"\nbucket = \"cim\"\n{extra}"
+        );
+        Config::from_toml_str(&text, "test.toml")
+            .map(|c| c.tier("s3").unwrap().as_s3().unwrap().clone())
+    }
+
+    #[test]
+    fn verification_defaults_by_flavor_and_is_checked() {
+        for (flavor, verify) in [
+            ("aws", S3Verify::Crc32c),
+            ("garage", S3Verify::Crc32c),
+            ("minio", S3Verify::Crc32c),
+            ("wasabi", S3Verify::Md5),
+            ("other", S3Verify::Md5),
+        ] {
+            let tier = s3_tier(&format!("flavor = \"{flavor}\"\n")).unwrap();
+            assert_eq!(tier.verify, verify, "{flavor}");
+        }
+        assert_eq!(s3_tier("").unwrap().verify, S3Verify::Md5);
+        for mode in S3Verify::ALL {
+            let tier = s3_tier(&format!("flavor = \"garage\"\nverify = \"{mode}\"\n")).unwrap();
+            assert_eq!(tier.verify, mode);
+        }
+        let Err(ConfigError::Invalid { problems, .. }) = s3_tier("verify = \"sha1\"\n") else {
+            panic!("an unknown mode must be refused");
+        };
+        assert_eq!(problems[0].path, "tiers.s3.verify");
+        assert!(
+            problems[0].message.contains("md5, crc32c, read-back"),
+            "{}",
+            problems[0].message
+        );
+    }
 
     #[test]
     fn s3_bucket_names() {
