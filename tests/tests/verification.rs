@@ -4,10 +4,9 @@
 //! hashing, and re-signs the request, so that only what the upload computed in its own pass
 //! (a read-back, `Content-MD5`, `x-amz-checksum-crc32c`) can catch it.
 //!
-//! * `verify = "read-back"` (today's only behaviour): the read-back catches the bad blob.
-//! * `verify = "md5"` / `"crc32c"`: the service refuses the bad request. These need the `verify`
-//!   option of the S3 tier; while the configuration parser rejects that field they print a
-//!   notice and return without checking anything (see [`verify_mode`]).
+//! * `verify = "read-back"`: the read-back catches the bad blob.
+//! * `verify = "md5"` / `"crc32c"`: the service refuses the bad request (`BadDigest`,
+//!   `InvalidDigest`), and the upload is retried.
 //! * A blob rewritten in S3 after it was verified: restore refuses it and `cim-gateway scrub`
 //!   reports it.
 #![allow(clippy::unwrap_used, missing_docs)]
@@ -61,31 +60,17 @@ fn s3_tier_lines(endpoint: &str, mode: Option<&str>) -> String {
     format!("[tiers.s3]\nendpoint = \"{endpoint}\"\n{verify}")
 }
 
-/// Whether this build's configuration accepts `verify = "<mode>"` on an S3 tier: `Some(mode)` if
-/// it does; `None`, with a notice on stderr, if the parser rejects the field as unknown (the
-/// option is not there yet). Any other rejection fails the test: only the missing field may
-/// skip anything.
+/// `mode`, after checking that the configuration accepts `verify = "<mode>"` on an S3 tier (a
+/// rejection fails the test, naming why).
 fn verify_mode<'a>(topology: &Topology, mode: &'a str) -> Option<&'a str> {
     let toml = topology.config_toml(&format!(
         "{}{HUB_TO_S3}",
         s3_tier_lines(&topology.s3.endpoint, Some(mode))
     ));
-    match cim_policies::Config::from_toml_str(&toml, "verification.rs") {
-        Ok(_) => Some(mode),
-        Err(e) => {
-            let message = e.to_string();
-            assert!(
-                message.contains("verify"),
-                "the configuration was rejected for another reason than the `verify` field: \
-                 {message}"
-            );
-            eprintln!(
-                "NOTICE: this build's configuration rejects `verify = \"{mode}\"` on an s3 tier \
-                 ({message}); the `verify` option is not implemented yet"
-            );
-            None
-        }
+    if let Err(e) = cim_policies::Config::from_toml_str(&toml, "verification.rs") {
+        panic!("the configuration rejects verify = {mode:?}: {e}");
     }
+    Some(mode)
 }
 
 /// An S3 client for the tier as `config` describes it.
@@ -154,9 +139,7 @@ enum CaughtBy {
     Service,
 }
 
-/// The scenario shared by every mode: with `verify = "<mode>"` on the S3 tier (without the line
-/// for `read-back` while the option does not exist; skipped with a notice for the others), two
-/// objects moved hub → S3 through the proxy, one small
+/// The scenario shared by every mode: with `verify = "<mode>"` on the S3 tier, two objects moved hub → S3 through the proxy, one small
 /// (one PutObject) and one of 12 MiB (three parts); the proxy corrupts the small object's first
 /// PutObject and the big object's second part. Each corruption must be caught as `caught_by`
 /// says, never recorded as verified nor evicted before the upload is retried and verified, and
@@ -164,10 +147,6 @@ enum CaughtBy {
 async fn corrupted_uploads_are_caught_and_retried(mode: &str, caught_by: CaughtBy) {
     let topology = Topology::start().await.unwrap();
     let mode = verify_mode(&topology, mode);
-    if mode.is_none() && caught_by == CaughtBy::Service {
-        eprintln!("NOTICE: SKIPPED: this verification mode is not implemented in this build");
-        return;
-    }
     let proxy = proxy_for(&topology.s3).await;
     let config = topology.write_config(&format!(
         "{}{HUB_TO_S3}",
@@ -446,18 +425,11 @@ async fn the_service_refuses_bytes_that_miss_their_content_md5_or_crc32c() {
     assert_eq!(proxy.corrupted().len(), 4);
 }
 
-/// `verify = "read-back"` (today's behaviour, and the option once it exists): a blob corrupted
-/// in transit is caught by reading it back, not recorded nor evicted, and the upload is retried.
-///
-/// Ignored until the upload role retries: on `main` today the read-back catches the corruption,
-/// records and evicts nothing, but then gives the item up (an integrity failure is not transient),
-/// so the object is only uploaded again after the work queue's 10-minute duplicate window.
-/// Uploading the blob again at once when a blob *just uploaded* reads back wrong (as is done for
-/// a reused blob) makes it pass.
+/// `verify = "read-back"`: a blob corrupted in transit is caught by reading it back, not recorded
+/// nor evicted, and uploaded again at once (a blob *just uploaded* that reads back wrong is sent
+/// again, as a reused one is).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "needs the upload role to upload a blob again when it reads back wrong (today it gives the item up)"]
 async fn read_back_catches_a_blob_corrupted_in_transit() {
-    // Without the option, uploads read back anyway: the scenario runs either way.
     corrupted_uploads_are_caught_and_retried("read-back", CaughtBy::ReadBack).await;
 }
 
