@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::Sha256Digest;
 use crate::error::{BoxError, Error};
-use crate::jetstream::direct::{DirectGet, DirectMessage, MAX_BATCH};
+use crate::jetstream::direct::{DirectGet, DirectMessage};
 
 /// Where one verified copy lives.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -213,25 +213,13 @@ impl Catalog {
             source: "bulk reads need the catalog on the default JetStream API prefix".into(),
         })?;
         let filter = format!("{}>", self.kv.prefix);
-        let mut read = 0;
-        loop {
-            let mut batch = direct
-                .next_by_subject(&filter, index.cursor + 1, MAX_BATCH)
-                .await?;
-            let mut got = 0u64;
-            while let Some(message) = batch.next().await? {
+        let prefix = &self.kv.prefix;
+        direct
+            .walk(&filter, index.cursor + 1, |message| {
                 index.cursor = index.cursor.max(message.seq);
-                index.take(&self.kv.prefix, &message);
-                got += 1;
-            }
-            read += got;
-            let done = batch
-                .num_pending()
-                .map_or(got < MAX_BATCH as u64, |pending| pending == 0);
-            if got == 0 || done {
-                return Ok(read);
-            }
-        }
+                index.take(prefix, message);
+            })
+            .await
     }
 
     /// The entry of an object, if any.

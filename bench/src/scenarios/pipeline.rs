@@ -227,6 +227,24 @@ async fn put_all(
     Ok(())
 }
 
+/// Puts the set into `store`, `concurrency` at a time, recording when each put started (the
+/// latencies of leaf → hub runs are measured from it).
+async fn put_timed(
+    store: &ObjectStore,
+    set: &DataSet,
+    concurrency: usize,
+) -> anyhow::Result<Vec<(String, Instant)>> {
+    futures::stream::iter(0..set.files.len())
+        .map(|i| async move {
+            let started = Instant::now();
+            put_one(store, set, i).await?;
+            Ok::<_, anyhow::Error>((set.name(i), started))
+        })
+        .buffer_unordered(concurrency.max(1))
+        .try_collect()
+        .await
+}
+
 async fn put_one(store: &ObjectStore, set: &DataSet, i: usize) -> anyhow::Result<()> {
     let name = set.name(i);
     let mut file = tokio::fs::File::open(&set.files[i]).await?;
@@ -485,7 +503,8 @@ impl Prepared {
         .await?;
         let arrivals = Arrivals::watch(hub.clone(), &self.bucket, self.names().len());
         let start = Instant::now();
-        let put_started = self.put_timed(&leaf, set).await?;
+        let store = leaf.ensure_bucket(&self.bucket).await?;
+        let put_started = put_timed(&store, set, self.concurrency).await?;
         let waited = self.wait_done(&tracker, &roles, &leaf, false).await;
         let procs = roles.stop();
         let done = waited?;
@@ -499,27 +518,6 @@ impl Prepared {
     /// Rows measured besides the stage's own by the last run (see [`Prepared::run_replicate`]).
     pub fn take_extra_rows(&mut self) -> Vec<(&'static str, Run)> {
         std::mem::take(&mut self.extra_rows)
-    }
-
-    /// Puts the set on the leaf, recording when each put started (latency is measured from it).
-    async fn put_timed(
-        &self,
-        leaf: &JetStreamTier,
-        set: &DataSet,
-    ) -> anyhow::Result<Vec<(String, Instant)>> {
-        let store = leaf.ensure_bucket(&self.bucket).await?;
-        futures::stream::iter(0..set.files.len())
-            .map(|i| {
-                let store = &store;
-                async move {
-                    let started = Instant::now();
-                    put_one(store, set, i).await?;
-                    Ok::<_, anyhow::Error>((set.name(i), started))
-                }
-            })
-            .buffer_unordered(self.concurrency)
-            .try_collect()
-            .await
     }
 
     /// Waits until every object is done: its catalog entry names only the destination (the
@@ -910,18 +908,7 @@ pub async fn sourcing_alone(
     let result = async {
         let start = Instant::now();
         let arrivals = Arrivals::watch(hub.clone(), &bucket, set.files.len());
-        let put_started: Vec<(String, Instant)> = futures::stream::iter(0..set.files.len())
-            .map(|i| {
-                let store = &store;
-                async move {
-                    let started = Instant::now();
-                    put_one(store, set, i).await?;
-                    Ok::<_, anyhow::Error>((set.name(i), started))
-                }
-            })
-            .buffer_unordered(concurrency.max(1))
-            .try_collect()
-            .await?;
+        let put_started = put_timed(&store, set, concurrency).await?;
         let subjects: Vec<String> = put_started
             .iter()
             .map(|(n, _)| cim_tiering::jetstream::meta_subject(&bucket, n))

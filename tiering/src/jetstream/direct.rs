@@ -122,6 +122,35 @@ impl DirectGet {
         .await
     }
 
+    /// Every message on `subject` (wildcards allowed) with sequence `from` or later, batch by
+    /// batch in sequence order until the server has no more, each handed to `take`. Returns how
+    /// many were read. A scan of a bucket's metas and a follow of the catalog are both this.
+    pub async fn walk(
+        &self,
+        subject: &str,
+        from: u64,
+        mut take: impl FnMut(&DirectMessage),
+    ) -> Result<u64, Error> {
+        let (mut from, mut read) = (from.max(1), 0u64);
+        loop {
+            let mut batch = self.next_by_subject(subject, from, MAX_BATCH).await?;
+            let mut got = 0u64;
+            while let Some(message) = batch.next().await? {
+                from = message.seq + 1;
+                take(&message);
+                got += 1;
+            }
+            read += got;
+            // The server says how many more match; a batch may also end early (a byte limit).
+            let done = batch
+                .num_pending()
+                .map_or(got < MAX_BATCH as u64, |pending| pending == 0);
+            if got == 0 || done {
+                return Ok(read);
+            }
+        }
+    }
+
     /// The last message of every subject matching `subjects` (wildcards allowed) stored at or
     /// before `up_to_seq` (`None`: now).
     ///

@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::object_store::ObjectInfo;
 
-use super::direct::{DirectGet, DirectMessage, MAX_BATCH};
+use super::direct::{DirectGet, DirectMessage};
 use super::{ingest_digest, is_live, object_of_meta_subject};
 use crate::digest::Sha256Digest;
 use crate::error::Error;
@@ -218,27 +218,12 @@ impl MetaIndex {
         from: u64,
         mark: bool,
     ) -> Result<u64, Error> {
-        let filter = meta_filter(bucket);
-        let mut from = from;
-        let mut read = 0;
-        loop {
-            let mut batch = direct.next_by_subject(&filter, from, MAX_BATCH).await?;
-            let mut got = 0;
-            while let Some(message) = batch.next().await? {
-                from = message.seq + 1;
+        direct
+            .walk(&meta_filter(bucket), from, |message| {
                 self.cursor = self.cursor.max(message.seq);
-                self.take(bucket, &message, mark);
-                got += 1;
-            }
-            read += got;
-            // The server says how many more match; a batch may also end early (a byte limit).
-            let done = batch
-                .num_pending()
-                .map_or(got < MAX_BATCH as u64, |pending| pending == 0);
-            if got == 0 || done {
-                return Ok(read);
-            }
-        }
+                self.take(bucket, message, mark);
+            })
+            .await
     }
 
     /// Takes one meta message in, replacing an older one of the same object.
