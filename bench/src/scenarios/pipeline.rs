@@ -687,9 +687,24 @@ impl Prepared {
             .map(|(name, want)| {
                 let store = &store;
                 async move {
-                    let mut object = store.get(name.as_str()).await.with_context(|| {
-                        format!("object {name} is not on the hub after restore")
-                    })?;
+                    // async-nats reads the object's info with a direct get, which any replica
+                    // may answer: one that lags the quorum that acknowledged the restore says
+                    // "not found" for a moment. Asked again for a few seconds before it counts.
+                    let mut tries = 0;
+                    let mut object = loop {
+                        match store.get(name.as_str()).await {
+                            Ok(object) => break object,
+                            Err(_) if tries < 50 => {
+                                tries += 1;
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                            Err(e) => {
+                                return Err(anyhow::Error::new(e).context(format!(
+                                    "object {name} is not on the hub 5 s after restore"
+                                )))
+                            }
+                        }
+                    };
                     let mut hasher = Sha256::new();
                     let mut buf = vec![0u8; 256 * 1024];
                     loop {
