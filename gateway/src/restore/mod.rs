@@ -61,7 +61,7 @@ use futures::StreamExt;
 use tracing::Instrument;
 
 use crate::format::{decode_manifest_key, manifest_key, manifest_prefix, Manifest};
-use crate::s3::S3Store;
+use crate::s3::{MemoryBudget, S3Store};
 use crate::Error;
 
 mod room;
@@ -145,8 +145,8 @@ pub struct Restorer {
     overwrite: bool,
     include_deleted: bool,
     concurrency: usize,
-    /// [`MEMORY_BUDGET`] in KiB permits; each object in flight holds [`in_flight_cost`] of them.
-    memory: Arc<tokio::sync::Semaphore>,
+    /// [`MEMORY_BUDGET`]; each object in flight holds [`in_flight_cost`] of it.
+    memory: MemoryBudget,
     /// What does not change per object, looked up once per bucket (see [`TargetBucket`]).
     buckets: tokio::sync::Mutex<HashMap<String, Arc<TargetBucket>>>,
 }
@@ -198,7 +198,7 @@ impl Restorer {
             overwrite: false,
             include_deleted: false,
             concurrency,
-            memory: Arc::new(tokio::sync::Semaphore::new((MEMORY_BUDGET >> 10) as usize)),
+            memory: MemoryBudget::new(MEMORY_BUDGET),
             buckets: Default::default(),
         })
     }
@@ -361,13 +361,7 @@ impl Restorer {
             self.check_replaceable(bucket, name, &held, entry.as_ref())?;
         }
         let reservation = target.reserve(m)?;
-        let cost = u32::try_from(in_flight_cost(m.size).div_ceil(1024)).unwrap_or(u32::MAX);
-        let _memory = self.memory.acquire_many(cost).await.map_err(|_| {
-            Error::io(
-                "memory budget",
-                std::io::Error::other("the restore's memory budget was closed"),
-            )
-        })?;
+        let _memory = self.memory.charge(in_flight_cost(m.size)).await;
 
         // S3 → decompress → verify, piped into chunk publishes; the meta (visibility) only once
         // the content hashed to the manifest's digest and every chunk was acknowledged.

@@ -1,5 +1,6 @@
-//! [`MemoryBudget`]: the bytes the upload role may hold in blob buffers, across all uploads of
-//! the process (`[upload] memory_budget_mib`).
+//! [`MemoryBudget`]: the bytes a process may hold in buffers of one kind — the upload role's
+//! blob buffers across all its uploads (`[upload] memory_budget_mib`), restore's objects in
+//! flight (`restore::MEMORY_BUDGET`).
 //!
 //! Every buffer an upload fills with compressed bytes — the single-PutObject buffer, each
 //! multipart part, being filled or in flight — is charged to the budget before it is allocated
@@ -16,7 +17,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// Accounting unit: permits are KiB (a semaphore counts at most `u32::MAX` per acquire).
 const UNIT: u64 = 1024;
 
-/// A process-wide byte budget for upload buffers. Cheap to clone; clones share the budget.
+/// A process-wide byte budget for buffers. Cheap to clone; clones share the budget.
 #[derive(Clone)]
 pub struct MemoryBudget {
     semaphore: Arc<Semaphore>,
