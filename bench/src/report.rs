@@ -19,8 +19,13 @@ use crate::runner::{Cell, Results, KIB, MIB};
 /// and S3's write (`raw-s3 put`), restore between S3's read and the hub's write.
 pub fn baselines_of(row: &str) -> &'static [&'static str] {
     match row {
-        "upload" => &["raw-s3 put", "raw-nats get", "peer upload"],
-        "restore" => &["raw-s3 get", "raw-nats put", "peer download"],
+        "upload" => &["raw-s3 put", "raw-nats get", "raw copy up", "peer upload"],
+        "restore" => &[
+            "raw-s3 get",
+            "raw-nats put",
+            "raw copy down",
+            "peer download",
+        ],
         _ => &[],
     }
 }
@@ -433,14 +438,16 @@ pub fn markdown(results: &Results, summaries: &[Summary], machine: &Machine, plo
 }
 
 /// The plot's series: (row, colour, dashed).
-const SERIES: [(&str, &str, bool); 8] = [
+const SERIES: [(&str, &str, bool); 10] = [
     ("upload", "#d62728", false),
     ("raw-s3 put", "#1f77b4", true),
     ("raw-nats get", "#2ca02c", true),
+    ("raw copy up", "#7f7f7f", true),
     ("peer upload", "#ff7f0e", true),
     ("restore", "#9467bd", false),
     ("raw-s3 get", "#17becf", true),
     ("raw-nats put", "#8c564b", true),
+    ("raw copy down", "#bcbd22", true),
     ("peer download", "#e377c2", true),
 ];
 

@@ -42,7 +42,9 @@ pub enum Scenario {
     Small,
     /// Plain S3 PUT and GET: the S3 side's ceiling.
     RawS3,
-    /// Object-store put and get on the hub: the NATS side's ceiling.
+    /// Object-store put and get on the hub (the NATS side's ceiling), then the same objects
+    /// copied hub → S3 and back with nothing in between (the ceiling of a copy when both
+    /// servers share the machine).
     RawNats,
     /// rclone upload and download.
     Peer,
@@ -78,7 +80,13 @@ impl Scenario {
             Scenario::Restore => &["restore"],
             Scenario::Small => &["upload", "restore"],
             Scenario::RawS3 => &["raw-s3 put", "raw-s3 get"],
-            Scenario::RawNats => &["raw-nats put", "raw-nats get"],
+            // The copies need the hub objects the put stored (and S3 beside them).
+            Scenario::RawNats => &[
+                "raw-nats put",
+                "raw-nats get",
+                "raw copy up",
+                "raw copy down",
+            ],
             Scenario::Peer => &["peer upload", "peer download"],
             // The first pass, a pass with nothing new (target 6 reads "manager pass"), and a
             // pass after a few new objects; each run's one latency is the pass's time.
@@ -598,9 +606,9 @@ async fn external(
         Scenario::Peer => peer::run(&env.s3, set, &prefix, conc, &scratch)
             .await
             .map(|(up, down)| vec![up, down]),
-        Scenario::RawNats => raw_nats::run(env, set, &bucket, conc)
+        Scenario::RawNats => raw_nats::run(env, set, &bucket, &prefix, conc)
             .await
-            .map(|(put, get)| vec![put, get]),
+            .map(|r| vec![r.put, r.get, r.copy_up, r.copy_down]),
         Scenario::PolicyEval => policy_eval::run(env, policy_objects)
             .await
             .map(|p| vec![p.first_scan, p.steady, p.with_new]),

@@ -1,5 +1,5 @@
 //! The NATS-side baselines on the test kit's servers, tiny enough for CI: `raw-nats` put and
-//! get, and the manager's `policy-eval` pass. Checks the bench's bookkeeping (counts, bytes,
+//! get and its raw copies hub → S3 → hub, and the manager's `policy-eval` pass. Checks the bench's bookkeeping (counts, bytes,
 //! the processes watched) and that a failure names the object; never a speed.
 //!
 //! `policy-eval` runs `cim-storage`: build it first (`cargo build -p cim-tiering --bins`).
@@ -11,7 +11,7 @@ use cim_bench::scenarios::{policy_eval, raw_nats};
 
 const MIB: u64 = 1024 * 1024;
 
-/// The local servers (Garage as the S3 side, unused here).
+/// The local servers (Garage as the S3 side, for the raw copies).
 async fn local_env() -> Env {
     let options = S3Options {
         s3_endpoint: None,
@@ -28,10 +28,10 @@ async fn raw_nats_puts_and_gets_every_byte_and_names_a_bad_object() {
     let env = local_env().await;
     let dir = env.scratch.path().join("raw-nats");
     let set = DataSet::create(&dir, DataKind::Random, MIB, 3, 1).unwrap();
-    let (put, get) = raw_nats::run(&env, &set, "bench-raw-nats", 2)
+    let runs = raw_nats::run(&env, &set, "bench-raw-nats", "bench/raw-nats/", 2)
         .await
         .unwrap();
-    for run in [&put, &get] {
+    for run in [&runs.put, &runs.get, &runs.copy_up, &runs.copy_down] {
         assert_eq!(run.objects, 3);
         assert_eq!(run.logical_bytes, 3 * MIB);
         assert_eq!(run.stored_bytes, 3 * MIB);
@@ -42,7 +42,7 @@ async fn raw_nats_puts_and_gets_every_byte_and_names_a_bad_object() {
 
     // An object whose file lost half its bytes behind the bench's back fails the run, by name.
     std::fs::write(&set.files[1], vec![0u8; (MIB / 2) as usize]).unwrap();
-    let error = raw_nats::run(&env, &set, "bench-raw-nats", 2)
+    let error = raw_nats::run(&env, &set, "bench-raw-nats", "bench/raw-nats/", 2)
         .await
         .unwrap_err();
     let message = format!("{error:#}");

@@ -5,5 +5,6 @@
 pub mod peer;
 pub mod pipeline;
 pub mod policy_eval;
+pub mod raw_copy;
 pub mod raw_nats;
 pub mod raw_s3;

@@ -35,6 +35,7 @@ use cim_tiering::jetstream::{bucket_stream_config, chunk_subject, meta_subject, 
 use futures::StreamExt as _;
 use tokio::io::AsyncReadExt as _;
 
+use super::raw_copy;
 use crate::data::DataSet;
 use crate::env::Env;
 use crate::measure::Run;
@@ -54,8 +55,23 @@ const DOMAIN: &str = cim_tests::HUB_DOMAIN;
 /// Longest wait for any single ack or reply (the default 5 s is short for a loaded 2-core box).
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The four runs of this scenario, in row order.
+#[derive(Debug)]
+pub struct Runs {
+    /// `raw-nats put`.
+    pub put: Run,
+    /// `raw-nats get`.
+    pub get: Run,
+    /// `raw copy up` (see [`super::raw_copy`]).
+    pub copy_up: Run,
+    /// `raw copy down`.
+    pub copy_down: Run,
+}
+
 /// Puts then gets every object of `set` in hub bucket `bucket` (created, and deleted
-/// afterwards), `concurrency` objects in flight, and returns the put run and the get run.
+/// afterwards), `concurrency` objects in flight; then copies them to S3 under `prefix` and
+/// back into the bucket under new names (the `raw copy` rows; the S3 objects are deleted
+/// afterwards).
 ///
 /// Each in-flight slot has its own connection, so one client's I/O task never serializes them.
 /// Errors name the object.
@@ -63,8 +79,9 @@ pub async fn run(
     env: &Env,
     set: &DataSet,
     bucket: &str,
+    prefix: &str,
     concurrency: usize,
-) -> anyhow::Result<(Run, Run)> {
+) -> anyhow::Result<Runs> {
     anyhow::ensure!(!set.files.is_empty(), "raw-nats: the data set is empty");
     let admin = hub_context(env).await?;
     // A bucket left over by an interrupted run would mix old objects into the counts.
@@ -73,21 +90,28 @@ pub async fn run(
         .create_stream(bucket_stream_config(bucket, HUB_REPLICAS, None))
         .await
         .with_context(|| format!("raw-nats: creating hub bucket {bucket}"))?;
-    let result = put_and_get(env, &admin, set, bucket, concurrency.max(1)).await;
+    let keys: Vec<String> = (0..set.files.len())
+        .map(|i| format!("{prefix}{}", set.name(i)))
+        .collect();
+    let result = put_and_get(env, &admin, set, bucket, &keys, concurrency.max(1)).await;
     let deleted = admin.delete_stream(stream_name(bucket)).await;
+    let cleanup = env.s3.delete_objects(&keys).await;
     let runs = result?;
     deleted.with_context(|| format!("raw-nats: deleting hub bucket {bucket}"))?;
+    cleanup.context("raw copy: deleting the S3 objects afterwards")?;
     Ok(runs)
 }
 
-/// The timed put, the untimed checks between, the timed get.
+/// The timed put, the untimed checks between, the timed get, then the timed copies up (to
+/// `keys`) and down (to `down-<name>`).
 async fn put_and_get(
     env: &Env,
     admin: &jetstream::Context,
     set: &DataSet,
     bucket: &str,
+    keys: &[String],
     concurrency: usize,
-) -> anyhow::Result<(Run, Run)> {
+) -> anyhow::Result<Runs> {
     let mut contexts = Vec::with_capacity(concurrency);
     for _ in 0..concurrency {
         contexts.push(hub_context(env).await?);
@@ -115,7 +139,49 @@ async fn put_and_get(
     })
     .await
     .context("raw-nats get")?;
-    Ok((put, Run::stored_as_is(&set, elapsed, latencies)))
+    let get = Run::stored_as_is(&set, elapsed, latencies);
+
+    let s3 = env.s3.client();
+    let keys: Arc<[String]> = Arc::from(keys);
+    let s3_bucket: Arc<str> = Arc::from(env.s3.bucket.as_str());
+    let (s, b, k, c, sb) = (
+        set.clone(),
+        bucket.clone(),
+        keys.clone(),
+        s3.clone(),
+        s3_bucket.clone(),
+    );
+    let (elapsed, latencies) = timed(&contexts, set.files.len(), move |js, i| {
+        let (s, b, k, c, sb) = (s.clone(), b.clone(), k.clone(), c.clone(), sb.clone());
+        async move { raw_copy::up(&js, &c, &sb, &b, &s.name(i), &k[i], s.size).await }
+    })
+    .await
+    .context("raw copy up")?;
+    let copy_up = Run::stored_as_is(&set, elapsed, latencies);
+
+    let (s, b) = (set.clone(), bucket.clone());
+    let (elapsed, latencies) = timed(&contexts, set.files.len(), move |js, i| {
+        let (s, b, k, c, sb) = (
+            s.clone(),
+            b.clone(),
+            keys.clone(),
+            s3.clone(),
+            s3_bucket.clone(),
+        );
+        async move {
+            let name = format!("down-{}", s.name(i));
+            raw_copy::down(&js, &c, &sb, &k[i], &b, &name, s.size).await
+        }
+    })
+    .await
+    .context("raw copy down")?;
+    let copy_down = Run::stored_as_is(&set, elapsed, latencies);
+    Ok(Runs {
+        put,
+        get,
+        copy_up,
+        copy_down,
+    })
 }
 
 /// A JetStream context for the hub domain on a connection of its own.
@@ -181,20 +247,38 @@ async fn put_object(
     expected_size: u64,
 ) -> anyhow::Result<()> {
     let fail = || format!("raw-nats put of {name} ({})", path.display());
+    let mut file = std::fs::File::open(path).with_context(fail)?;
+    // The data set lives on tmpfs: a read is a memory copy, not worth a blocking thread.
+    let chunks = std::iter::from_fn(|| match read_chunk(&mut file) {
+        Ok(chunk) if chunk.is_empty() => None,
+        other => Some(other),
+    });
+    put_chunks(js, bucket, name, chunks, expected_size)
+        .await
+        .with_context(fail)
+}
+
+/// Stores object `name` from `chunks` (each at most [`CHUNK_SIZE`]): published with up to
+/// [`ACK_WINDOW`] acks in flight (awaited in order) while hashing, then — every chunk
+/// acknowledged — the meta message as async-nats writes it. Fails unless the chunks hold
+/// `expected_size` bytes.
+pub async fn put_chunks(
+    js: &jetstream::Context,
+    bucket: &str,
+    name: &str,
+    chunks: impl Iterator<Item = std::io::Result<Bytes>>,
+    expected_size: u64,
+) -> anyhow::Result<()> {
+    let fail = || format!("storing {name} in hub bucket {bucket}");
     let nuid = nuid::next().to_string();
     let subject = Subject::from(chunk_subject(bucket, &nuid));
-    let mut file = std::fs::File::open(path).with_context(fail)?;
     let mut hasher = Hasher::new();
     let mut acks = VecDeque::with_capacity(ACK_WINDOW);
-    let mut chunks = 0usize;
-    loop {
-        // The data set lives on tmpfs: a read is a memory copy, not worth a blocking thread.
-        let chunk = read_chunk(&mut file).with_context(fail)?;
-        if chunk.is_empty() {
-            break;
-        }
+    let mut count = 0usize;
+    for chunk in chunks {
+        let chunk = chunk.with_context(fail)?;
         hasher.update(&chunk);
-        chunks += 1;
+        count += 1;
         if acks.len() == ACK_WINDOW {
             let ack: jetstream::context::PublishAckFuture =
                 acks.pop_front().context("ack window")?;
@@ -215,7 +299,7 @@ async fn put_object(
         "{}: the file holds {size} bytes, the data set says {expected_size}",
         fail()
     );
-    let info = object_info(bucket, name, &nuid, size, chunks, &digest);
+    let info = object_info(bucket, name, &nuid, size, count, &digest);
     let payload = Bytes::from(serde_json::to_vec(&info)?);
     js.publish_with_headers(meta_subject(bucket, name), rollup_headers(), payload)
         .await
@@ -397,7 +481,7 @@ async fn get_object(
 }
 
 /// The object's current meta, by a direct get of the last message on its meta subject.
-async fn read_meta(
+pub async fn read_meta(
     js: &jetstream::Context,
     bucket: &str,
     name: &str,
@@ -425,6 +509,18 @@ async fn read_chunks(
     nuid: &str,
     size: u64,
 ) -> anyhow::Result<u64> {
+    read_chunks_into(js, bucket, nuid, size, |_| ()).await
+}
+
+/// [`read_chunks`], handing each chunk's payload to `sink` in order (the `raw copy` baseline
+/// keeps them; the get only counts).
+pub async fn read_chunks_into(
+    js: &jetstream::Context,
+    bucket: &str,
+    nuid: &str,
+    size: u64,
+    mut sink: impl FnMut(Bytes),
+) -> anyhow::Result<u64> {
     let client = js.client();
     let api = format!("$JS.{DOMAIN}.API.DIRECT.GET.{}", stream_name(bucket));
     let inbox = client.new_inbox();
@@ -447,6 +543,7 @@ async fn read_chunks(
                 None => {
                     read += reply.payload.len() as u64;
                     next_seq = sequence_of(&reply)? + 1;
+                    sink(reply.payload);
                 }
                 // End of batch (204), or nothing left on the subject (404).
                 Some(204) | Some(404) => break,
