@@ -7,6 +7,9 @@
 #     documented hand-restore procedure and its test;
 #   * rclone (Debian's package) where missing: the peer tool the benchmark (cim-bench, scenario
 #     `peer`) compares with (docs/benchmarking.md);
+#   * Prometheus (Debian's prometheus: prometheus, promtool) and the Pushgateway (Debian's
+#     prometheus-pushgateway) where missing: the observability tests run their own instances
+#     (never the packaged services) and check docs/alerts.yml with promtool;
 #   * for the Nix checks (scripts/nix-checks.sh): Debian's nix-bin (nix-instantiate) where
 #     missing, and nixpkgs-fmt and deadnix (crates.io, pinned) with `cargo install` into
 #     $HOME/.cargo/bin.
@@ -104,6 +107,13 @@ fi
 # bookworm); the flags the bench passes exist in 1.60.
 command -v rclone >/dev/null 2>&1 || apt_install rclone
 
+# ---- Prometheus: tests/tests/prometheus.rs scrapes the roles with its own server, pushes to its
+# own Pushgateway and checks the alert rules with promtool (Debian bookworm: 2.42 and 1.5.1).
+missing_deb=()
+command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || missing_deb+=(prometheus)
+command -v prometheus-pushgateway >/dev/null 2>&1 || missing_deb+=(prometheus-pushgateway)
+[ ${#missing_deb[@]} -eq 0 ] || apt_install "${missing_deb[@]}"
+
 # ---- Nix tooling (scripts/nix-checks.sh) -----------------------------------------------
 # nix-instantiate parses and evaluates offline (Debian's nix-bin, Nix 2.8, is enough for
 # --parse and --eval); the formatter and the dead-code linter come from crates.io.
@@ -137,6 +147,8 @@ cargo_tool deadnix "$DEADNIX_VERSION"
 log "versions:"
 log "  $("$NATS_BIN" --version) ($NATS_BIN)"
 log "  $("$GARAGE_BIN" --version) ($GARAGE_BIN)"
+log "  $(prometheus --version 2>&1 | head -n1) ($(command -v prometheus))"
+log "  $(prometheus-pushgateway --version 2>&1 | head -n1) ($(command -v prometheus-pushgateway))"
 log "  $(rclone version 2>/dev/null | head -n1) ($(command -v rclone))"
 log "  $(nix-instantiate --version) ($(command -v nix-instantiate))"
 log "  $("$CARGO_BIN/nixpkgs-fmt" --version 2>/dev/null) ($CARGO_BIN/nixpkgs-fmt)"  # it prints a newline on stderr

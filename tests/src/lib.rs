@@ -21,6 +21,8 @@
 //! * `garage.rs` — [`Garage`].
 //! * `fault_proxy.rs` — [`FaultProxy`]: a proxy in front of S3 that corrupts request bodies on
 //!   demand (bytes changed after the client hashed them).
+//! * `prometheus.rs` — [`Prometheus`] (our own server scraping the roles, with a query helper)
+//!   and [`Pushgateway`], for the observability tests.
 //! * `topology.rs` — [`Topology`]: everything together, plus the cim config TOML for it.
 //!
 //! Inside the temp dir: `hub-1/`, `hub-2/`, `hub-3/`, `leaf/` (each with `server.conf`,
@@ -45,12 +47,17 @@ mod fault_proxy;
 mod garage;
 mod nats;
 mod process;
+mod prometheus;
 mod topology;
 
 pub use fault_proxy::{Corrupted, FaultProxy, Rule};
 pub use garage::{s3_client, Garage, GARAGE_READY_TIMEOUT};
 pub use nats::{Hub, Leaf, NatsServer, HUB_DOMAIN, LEAF_DOMAIN, PROBE_TIMEOUT, READY_TIMEOUT};
 pub use process::RoleProcess;
+pub use prometheus::{
+    prometheus_bin, promtool_bin, pushgateway_bin, Prometheus, Pushgateway, Sample, Target,
+    PROMETHEUS_READY_TIMEOUT, SCRAPE_INTERVAL,
+};
 pub use topology::{Topology, DUMP_LINES};
 
 /// The nats-server version that `scripts/install-tools.sh` installs.
