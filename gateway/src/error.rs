@@ -18,9 +18,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub enum Error {
     /// An S3 request failed (network, service error, or reading a response body).
     ///
-    /// When it comes from the AWS SDK the source is an [`S3Failure`], which records the HTTP
+    /// When it comes from the AWS SDK the cause is an [`S3Failure`], which records the HTTP
     /// status, the service error code and whether a retry can help.
-    #[error("s3 {op} {key}{}: {source}", object_suffix(.object))]
+    #[error("s3 {op} {key}{}: {cause}", object_suffix(.object))]
     S3 {
         /// The S3 operation, e.g. `"put_object"`.
         op: &'static str,
@@ -29,9 +29,9 @@ pub enum Error {
         /// The NATS object the call was for (`bucket/name`), where there is one (see
         /// [`Error::for_object`]): a blob key alone does not tell an operator which object waits.
         object: Option<String>,
-        /// What went wrong.
-        #[source]
-        source: BoxError,
+        /// What went wrong. Shown in this error's message and deliberately not its `source()`:
+        /// a chain printed with `{:#}` would say it twice.
+        cause: BoxError,
     },
 
     /// Content did not match the digest or size recorded at NATS ingest.
@@ -211,7 +211,7 @@ pub enum Error {
     },
 
     /// A NATS object-store operation failed (used by the upload and restore orchestration).
-    #[error("nats {op} {bucket}/{name}: {source}")]
+    #[error("nats {op} {bucket}/{name}: {cause}")]
     Nats {
         /// The operation, e.g. `"get"`.
         op: String,
@@ -219,9 +219,9 @@ pub enum Error {
         bucket: String,
         /// The object's name.
         name: String,
-        /// What went wrong.
-        #[source]
-        source: BoxError,
+        /// What went wrong. Shown in this error's message and deliberately not its `source()`:
+        /// a chain printed with `{:#}` would say it twice.
+        cause: BoxError,
     },
 }
 
@@ -237,7 +237,7 @@ impl Error {
     /// 403 or 404.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::S3 { source, .. } => match source.downcast_ref::<S3Failure>() {
+            Error::S3 { cause, .. } => match cause.downcast_ref::<S3Failure>() {
                 Some(failure) => failure.transient,
                 // Errors we did not classify (none today) are assumed retryable: the upload
                 // protocol is idempotent, so a retry is safe.
@@ -261,7 +261,7 @@ impl Error {
     /// True when this is an S3 error for a missing key or bucket (HTTP 404).
     pub fn is_not_found(&self) -> bool {
         match self {
-            Error::S3 { source, .. } => source
+            Error::S3 { cause, .. } => cause
                 .downcast_ref::<S3Failure>()
                 .is_some_and(|f| f.status == Some(404)),
             _ => false,
@@ -276,12 +276,12 @@ impl Error {
                 op,
                 key,
                 object: None,
-                source,
+                cause,
             } => Error::S3 {
                 op,
                 key,
                 object: Some(format!("{bucket}/{name}")),
-                source,
+                cause,
             },
             other => other,
         }
@@ -296,7 +296,7 @@ impl Error {
             op,
             key: key.into(),
             object: None,
-            source: Box::new(S3Failure::from_sdk(&err)),
+            cause: Box::new(S3Failure::from_sdk(&err)),
         }
     }
 
@@ -310,8 +310,9 @@ impl Error {
             op,
             key: key.into(),
             object: None,
-            source: Box::new(S3Failure {
+            cause: Box::new(S3Failure {
                 message: format!("reading response body: {err}"),
+                detail: err.to_string(),
                 status: None,
                 code: None,
                 transient: true,
@@ -360,8 +361,13 @@ fn object_suffix(object: &Option<String>) -> String {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct S3Failure {
-    /// The error and its whole cause chain.
+    /// One line for people: the cause (the innermost error, or the service's status, code and
+    /// message) and a hint where the cause is a common one. What `Display` shows.
     pub message: String,
+    /// The whole cause chain as the SDK renders it (with its `Debug` dump): shown by `Debug`,
+    /// so under `RUST_LOG=debug` (the binaries log the full error there), never to a user by
+    /// default.
+    pub detail: String,
     /// HTTP status of the response, if one was received.
     pub status: Option<u16>,
     /// S3 error code (`NoSuchKey`, `SlowDown`, ...), if the service sent one.
@@ -411,18 +417,99 @@ impl S3Failure {
             // ConstructionFailure and future variants: a bug or bad input, not the network.
             _ => false,
         };
-        let message = DisplayErrorContext(err).to_string();
         S3Failure {
-            // The SDK renders a deadline as "timeout: ... occurred after 30s"; say it plainly.
-            message: match err {
-                SdkError::TimeoutError(_) => format!("timed out ({message})"),
-                _ => message,
-            },
+            message: summarize(err, status, code.as_deref()),
+            detail: DisplayErrorContext(err).to_string(),
             status,
             code,
             transient,
         }
     }
+}
+
+/// The one-line cause of an SDK error (see [`S3Failure::message`]).
+fn summarize<E>(err: &SdkError<E>, status: Option<u16>, code: Option<&str>) -> String
+where
+    E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static,
+{
+    let inner = innermost(err);
+    match err {
+        SdkError::ServiceError(_) => {
+            let mut line = match status {
+                Some(status) => format!("HTTP {status}"),
+                None => "the service refused the request".to_string(),
+            };
+            if let Some(code) = code {
+                line.push_str(&format!(" {code}"));
+            }
+            if let Some(message) = err.message().filter(|m| !m.is_empty()) {
+                line.push_str(&format!(": {}", first_line(message)));
+            }
+            let credentials = matches!(
+                code,
+                Some(
+                    "InvalidAccessKeyId"
+                        | "SignatureDoesNotMatch"
+                        | "AccessDenied"
+                        | "InvalidSignature"
+                        | "AuthorizationHeaderMalformed"
+                )
+            ) || (code.is_none() && status == Some(403));
+            if credentials {
+                line.push_str(&format!(" (hint: {CREDENTIALS_HINT}, and the tier's region)"));
+            } else if code == Some("NoSuchBucket") || (code.is_none() && status == Some(404)) {
+                line.push_str(" (hint: the tier's bucket does not exist at this endpoint)");
+            }
+            line
+        }
+        SdkError::DispatchFailure(failure) if is_credentials(err) => {
+            format!("no credentials: {inner} (hint: {CREDENTIALS_HINT})")
+        }
+        SdkError::DispatchFailure(failure) if failure.is_timeout() => {
+            format!("timed out connecting: {inner} (hint: is the tier's endpoint right and reachable?)")
+        }
+        SdkError::DispatchFailure(failure) if failure.is_io() => format!(
+            "cannot reach the endpoint: {inner} (hint: is the tier's endpoint right and the service up?)"
+        ),
+        SdkError::DispatchFailure(_) => format!("request not sent: {inner}"),
+        // The SDK renders a deadline as "timeout: ... occurred after 30s"; say it plainly.
+        SdkError::TimeoutError(_) => format!("timed out: {inner}"),
+        SdkError::ResponseError(_) => format!("reading the response failed: {inner}"),
+        _ => format!("could not build the request: {inner}"),
+    }
+}
+
+/// Where credentials come from, for hints (`docs/configuration.md` names the same sources).
+const CREDENTIALS_HINT: &str =
+    "check the tier's `credentials_file`, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY";
+
+/// The first line of the deepest error in `err`'s source chain: the real cause, without the
+/// wrappers' restatements of it.
+fn innermost(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut deepest = err;
+    while let Some(source) = deepest.source() {
+        deepest = source;
+    }
+    first_line(&deepest.to_string()).to_string()
+}
+
+/// Whether credentials could not be loaded (the SDK reports it as a dispatch failure).
+fn is_credentials(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if e.is::<aws_credential_types::provider::error::CredentialsError>() {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines()
+        .next()
+        .unwrap_or("")
+        .trim_end_matches(['.', ':'])
 }
 
 impl fmt::Display for S3Failure {
@@ -461,8 +548,9 @@ mod tests {
             op: "get_object",
             key: "k".into(),
             object: None,
-            source: Box::new(S3Failure {
+            cause: Box::new(S3Failure {
                 message: "boom".into(),
+                detail: "boom (Boom { .. })".into(),
                 status,
                 code: None,
                 transient,

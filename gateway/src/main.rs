@@ -180,11 +180,25 @@ async fn main() -> ExitCode {
     match run(Cli::parse().command).await {
         Ok(code) => code,
         Err(e) => {
-            tracing::error!("{e:#}");
+            // One line for people; the whole chain (the SDK's dump included) under
+            // RUST_LOG=debug.
+            tracing::debug!("the error in full: {e:#?}");
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// The client of S3 tier `name`, named in its errors and metrics; a configuration it cannot
+/// work with (no credentials, a bad prefix) is an error naming the tier.
+async fn connect_s3(
+    name: &str,
+    tier: &cim_policies::S3Tier,
+) -> anyhow::Result<cim_gateway::s3::S3Store> {
+    let store = cim_gateway::s3::S3Store::connect(tier)
+        .await
+        .with_context(|| format!("s3 tier {name:?}"))?;
+    Ok(store.with_tier_name(name))
 }
 
 /// The exit status of a run with `failed` failures and `skipped` skips (see [`EXIT_STATUS_HELP`]).
@@ -293,7 +307,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     .await
                     .context("connecting to nats")?,
             );
-            let stores = connect_s3_tiers(&system).await?;
+            let stores = connect_s3_tiers(&system)
+                .await
+                .context("connecting the s3 tiers")?;
             // In the background: a slow or unreachable S3 must not delay taking work.
             tokio::spawn({
                 let stores = stores.clone();
@@ -329,9 +345,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     .await
                     .context("connecting to nats")?,
             );
-            let store = cim_gateway::s3::S3Store::connect(&s3_config)
-                .await?
-                .with_tier_name(s3_name.as_str());
+            let store = connect_s3(&s3_name, &s3_config).await?;
             let restorer = Restorer::new(system, store, &target)
                 .await?
                 .overwrite(overwrite)
@@ -390,9 +404,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let system = System::connect(config, "cim-gateway delete")
                 .await
                 .context("connecting to nats")?;
-            let store = cim_gateway::s3::S3Store::connect(&s3_config)
-                .await?
-                .with_tier_name(s3_name.as_str());
+            let store = connect_s3(&s3_name, &s3_config).await?;
             let outcome = delete_s3_only(&system, &store, &source, &bucket, &name).await?;
             match outcome {
                 Tombstoned::AlreadyDeleted => println!("already deleted {bucket}/{name}"),
@@ -414,9 +426,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 .await
                 .context("connecting to nats")?;
             let leases = Leases::open(system.control(), system.config.nats.replicas).await?;
-            let store = cim_gateway::s3::S3Store::connect(&s3_config)
-                .await?
-                .with_tier_name(s3_name.as_str());
+            let store = connect_s3(&s3_name, &s3_config).await?;
             let report = gc::collect(&store, &leases, s3_config.retention, dry_run).await?;
             let verb = if dry_run { "would remove" } else { "removed" };
             for key in report.manifests_removed.iter().chain(&report.blobs_removed) {
@@ -448,7 +458,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let Some(Tier::S3(s3_config)) = config.tier(&s3_name) else {
                 bail!("{s3_name:?} is not an s3 tier");
             };
-            let store = cim_gateway::s3::S3Store::connect(s3_config).await?;
+            let store = connect_s3(&s3_name, s3_config).await?;
             let listing = || format!("listing s3 tier {s3_name:?} at {}", store.endpoint());
             let buckets = match bucket {
                 Some(b) => vec![b],
@@ -493,9 +503,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let Some(Tier::S3(s3_config)) = config.tier(&s3_name) else {
                 bail!("{s3_name:?} is not an s3 tier");
             };
-            let store = cim_gateway::s3::S3Store::connect(s3_config)
-                .await?
-                .with_tier_name(s3_name.as_str());
+            let store = connect_s3(&s3_name, s3_config).await?;
             let buckets = (!bucket.is_empty()).then_some(bucket);
             let report = scrub::scrub(&store, buckets, sample)
                 .await

@@ -8,10 +8,14 @@ use std::time::Duration;
 use cim_policies::{Config, Format};
 use tokio_util::sync::CancellationToken;
 
-/// Logs to stderr; `RUST_LOG` overrides the default `info`.
+/// Without `RUST_LOG`: our own info lines; the AWS SDK's only from warnings up (at info it
+/// announces every credentials file it reads, with the key id).
+pub const DEFAULT_LOG_FILTER: &str = "info,aws_config=warn,aws_smithy_runtime=warn";
+
+/// Logs to stderr; `RUST_LOG` overrides [`DEFAULT_LOG_FILTER`].
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

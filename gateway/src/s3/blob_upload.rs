@@ -417,7 +417,7 @@ impl BlobWrite<'_> {
                 op: "create_multipart_upload",
                 key: key.to_string(),
                 object: None,
-                source: "response has no upload id".into(),
+                cause: "response has no upload id".into(),
             })?;
         tracing::debug!(upload_id, part_size, "multipart upload started");
 

@@ -27,6 +27,7 @@
 
 use std::path::Path;
 
+use aws_config::environment::credentials::EnvironmentVariableCredentialsProvider;
 use aws_config::profile::ProfileFileCredentialsProvider;
 use aws_config::BehaviorVersion;
 use aws_runtime::env_config::file::{EnvConfigFileKind, EnvConfigFiles};
@@ -114,9 +115,12 @@ impl S3Store {
     /// * Endpoint: `tier.endpoint`; without one, AWS uses the SDK's default and Wasabi uses
     ///   `https://s3.<region>.wasabisys.com`; other flavors need an endpoint.
     /// * Credentials: if `tier.credentials_file` is set, the `[default]` profile of that AWS
-    ///   shared-credentials file, resolved now so a missing or bad file is an [`Error::Config`]
-    ///   at startup rather than a failure on the first upload; otherwise the SDK's standard chain
-    ///   (environment, `~/.aws`, instance metadata, ...).
+    ///   shared-credentials file; otherwise the `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`
+    ///   (/ `AWS_SESSION_TOKEN`) environment — the two sources `docs/configuration.md` names.
+    ///   Both are resolved now, so a missing or bad source is an [`Error::Config`] at startup
+    ///   rather than a failure on the first request. Only `flavor = "aws"` without a file uses
+    ///   the SDK's whole chain (environment, `~/.aws`, SSO, container and instance metadata):
+    ///   elsewhere probing the cloud's metadata address only delays the error by seconds.
     /// * Deadlines: every call has connect, per-attempt and whole-operation timeouts and at most
     ///   [`deadlines::MAX_ATTEMPTS`] attempts (see [`deadlines`]).
     pub async fn connect(tier: &S3Tier) -> Result<S3Store, Error> {
@@ -150,8 +154,12 @@ impl S3Store {
         if let Some(endpoint) = &endpoint {
             loader = loader.endpoint_url(endpoint);
         }
-        if let Some(path) = &tier.credentials_file {
-            loader = loader.credentials_provider(file_credentials(path).await?);
+        match (&tier.credentials_file, tier.flavor) {
+            (Some(path), _) => loader = loader.credentials_provider(file_credentials(path).await?),
+            (None, S3Flavor::Aws) => {}
+            (None, _) => {
+                loader = loader.credentials_provider(env_credentials(tier, &endpoint).await?)
+            }
         }
         let sdk_config = loader.load().await;
         let config = aws_sdk_s3::config::Builder::from(&sdk_config)
@@ -226,6 +234,27 @@ impl S3Store {
             .await
             .map_err(|e| Error::s3("head_bucket", &self.bucket, e))?;
         Ok(())
+    }
+}
+
+/// The `AWS_*` environment's credentials, failing early (naming the tier's bucket and
+/// endpoint, and both sources) when it has none.
+async fn env_credentials(
+    tier: &S3Tier,
+    endpoint: &Option<String>,
+) -> Result<EnvironmentVariableCredentialsProvider, Error> {
+    let provider = EnvironmentVariableCredentialsProvider::new();
+    match provider.provide_credentials().await {
+        Ok(_) => Ok(provider),
+        Err(e) => {
+            tracing::debug!("environment credentials: {e:?}");
+            Err(Error::config(format!(
+                "no credentials for bucket {} at {}: the tier has no `credentials_file`, and \
+                 AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY are not both set",
+                tier.bucket,
+                endpoint.as_deref().unwrap_or("<aws default>"),
+            )))
+        }
     }
 }
 
