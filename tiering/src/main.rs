@@ -71,7 +71,8 @@ async fn main() -> ExitCode {
     match run(cli.command).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
+            // One line for people; the whole chain under RUST_LOG=debug.
+            tracing::debug!("the error in full: {e:#?}");
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
