@@ -428,7 +428,7 @@ in
     settings = mkOption {
       type = types.submodule { freeformType = (pkgs.formats.json { }).type; };
       default = { };
-      example = { manager.interval = "10s"; work.concurrency = 4; };
+      example = { work.concurrency = 4; upload.memory_budget_mib = 128; };
       description = ''
         Everything else in the configuration file (`[metrics]`, `[manager]`, `[work]`,
         `[upload]`, `[restore]`, `[catalog]`), with the file's key names; see

@@ -50,7 +50,6 @@ _:
     };
 
     settings = {
-      manager.interval = "10s";
       work.concurrency = 2;
     };
   };
