@@ -110,16 +110,29 @@ impl Leases {
         }
     }
 
-    /// Who holds `key`, if anyone.
+    /// Who holds `key`, if anyone, as the bucket's stream leader sees it.
+    ///
+    /// Not a KV `entry` (a direct get, answered by any replica): each replica expires
+    /// `max_age` on its own clock and may lag the leader's renewals, so a replica could call a
+    /// dead holder alive (a killed writer's chunks left for one more run) or, worse, a live
+    /// holder gone. The leader applies every renewal first; its answer is the one to act on.
     pub async fn holder(&self, key: &str) -> Result<Option<String>, Error> {
-        let entry = self
-            .kv
-            .entry(key)
-            .await
-            .map_err(|e| lease_error("read", key, e))?;
-        Ok(entry
-            .filter(|e| e.operation == kv::Operation::Put)
-            .map(|e| String::from_utf8_lossy(&e.value).into_owned()))
+        use async_nats::jetstream::stream::LastRawMessageErrorKind;
+        let subject = format!("{}{key}", self.kv.prefix);
+        let message = match self.kv.stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(message) => message,
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(None),
+            Err(e) => return Err(lease_error("read", key, e)),
+        };
+        // A delete or purge marker means nobody holds it.
+        let operation = message
+            .headers
+            .get("KV-Operation")
+            .map(|v| v.as_str().to_string());
+        Ok(match operation.as_deref() {
+            Some("DEL") | Some("PURGE") => None,
+            _ => Some(String::from_utf8_lossy(&message.payload).into_owned()),
+        })
     }
 }
 
