@@ -108,11 +108,7 @@ pub async fn collect(
     }
     if !dry_run {
         delete_all(store, &report.manifests_removed).await?;
-        metrics::gc_removed(
-            store.tier_name(),
-            "manifest",
-            report.manifests_removed.len() as u64,
-        );
+        metrics::gc_removed_manifests(store.tier_name(), report.manifests_removed.len() as u64);
     }
 
     // Rule 2: what is referenced.
@@ -171,7 +167,7 @@ pub async fn collect(
             lease.release().await;
         }
         removed?;
-        metrics::gc_removed(store.tier_name(), "blob", doomed.len() as u64);
+        metrics::gc_removed_blobs(store.tier_name(), doomed.len() as u64);
         report.blobs_removed.extend(doomed);
     }
     for key in &report.blobs_in_use {

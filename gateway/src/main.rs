@@ -15,7 +15,7 @@ use cim_gateway::versions::{delete_s3_only, Tombstoned};
 use cim_policies::{Config, Route, Tier};
 use cim_tiering::lease::Leases;
 use cim_tiering::work::Role;
-use cim_tiering::{cli, System};
+use cim_tiering::{cli, metrics, System};
 use clap::{Args, Parser, Subcommand};
 
 /// S3 tier of the NATS JetStream storage gateway.
@@ -302,6 +302,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         } => {
             let config = cli::load_config(&config.config)?;
             cli::serve_metrics(&config, metrics_listen)?;
+            metrics::role_started(metrics::Role::Upload, &config);
             let system = Arc::new(
                 System::connect(config, "cim-gateway upload")
                     .await
@@ -334,6 +335,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             concurrency,
         } => {
             let config = cli::load_config(&config.config)?;
+            metrics::role_started(metrics::Role::Restore, &config);
             let s3_name = s3_tier_name(&config, from)?;
             let target = restore_target(&config, &s3_name, to)?;
             let Some(Tier::S3(s3_config)) = config.tier(&s3_name).cloned() else {
@@ -418,6 +420,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             dry_run,
         } => {
             let config = cli::load_config(&config.config)?;
+            metrics::role_started(metrics::Role::Gc, &config);
             let s3_name = s3_tier_name(&config, from)?;
             let Some(Tier::S3(s3_config)) = config.tier(&s3_name).cloned() else {
                 bail!("{s3_name:?} is not an s3 tier");
@@ -499,6 +502,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             sample,
         } => {
             let config = cli::load_config(&config.config)?;
+            metrics::role_started(metrics::Role::Scrub, &config);
             let s3_name = s3_tier_name(&config, from)?;
             let Some(Tier::S3(s3_config)) = config.tier(&s3_name) else {
                 bail!("{s3_name:?} is not an s3 tier");

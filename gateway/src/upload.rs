@@ -297,6 +297,7 @@ impl UploadHandler {
         let catalog = &self.system.catalog;
         let (bucket, name) = (job.bucket.as_str(), job.name.as_str());
 
+        let started = Instant::now();
         let Some(version) = hub.version(bucket, name).await? else {
             // Gone: a user delete, or our own eviction interrupted after its meta purge. Finish
             // that eviction: drop its chunks and make sure the catalog no longer places it here.
@@ -395,7 +396,7 @@ impl UploadHandler {
             // A newer version may have committed and published while we wrote: never leave
             // this one over it.
             versions::publish_current(catalog, store, bucket, name).await?;
-            metrics::transferred(hub.name(), &job.to, size);
+            metrics::transferred(hub.name(), &job.to, size, started.elapsed());
             tracing::info!(
                 size,
                 stored = blob.stored_size,
@@ -489,7 +490,11 @@ impl Handler for UploadHandler {
         match &item {
             WorkItem::Upload(job) => {
                 let span = tracing::info_span!("upload", bucket = %job.bucket, object = %job.name, from = %job.from, to = %job.to, size = job.size);
-                self.upload(job, &progress).instrument(span).await
+                let result = self.upload(job, &progress).instrument(span).await;
+                if result.is_err() {
+                    metrics::transfer_failed(&job.from, &job.to);
+                }
+                result
             }
             WorkItem::Delete(job) => {
                 let span = tracing::info_span!("delete", bucket = %job.bucket, object = %job.name, from = %job.from, to = %job.to, seq = job.seq);

@@ -11,28 +11,9 @@ use std::time::Duration;
 
 use cim_tests::{cim_bin, wait_until, Topology};
 use cim_tiering::digest::Sha256Digest;
-use common::{content, sample, scrape, Roles, Tiers};
+use common::{content, sample, scrape, wait_only_in_s3, Roles, Tiers, MOVE_ALL};
 
 const BUCKET: &str = "sensors";
-
-/// Both hops under `move`, immediately.
-const MOVE_ALL: &str = r#"
-[[policy]]
-name = "edge-to-cluster"
-buckets = ["sensors*"]
-from = "leaf"
-to = "hub"
-action = "move"
-after = "0s"
-
-[[policy]]
-name = "cluster-to-s3"
-buckets = ["*"]
-from = "hub"
-to = "s3"
-action = "move"
-after = "0s"
-"#;
 
 fn samples() -> Vec<(&'static str, Vec<u8>)> {
     vec![
@@ -62,31 +43,6 @@ fn restore(config: &std::path::Path, bucket: &str) -> std::process::Output {
         .unwrap()
 }
 
-/// Waits until every named object is only in S3: absent from leaf and hub, catalog says "s3" only.
-async fn wait_all_in_s3(tiers: &Tiers, roles: &Roles, names: &[&str], timeout: Duration) {
-    let mut expected: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-    expected.sort();
-    let result = wait_until("every object only in s3", timeout, || async {
-        let catalog = tiers.catalog_locations(BUCKET).await;
-        let only_s3 = expected
-            .iter()
-            .all(|n| catalog.get(n).is_some_and(|l| l == &vec!["s3".to_string()]));
-        only_s3
-            && Tiers::names(&tiers.leaf_tier, BUCKET).await.is_empty()
-            && Tiers::names(&tiers.hub_tier, BUCKET).await.is_empty()
-    })
-    .await;
-    if let Err(e) = result {
-        panic!(
-            "{e:#}\ncatalog: {:?}\nleaf: {:?}\nhub: {:?}\n{}",
-            tiers.catalog_locations(BUCKET).await,
-            Tiers::names(&tiers.leaf_tier, BUCKET).await,
-            Tiers::names(&tiers.hub_tier, BUCKET).await,
-            roles.logs()
-        );
-    }
-}
-
 /// Puts `objects` on the leaf under [`MOVE_ALL`], runs the roles until every object is only in
 /// S3, and stops them; returns the config and the tier handles.
 async fn moved_to_s3(topology: &Topology, objects: &[(&str, Vec<u8>)]) -> (PathBuf, Tiers) {
@@ -97,7 +53,7 @@ async fn moved_to_s3(topology: &Topology, objects: &[(&str, Vec<u8>)]) -> (PathB
     }
     let mut roles = Roles::start(topology, &config);
     let names: Vec<&str> = objects.iter().map(|(n, _)| *n).collect();
-    wait_all_in_s3(&tiers, &roles, &names, Duration::from_secs(120)).await;
+    wait_only_in_s3(&tiers, &roles, BUCKET, &names, Duration::from_secs(120)).await;
     roles.stop();
     (config, tiers)
 }
@@ -118,7 +74,7 @@ async fn objects_move_through_every_tier_and_restore_identically() {
 
     let mut roles = Roles::start(&topology, &config);
     let names: Vec<&str> = samples.iter().map(|(n, _)| *n).collect();
-    wait_all_in_s3(&tiers, &roles, &names, Duration::from_secs(180)).await;
+    wait_only_in_s3(&tiers, &roles, BUCKET, &names, Duration::from_secs(180)).await;
 
     // The S3 side describes itself: one manifest per object, with the ingest digest.
     let listing = Command::new(cim_bin("cim-gateway"))
@@ -147,10 +103,11 @@ async fn objects_move_through_every_tier_and_restore_identically() {
     let mirror = scrape(roles.mirror_metrics).await;
     let upload = scrape(roles.upload_metrics).await;
     let manager = scrape(roles.manager_metrics).await;
-    let leaf_hub = [("from", "leaf"), ("to", "hub")];
-    let hub_s3 = [("from", "hub"), ("to", "s3")];
+    let leaf_hub = [("from_tier", "leaf"), ("to_tier", "hub")];
+    let hub_s3 = [("from_tier", "hub"), ("to_tier", "s3")];
+    let ok = |pair: [(&'static str, &'static str); 2]| [pair[0], pair[1], ("outcome", "ok")];
     assert_eq!(
-        sample(&mirror, "cim_transfer_objects_total", &leaf_hub),
+        sample(&mirror, "cim_transfers_total", &ok(leaf_hub)),
         Some(6.0),
         "{mirror}"
     );
@@ -159,7 +116,7 @@ async fn objects_move_through_every_tier_and_restore_identically() {
         Some(total as f64)
     );
     assert_eq!(
-        sample(&upload, "cim_transfer_objects_total", &hub_s3),
+        sample(&upload, "cim_transfers_total", &ok(hub_s3)),
         Some(6.0),
         "{upload}"
     );
@@ -172,7 +129,7 @@ async fn objects_move_through_every_tier_and_restore_identically() {
         "{upload}"
     );
     assert!(
-        sample(&manager, "cim_manager_backlog_objects", &hub_s3).is_some(),
+        sample(&manager, "cim_backlog_objects", &hub_s3).is_some(),
         "{manager}"
     );
     assert!(sample(&manager, "cim_manager_passes_total", &[]).unwrap_or(0.0) >= 1.0);
@@ -299,7 +256,7 @@ async fn an_upload_killed_mid_object_resumes_and_loses_nothing() {
 
     roles.restart_upload();
     let names: Vec<&str> = objects.iter().map(|(n, _)| *n).collect();
-    wait_all_in_s3(&tiers, &roles, &names, Duration::from_secs(240)).await;
+    wait_only_in_s3(&tiers, &roles, BUCKET, &names, Duration::from_secs(240)).await;
     assert_eq!(
         s3.list_multipart_uploads().await.unwrap(),
         Vec::<(String, String)>::new(),

@@ -276,7 +276,7 @@ async fn identical_content_in_flight_twice_both_finish() {
         let failed = sample(
             &try_scrape(upload_port).await,
             "cim_work_items_total",
-            &[("role", "upload"), ("outcome", "failed")],
+            &[("role", "upload"), ("outcome", "given_up")],
         );
         if failed.unwrap_or(0.0) > 0.0 {
             return true;
@@ -301,7 +301,7 @@ async fn identical_content_in_flight_twice_both_finish() {
         sample(
             &metrics,
             "cim_work_items_total",
-            &[("role", "upload"), ("outcome", "failed")]
+            &[("role", "upload"), ("outcome", "given_up")]
         )
         .unwrap_or(0.0),
         0.0,
@@ -319,7 +319,7 @@ async fn identical_content_in_flight_twice_both_finish() {
 }
 /// Sum of `cim_work_items_total{role}` over every outcome: the items a role has handled.
 fn work_items_handled(metrics: &str, role: &str) -> f64 {
-    ["done", "retry", "failed", "invalid"]
+    ["done", "retry", "given_up", "invalid"]
         .iter()
         .filter_map(|outcome| {
             sample(
@@ -498,8 +498,8 @@ async fn an_object_with_no_verified_copy_is_marked_damaged_once() {
     assert_eq!(
         sample(
             &manager_metrics,
-            "cim_manager_backlog_objects",
-            &[("from", "hub"), ("to", "s3")]
+            "cim_backlog_objects",
+            &[("from_tier", "hub"), ("to_tier", "s3")]
         ),
         Some(0.0),
         "a damaged version is not due for a move"

@@ -467,6 +467,8 @@ pub struct CatalogIndex {
 struct Summary {
     seq: u64,
     digest: Sha256Digest,
+    /// Uncompressed size of the version (for what a tier holds, in bytes).
+    size: u64,
     /// Tiers holding a verified copy (bits of [`CatalogIndex::tiers`]).
     locations: u64,
     /// For a tombstone: tiers the delete reached.
@@ -479,6 +481,11 @@ impl CatalogIndex {
     /// An empty index; the first [`Catalog::follow`] reads the whole catalog.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The sequence up to which the catalog has been read.
+    pub fn cursor(&self) -> u64 {
+        self.cursor
     }
 
     /// Entries indexed.
@@ -539,6 +546,18 @@ impl CatalogIndex {
         })
     }
 
+    /// The objects (not deleted) of which `tier` holds a verified copy, and their bytes.
+    pub fn held(&self, tier: &str) -> (u64, u64) {
+        let bit = self.bits(tier);
+        if bit == 0 {
+            return (0, 0);
+        }
+        self.entries
+            .values()
+            .filter(|s| !s.deleted && s.locations & bit != 0)
+            .fold((0, 0), |(objects, bytes), s| (objects + 1, bytes + s.size))
+    }
+
     fn bit(&mut self, tier: &str) -> u64 {
         let i = match self.tiers.iter().position(|t| t == tier) {
             Some(i) => i,
@@ -587,6 +606,7 @@ impl CatalogIndex {
         let summary = Summary {
             seq: entry.seq,
             digest: entry.digest,
+            size: entry.size,
             locations,
             reached,
             damaged: entry.damaged.is_some(),

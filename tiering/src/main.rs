@@ -6,11 +6,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use cim_tiering::cli;
 use cim_tiering::manager::{Manager, PASS_DEADLINE};
 use cim_tiering::mirror::MirrorHandler;
 use cim_tiering::work::Role;
 use cim_tiering::System;
+use cim_tiering::{cli, metrics};
 use clap::{Parser, Subcommand};
 
 /// Storage manager and leaf mirroring for NATS JetStream object stores.
@@ -91,6 +91,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             if !once {
                 cli::serve_metrics(&config, metrics_listen)?;
             }
+            metrics::role_started(metrics::Role::Manager, &config);
             let system = Arc::new(
                 System::connect(config, "cim-storage manager")
                     .await
@@ -116,6 +117,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         } => {
             let config = cli::load_config(&config)?;
             cli::serve_metrics(&config, metrics_listen)?;
+            metrics::role_started(metrics::Role::Mirror, &config);
             let system = Arc::new(
                 System::connect(config, "cim-storage mirror")
                     .await

@@ -43,6 +43,7 @@ impl MirrorHandler {
         let bucket = job.bucket.as_str();
         let name = job.name.as_str();
 
+        let started = std::time::Instant::now();
         let Some(leaf_info) = leaf.info(bucket, name).await? else {
             // Gone: a user delete, or our own eviction interrupted after its meta purge. Finish
             // that eviction: drop its chunks and make sure the catalog no longer places it here.
@@ -132,7 +133,7 @@ impl MirrorHandler {
             }
         }
         // Either way the object made the leaf → cluster hop, verified.
-        metrics::transferred(leaf.name(), hub.name(), size);
+        metrics::transferred(leaf.name(), hub.name(), size, started.elapsed());
 
         if job.action == cim_policies::Action::Move {
             leaf.evict(bucket, &leaf_info).await?;
@@ -191,7 +192,11 @@ impl Handler for MirrorHandler {
             } => self.ensure_source(from, to, bucket).await,
             WorkItem::LeafEvict(job) => {
                 let span = tracing::info_span!("leaf_evict", bucket = %job.bucket, object = %job.name, from = %job.from, to = %job.to);
-                self.leaf_evict(job, &progress).instrument(span).await
+                let result = self.leaf_evict(job, &progress).instrument(span).await;
+                if result.is_err() {
+                    metrics::transfer_failed(&job.from, &job.to);
+                }
+                result
             }
             WorkItem::Upload(_) | WorkItem::Delete(_) => Err(Error::Config(
                 "upload and delete items belong to cim-gateway upload, not the mirror role".into(),

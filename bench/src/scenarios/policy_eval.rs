@@ -15,7 +15,7 @@
 //!   indexed — issue 8's target 6;
 //! - a pass after [`NEW_OBJECTS`] new metas were written during the interval before it.
 //!
-//! Each pass's time is the manager's own `cim_manager_pass_seconds`, read from `/metrics` (every
+//! Each pass's time is the manager's own `cim_manager_last_pass_duration_seconds`, read from `/metrics` (every
 //! [`SCRAPE_EVERY`]) as soon as `cim_manager_passes_total` counts it. CPU is counted from the end
 //! of the pass before (the manager idles for the interval in between); peak memory is the
 //! manager's high-water mark (`VmHWM`), which the first scan sets (the index of every object is
@@ -226,7 +226,7 @@ async fn time_passes(
 
     let metrics = scrape(&http, port).await?;
     let skipped = metric_sum(&metrics, "cim_manager_skipped_total");
-    let due = metric_sum(&metrics, "cim_manager_backlog_objects");
+    let due = metric_sum(&metrics, "cim_backlog_objects");
     anyhow::ensure!(
         skipped == 0.0 && due == 0.0,
         "policy-eval: the manager skipped {skipped} and found {due} due (expected none)"
@@ -239,7 +239,7 @@ async fn time_passes(
 }
 
 /// Waits until the manager has completed `passes` passes and returns how long the last one
-/// took (its `cim_manager_pass_seconds`); fails if the manager exits.
+/// took (its `cim_manager_last_pass_duration_seconds`); fails if the manager exits.
 async fn wait_for_passes(
     http: &reqwest::Client,
     manager: &RoleProcess,
@@ -256,7 +256,7 @@ async fn wait_for_passes(
         }
         let text = scrape(http, port).await.unwrap_or_default();
         if metric_sum(&text, "cim_manager_passes_total") >= passes as f64 {
-            let took = metric_sum(&text, "cim_manager_pass_seconds");
+            let took = metric_sum(&text, "cim_manager_last_pass_duration_seconds");
             return Ok(Duration::from_secs_f64(took.max(0.0)));
         }
         anyhow::ensure!(
@@ -318,6 +318,6 @@ mod tests {
                     cim_manager_skipped_total{policy=\"a\",reason=\"c\"} 2\n";
         assert_eq!(metric_sum(text, "cim_manager_passes_total"), 2.0);
         assert_eq!(metric_sum(text, "cim_manager_skipped_total"), 3.0);
-        assert_eq!(metric_sum(text, "cim_manager_backlog_objects"), 0.0);
+        assert_eq!(metric_sum(text, "cim_backlog_objects"), 0.0);
     }
 }

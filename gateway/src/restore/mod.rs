@@ -56,7 +56,8 @@ use cim_tiering::digest::Sha256Digest;
 use cim_tiering::jetstream::write::{Recovered, WriteJournal, ACK_WINDOW, CHUNK_SIZE};
 use cim_tiering::jetstream::{ingest_digest, is_live, JetStreamTier, StoredObject};
 use cim_tiering::lease::Leases;
-use cim_tiering::{metrics, System};
+use cim_tiering::metrics::{self, RestoreOutcome};
+use cim_tiering::System;
 use futures::StreamExt;
 use tracing::Instrument;
 
@@ -256,9 +257,27 @@ impl Restorer {
                     tier: self.store.tier_name().to_string(),
                 })
             }
-            Err(e) => return Skip::of(&e).map(Restored::Skipped).ok_or(e),
+            Err(e) => {
+                let outcome = Skip::of(&e).map(Restored::Skipped).ok_or(e);
+                self.count(&outcome);
+                return outcome;
+            }
         };
-        self.restore_manifest(&manifest).await
+        let outcome = self.restore_manifest(&manifest).await;
+        self.count(&outcome);
+        outcome
+    }
+
+    /// Counts an outcome in `cim_restore_objects_total`, except a restore just written: that
+    /// one is counted where it is written, with its bytes.
+    fn count(&self, outcome: &Result<Restored, Error>) {
+        let counted = match outcome {
+            Ok(Restored::Written) => return,
+            Ok(Restored::AlreadyPresent) => RestoreOutcome::Restored,
+            Ok(Restored::Skipped(_) | Restored::Deleted(_)) => RestoreOutcome::Skipped,
+            Err(_) => RestoreOutcome::Failed,
+        };
+        metrics::restored(self.target.name(), counted, 0);
     }
 
     /// Restores every object of a bucket, [`Restorer::concurrency`] at a time, calling `report`
@@ -304,6 +323,7 @@ impl Restorer {
         let mut reported = 0;
         while let Some((name, outcome)) = outcomes.next().await {
             if let Some(outcome) = outcome {
+                self.count(&outcome);
                 report(&name, outcome);
                 reported += 1;
             }
@@ -422,7 +442,7 @@ impl Restorer {
                 None,
             )
             .await?;
-        metrics::restored(self.target.name());
+        metrics::restored(self.target.name(), RestoreOutcome::Restored, m.size);
         tracing::info!(nuid = %committed.info.nuid, "restored");
         Ok(Restored::Written)
     }

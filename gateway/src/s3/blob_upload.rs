@@ -161,7 +161,7 @@ impl S3Store {
         if opts.reuse_existing {
             if let Some(stored_size) = self.existing_blob(&key, &hex, expected_size).await? {
                 tracing::debug!(stored_size, "blob already stored; reusing it");
-                cim_tiering::metrics::s3_blob(true);
+                cim_tiering::metrics::s3_blob(&self.tier_name, true);
                 return Ok(BlobUpload {
                     key,
                     stored_size,
@@ -216,7 +216,7 @@ impl S3Store {
                 .await?;
             (stored_size, checksums, Some(part_size as u64))
         };
-        cim_tiering::metrics::s3_blob(false);
+        cim_tiering::metrics::s3_blob(&self.tier_name, false);
         tracing::info!(stored_size, verify = %self.verify, "blob uploaded");
         let verified = (self.verify != S3Verify::ReadBack).then_some(Verification {
             mode: self.verify,
@@ -369,7 +369,7 @@ impl BlobWrite<'_> {
             .send()
             .await
             .map_err(|e| Error::s3("put_object", self.key, e))?;
-        cim_tiering::metrics::s3_sent(len, false);
+        cim_tiering::metrics::s3_sent(&self.store.tier_name, len, false);
         if let Some(checksum) = &checksum {
             confirm(
                 checksum,
@@ -502,7 +502,7 @@ impl BlobWrite<'_> {
                     )));
                 }
                 while tasks.len() >= MAX_PARTS_IN_FLIGHT {
-                    done.push(join_part(tasks).await?);
+                    done.push(self.part_sent(join_part(tasks).await?));
                 }
                 let charge = held.split(body.len() as u64);
                 tasks.spawn(upload_part(
@@ -520,10 +520,16 @@ impl BlobWrite<'_> {
             }
         }
         while !tasks.is_empty() {
-            done.push(join_part(tasks).await?);
+            done.push(self.part_sent(join_part(tasks).await?));
         }
         done.sort_by_key(|p| p.part.part_number());
         Ok(done)
+    }
+
+    /// Counts a part the service took.
+    fn part_sent(&self, part: UploadedPart) -> UploadedPart {
+        cim_tiering::metrics::s3_sent(&self.store.tier_name, part.len, true);
+        part
     }
 
     async fn complete(
@@ -641,7 +647,6 @@ async fn upload_part(
         .send()
         .await
         .map_err(|e| Error::s3("upload_part", &key, e))?;
-    cim_tiering::metrics::s3_sent(len, true);
     tracing::trace!(part_number, len, "part uploaded");
     if let Some(checksum) = &checksum {
         confirm(

@@ -197,6 +197,7 @@ async fn main() -> anyhow::Result<()> {
         for line in text
             .lines()
             .filter(|l| l.starts_with("cim_transfer") || l.starts_with("cim_evictions"))
+            .filter(|l| !l.starts_with("cim_transfer_duration_seconds_bucket"))
         {
             println!("   {line}");
         }

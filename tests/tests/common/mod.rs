@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, object_store};
-use cim_tests::{cim_bin, free_port, RoleProcess, Topology};
+use cim_tests::{cim_bin, free_port, wait_until, RoleProcess, Topology};
 use cim_tiering::catalog::{Catalog, Entry};
 use cim_tiering::jetstream::JetStreamTier;
 use tokio::io::AsyncReadExt;
@@ -23,6 +23,57 @@ pub fn content(seed: u64, len: usize) -> Vec<u8> {
     }
     out.truncate(len);
     out
+}
+
+/// Both hops under `move`, immediately: leaf → hub for buckets `sensors*`, hub → s3 for all.
+pub const MOVE_ALL: &str = r#"
+[[policy]]
+name = "edge-to-cluster"
+buckets = ["sensors*"]
+from = "leaf"
+to = "hub"
+action = "move"
+after = "0s"
+
+[[policy]]
+name = "cluster-to-s3"
+buckets = ["*"]
+from = "hub"
+to = "s3"
+action = "move"
+after = "0s"
+"#;
+
+/// Waits until every named object of `bucket` is only in S3: absent from leaf and hub, the
+/// catalog says "s3" only. Panics with the roles' logs after `timeout`.
+pub async fn wait_only_in_s3(
+    tiers: &Tiers,
+    roles: &Roles,
+    bucket: &str,
+    names: &[&str],
+    timeout: Duration,
+) {
+    let mut expected: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    expected.sort();
+    let result = wait_until("every object only in s3", timeout, || async {
+        let catalog = tiers.catalog_locations(bucket).await;
+        let only_s3 = expected
+            .iter()
+            .all(|n| catalog.get(n).is_some_and(|l| l == &vec!["s3".to_string()]));
+        only_s3
+            && Tiers::names(&tiers.leaf_tier, bucket).await.is_empty()
+            && Tiers::names(&tiers.hub_tier, bucket).await.is_empty()
+    })
+    .await;
+    if let Err(e) = result {
+        panic!(
+            "{e:#}\ncatalog: {:?}\nleaf: {:?}\nhub: {:?}\n{}",
+            tiers.catalog_locations(bucket).await,
+            Tiers::names(&tiers.leaf_tier, bucket).await,
+            Tiers::names(&tiers.hub_tier, bucket).await,
+            roles.logs()
+        );
+    }
 }
 
 /// The three long-running roles, each its own OS process with its own metrics port.

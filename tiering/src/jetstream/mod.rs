@@ -170,6 +170,22 @@ impl JetStreamTier {
         &self.js
     }
 
+    /// JetStream file storage used in the tier's domain by this account, and the account's
+    /// storage limit when it has one (an account without a limit is bounded only by the
+    /// server's `max_file_store`, which only the system account can read).
+    pub async fn storage(&self) -> Result<(u64, Option<u64>), Error> {
+        let account = self
+            .js
+            .query_account()
+            .await
+            .map_err(|e| Error::bucket_op("account info", &self.name, "*", e))?;
+        let limit = account
+            .limits
+            .max_storage
+            .and_then(|l| u64::try_from(l).ok());
+        Ok((account.storage, limit.filter(|l| *l > 0)))
+    }
+
     /// Batched direct gets on a bucket's stream (see [`direct`]).
     pub fn direct(&self, bucket: &str) -> direct::DirectGet {
         direct::DirectGet::new(

@@ -18,7 +18,7 @@ use tracing::Instrument;
 use crate::error::{Error, IntegrityFailure};
 use crate::jetstream::scan::{Kind, Meta};
 use crate::jetstream::JetStreamTier;
-use crate::metrics;
+use crate::metrics::{self, Backlog};
 use crate::system::System;
 use crate::work::{ObjectDelete, ObjectMove, WorkItem};
 
@@ -60,6 +60,11 @@ struct Pending {
 impl Manager {
     /// A manager over the role's connections.
     pub fn new(system: Arc<System>) -> Self {
+        for policy in &system.config.policies {
+            for reason in Skip::ALL {
+                metrics::manager_skip_reason(&policy.name, reason.as_str());
+            }
+        }
         Self {
             system,
             state: Mutex::new(State::default()),
@@ -77,7 +82,8 @@ impl Manager {
             };
             match pass {
                 Ok(Ok(report)) => {
-                    tracing::debug!(due = report.due, queued = report.queued, "manager pass")
+                    tracing::debug!(due = report.due, queued = report.queued, "manager pass");
+                    self.report_storage().await;
                 }
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "manager pass failed; retrying next interval")
@@ -130,8 +136,59 @@ impl Manager {
                 .await?;
         }
         state.forget_untouched();
+        self.report_held(&mut state, catalog.is_ok());
         metrics::manager_pass(started.elapsed());
         Ok(report)
+    }
+
+    /// Sets what each tier holds: JetStream tiers from the indexes of the buckets the policies
+    /// cover, S3 tiers from the catalog (when it was read this pass).
+    fn report_held(&self, state: &mut State, catalog_read: bool) {
+        let mut held: std::collections::BTreeMap<&str, (u64, u64)> = Default::default();
+        for ((tier, _), bucket) in state.buckets.iter_mut() {
+            let (objects, bytes) = bucket.held();
+            let sum = held.entry(tier.as_str()).or_default();
+            *sum = (sum.0 + objects, sum.1 + bytes);
+        }
+        for (tier, (objects, bytes)) in held {
+            metrics::tier_held(tier, objects, bytes);
+        }
+        if !(catalog_read && self.needs_catalog()) {
+            return;
+        }
+        let at = (state.catalog.cursor(), state.catalog.len());
+        for (name, tier) in &self.system.config.tiers {
+            if !matches!(tier, cim_policies::Tier::S3(_)) {
+                continue;
+            }
+            let (objects, bytes) = match state.catalog_held.get(name) {
+                Some((counted, held)) if *counted == at => *held,
+                _ => {
+                    let held = state.catalog.held(name);
+                    state.catalog_held.insert(name.clone(), (at, held));
+                    held
+                }
+            };
+            metrics::tier_held(name, objects, bytes);
+        }
+    }
+
+    /// Sets the JetStream storage used (and its limit, when known) of every JetStream tier, all
+    /// asked at once; a tier that does not answer keeps its last values (and is logged).
+    async fn report_storage(&self) {
+        let tiers = self
+            .system
+            .config
+            .tiers
+            .keys()
+            .filter_map(|name| self.system.jetstream_tier(name).ok());
+        let asked = tiers.map(|tier| async move { (tier.name(), tier.storage().await) });
+        for (tier, answer) in futures::future::join_all(asked).await {
+            match answer {
+                Ok((used, limit)) => metrics::tier_storage(tier, used, limit),
+                Err(e) => tracing::debug!(tier, error = %e, "no jetstream account info"),
+            }
+        }
     }
 
     /// Whether some policy decides on the catalog: cluster → S3 (copies, damage, deletes) and
@@ -179,7 +236,7 @@ impl Manager {
                 Err(e) => skipped(policy, Skip::TierUnavailable, &e, report),
             }
         }
-        let mut due = 0u64;
+        let mut due = Backlog::default();
         for bucket in buckets.iter().filter(|b| policy.matches_bucket(b)) {
             if let Err((reason, e)) = self
                 .evaluate_bucket(
@@ -196,8 +253,8 @@ impl Manager {
                 skipped(policy, reason, &e, report);
             }
         }
-        report.due += due as usize;
-        metrics::manager_backlog(&policy.from, &policy.to, due);
+        report.due += due.objects as usize;
+        metrics::backlog(&policy.name, &policy.from, &policy.to, due);
         Ok(())
     }
 
@@ -209,7 +266,7 @@ impl Manager {
         bucket: &str,
         cluster_buckets: Option<&[String]>,
         state: &mut State,
-        due: &mut u64,
+        due: &mut Backlog,
         report: &mut PassReport,
     ) -> Result<(), (Skip, Error)> {
         let policy = cx.policy;
@@ -335,7 +392,7 @@ impl Manager {
         source: &BucketState,
         hub: Option<&crate::jetstream::scan::MetaIndex>,
         catalog: &crate::catalog::CatalogIndex,
-        due: &mut u64,
+        due: &mut Backlog,
         report: &mut PassReport,
     ) -> Vec<Pending> {
         let policy = cx.policy;
@@ -412,7 +469,7 @@ impl Manager {
                 Route::LeafToCluster => {
                     // Only once the cluster holds this version (or a copy verified beyond it
                     // lets the leaf copy go): queued earlier, the item would only wait.
-                    *due += 1;
+                    due.add(meta.size, meta.age(cx.now).saturating_sub(policy.after));
                     let on_hub = hub
                         .and_then(|h| h.get(name))
                         .is_some_and(|h: &Meta| h.kind == Kind::Live && h.nuid == meta.nuid);
@@ -439,7 +496,7 @@ impl Manager {
                     {
                         continue;
                     }
-                    *due += 1;
+                    due.add(meta.size, meta.age(cx.now).saturating_sub(policy.after));
                     WorkItem::Upload(job)
                 }
             };
@@ -547,6 +604,16 @@ enum Skip {
 }
 
 impl Skip {
+    /// Every reason, for registering the counters at zero.
+    const ALL: [Skip; 6] = [
+        Skip::TierUnavailable,
+        Skip::BucketUnavailable,
+        Skip::UndecodableMeta,
+        Skip::MissingDigest,
+        Skip::CatalogUnavailable,
+        Skip::QueueUnavailable,
+    ];
+
     fn as_str(self) -> &'static str {
         match self {
             Skip::TierUnavailable => "tier_unavailable",

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::catalog::CatalogIndex;
 use crate::error::Error;
 use crate::jetstream::direct::DirectGet;
-use crate::jetstream::scan::MetaIndex;
+use crate::jetstream::scan::{Kind, MetaIndex};
 use crate::work::DUPLICATE_WINDOW;
 
 /// How long the manager trusts that an item it queued is still queued or done. After that it
@@ -31,7 +31,13 @@ pub(super) struct State {
     pub sources: HashMap<(usize, String), Instant>,
     /// (tier, bucket) pairs a pass looked at; the others went away and are forgotten.
     pub touched: HashSet<(String, String)>,
+    /// S3 tier → what the catalog places there, and the catalog's state it was counted at.
+    pub catalog_held: HashMap<String, (Counted, (u64, u64))>,
 }
+
+/// The state of an index something was counted at: its cursor and length. Counting again only
+/// when it changed keeps a pass that found nothing new from walking every object.
+pub(super) type Counted = (u64, usize);
 
 /// One bucket of one tier.
 #[derive(Default)]
@@ -40,6 +46,8 @@ pub(super) struct BucketState {
     pub index: MetaIndex,
     /// (policy position, object) → the version last queued for it, and when.
     pub queued: HashMap<(usize, Arc<str>), Queued>,
+    /// Its live objects and their bytes, and the index's state they were counted at.
+    held: Option<(Counted, (u64, u64))>,
 }
 
 /// An item the manager queued.
@@ -121,6 +129,25 @@ impl BucketState {
             self.index.rescan(direct, bucket).await?;
         }
         Ok(())
+    }
+
+    /// The bucket's live objects and their bytes (counted again only when the index changed).
+    pub fn held(&mut self) -> (u64, u64) {
+        let at = (self.index.cursor(), self.index.len());
+        if let Some((counted, held)) = self.held {
+            if counted == at {
+                return held;
+            }
+        }
+        let held = self
+            .index
+            .objects()
+            .filter(|(_, meta)| meta.kind == Kind::Live)
+            .fold((0, 0), |(objects, bytes), (_, meta)| {
+                (objects + 1, bytes + meta.size)
+            });
+        self.held = Some((at, held));
+        held
     }
 
     /// Drops what was queued for versions the index no longer holds (changed or gone).

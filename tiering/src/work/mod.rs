@@ -293,6 +293,8 @@ impl WorkQueue {
                 while !shutdown.is_cancelled() {
                     if let Ok(n) = queue.backlog(role).await {
                         metrics::work_backlog(role, n);
+                        // The work queue answered: an idle role that can reach it is healthy.
+                        metrics::succeeded(role.into());
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_secs(2)) => {}

@@ -13,7 +13,7 @@ use tracing::Instrument;
 
 use super::item::{decode, Decoded, FORMAT_VERSION};
 use super::{Handler, Progress, Retryable, Role};
-use crate::metrics;
+use crate::metrics::{self, WorkOutcome};
 
 /// How long a role leaves an item of a newer format before it is offered again (to a newer
 /// role, if one runs, or back to this one).
@@ -149,13 +149,13 @@ async fn process<H: Handler>(
         Decoded::Newer(version) => {
             // Not ours to judge: a newer role reads it. Offered again later, never dropped.
             tracing::warn!(%role, subject = %message.subject, version, understood = FORMAT_VERSION, "work item of a newer format; leaving it for a newer role");
-            metrics::work_item(role, "newer");
+            metrics::work_item(role, WorkOutcome::Newer);
             reply(&message, AckKind::Nak(Some(NEWER_ITEM_DELAY))).await;
             return;
         }
         Decoded::Garbage(e) => {
             tracing::error!(%role, subject = %message.subject, error = %e, "undecodable work item; terminating it");
-            metrics::work_item(role, "invalid");
+            metrics::work_item(role, WorkOutcome::Invalid);
             reply(&message, AckKind::Term).await;
             return;
         }
@@ -259,7 +259,8 @@ async fn settle<E: Retryable>(
 ) {
     match ended {
         Ended::Finished(Ok(())) => {
-            metrics::work_item(role, "done");
+            metrics::work_item(role, WorkOutcome::Done);
+            metrics::succeeded(role.into());
             match tokio::time::timeout(ACK_DEADLINE, message.double_ack()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
@@ -272,18 +273,18 @@ async fn settle<E: Retryable>(
         }
         Ended::Finished(Err(e)) => match after_failure(e.is_transient(), delivered, max_deliver) {
             Some(delay) => {
-                metrics::work_item(role, "retry");
+                metrics::work_item(role, WorkOutcome::Retry);
                 tracing::warn!(error = %e, retry_in = ?delay, "work failed; will retry");
                 reply(message, AckKind::Nak(Some(delay))).await;
             }
             None => {
-                metrics::work_item(role, "failed");
+                metrics::work_item(role, WorkOutcome::GivenUp);
                 tracing::error!(error = %e, delivered, "work failed, giving up; the manager queues it again after the duplicate window");
                 reply(message, AckKind::Term).await;
             }
         },
         Ended::Stalled(idle) => {
-            metrics::work_item(role, "stalled");
+            metrics::work_item(role, WorkOutcome::Stalled);
             match after_failure(true, delivered, max_deliver) {
                 Some(delay) => {
                     tracing::error!(%bucket, %object, idle = ?idle, moved_bytes = progress.bytes(), retry_in = ?delay, "no progress; abandoned the item, will retry");
@@ -296,7 +297,7 @@ async fn settle<E: Retryable>(
             }
         }
         Ended::ShutDown => {
-            metrics::work_item(role, "released");
+            metrics::work_item(role, WorkOutcome::Released);
             tracing::info!(%bucket, %object, "shutting down; released the item for redelivery");
             reply(message, AckKind::Nak(None)).await;
         }
