@@ -9,7 +9,8 @@
 #     `peer`) compares with (docs/benchmarking.md);
 #   * Prometheus (Debian's prometheus: prometheus, promtool) and the Pushgateway (Debian's
 #     prometheus-pushgateway) where missing: the observability tests run their own instances
-#     (never the packaged services) and check docs/alerts.yml with promtool;
+#     (never the packaged services) and check docs/alerts.yml and every role's /metrics
+#     (tests/tests/metrics_doc.rs) with promtool;
 #   * for the Nix checks (scripts/nix-checks.sh): Debian's nix-bin (nix-instantiate) where
 #     missing, and nixpkgs-fmt and deadnix (crates.io, pinned) with `cargo install` into
 #     $HOME/.cargo/bin.
@@ -108,7 +109,8 @@ fi
 command -v rclone >/dev/null 2>&1 || apt_install rclone
 
 # ---- Prometheus: tests/tests/prometheus.rs scrapes the roles with its own server, pushes to its
-# own Pushgateway and checks the alert rules with promtool (Debian bookworm: 2.42 and 1.5.1).
+# own Pushgateway and checks the alert rules with promtool (Debian bookworm: 2.42 and 1.5.1);
+# tests/tests/metrics_doc.rs runs `promtool check metrics` on every role's endpoint.
 missing_deb=()
 command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || missing_deb+=(prometheus)
 command -v prometheus-pushgateway >/dev/null 2>&1 || missing_deb+=(prometheus-pushgateway)
