@@ -10,8 +10,11 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use cim_tests::{wait_until, Topology};
-use common::{content, sample, scrape, wait_only_in_s3, Roles, Tiers, MOVE_ALL};
+use cim_tests::{free_port, wait_until, Topology};
+use common::{
+    content, put_hub, sample, scrape, spawn_role, try_scrape, wait_only_in_s3, Roles, Tiers,
+    MOVE_ALL,
+};
 
 const BUCKET: &str = "sensors-metrics";
 
@@ -202,4 +205,96 @@ async fn every_documented_metric_is_exposed_and_every_exposed_one_documented() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// A `copy` and a `move` over the same tier pair each report their own backlog (the gauge used
+/// to be per tier pair, and whichever policy the pass evaluated last overwrote the other), in
+/// objects, bytes and age; and the manager reports what the tier holds and the storage it uses.
+/// Only the manager runs, so nothing due is ever moved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_policy_reports_its_own_backlog() {
+    let topology = Topology::start().await.unwrap();
+    let config = topology.write_config(
+        r#"
+[[policy]]
+name = "copy-x"
+buckets = ["backlog-x"]
+from = "hub"
+to = "s3"
+action = "copy"
+after = "0s"
+
+[[policy]]
+name = "move-y"
+buckets = ["backlog-y"]
+from = "hub"
+to = "s3"
+action = "move"
+after = "0s"
+"#,
+    );
+    let tiers = Tiers::connect(&topology).await;
+    put_hub(&tiers, "backlog-x", "one", &content(21, 1000)).await;
+    put_hub(&tiers, "backlog-y", "two", &content(22, 2000)).await;
+    put_hub(&tiers, "backlog-y", "three", &content(23, 3000)).await;
+    let port = free_port();
+    let dir = topology.dir().to_path_buf();
+    let mut manager = spawn_role(
+        "cim-storage",
+        "run",
+        &config,
+        port,
+        &dir.join("manager.log"),
+    );
+
+    let backlog = |text: &str, name: &str, policy: &str| {
+        sample(
+            text,
+            name,
+            &[("policy", policy), ("from_tier", "hub"), ("to_tier", "s3")],
+        )
+    };
+    let reported = wait_until(
+        "both backlogs and the tier reported",
+        Duration::from_secs(60),
+        || async {
+            let text = try_scrape(port).await;
+            backlog(&text, "cim_backlog_objects", "move-y") == Some(2.0)
+                && backlog(&text, "cim_backlog_objects", "copy-x") == Some(1.0)
+                && sample(&text, "cim_tier_objects", &[("tier", "hub")]) == Some(3.0)
+                && sample(&text, "cim_tier_storage_used_bytes", &[("tier", "hub")]).is_some()
+        },
+    )
+    .await;
+    let text = scrape(port).await;
+    let log = manager.log();
+    let _ = manager.sigterm_and_wait(Duration::from_secs(10));
+    reported.unwrap_or_else(|e| panic!("{e:#}\n{text}\n{log}"));
+
+    assert_eq!(backlog(&text, "cim_backlog_bytes", "copy-x"), Some(1000.0));
+    assert_eq!(backlog(&text, "cim_backlog_bytes", "move-y"), Some(5000.0));
+    for policy in ["copy-x", "move-y"] {
+        let age = backlog(&text, "cim_backlog_oldest_age_seconds", policy).unwrap();
+        assert!(age > 0.0, "{policy}: due since it was stored\n{text}");
+    }
+    assert_eq!(
+        sample(&text, "cim_tier_bytes", &[("tier", "hub")]),
+        Some(6000.0)
+    );
+    // Everything stored, and more (chunk and meta messages, the catalog, the work queue).
+    let used = sample(&text, "cim_tier_storage_used_bytes", &[("tier", "hub")]).unwrap();
+    assert!(used >= 6000.0, "{text}");
+    assert!(
+        sample(
+            &text,
+            "cim_last_success_timestamp_seconds",
+            &[("role", "manager")]
+        )
+        .is_some_and(|t| t > 1.7e9),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "cim_build_info", &[("role", "manager")]),
+        Some(1.0)
+    );
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use cim_gateway::s3::S3Store;
 use cim_tests::{cim_bin, free_port, wait_until, RoleProcess, Topology};
 use cim_tiering::digest::Sha256Digest;
-use common::{content, put_hub, rewrite_meta, sample, scrape, spawn_role, Tiers};
+use common::{content, put_hub, rewrite_meta, sample, scrape, spawn_role, try_scrape, Tiers};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Only hub → S3, immediately (objects are written straight into hub buckets).
@@ -242,14 +242,6 @@ async fn an_s3_endpoint_that_never_answers_hangs_nothing() {
     assert_eq!(manifest.digest, Sha256Digest::of(&data));
     let _ = upload.sigterm_and_wait(Duration::from_secs(15));
     let _ = manager.sigterm_and_wait(Duration::from_secs(15));
-}
-
-/// A role's /metrics text, or nothing while its endpoint is not up yet.
-async fn try_scrape(port: u16) -> String {
-    match reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await {
-        Ok(response) => response.text().await.unwrap_or_default(),
-        Err(_) => String::new(),
-    }
 }
 
 /// Item 5: two objects with the same incompressible 20 MiB content (multipart-sized) under

@@ -181,6 +181,14 @@ pub async fn scrape(port: u16) -> String {
         .unwrap()
 }
 
+/// A role's /metrics text, or nothing while its endpoint is not up yet.
+pub async fn try_scrape(port: u16) -> String {
+    match reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await {
+        Ok(response) => response.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
 /// Value of the sample whose line starts with `series` (name plus labels as rendered).
 pub fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     metrics
