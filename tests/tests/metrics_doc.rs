@@ -298,3 +298,84 @@ after = "0s"
         Some(1.0)
     );
 }
+
+/// An upload that cannot reach S3 counts as a failed transfer of its tier pair, and nothing as
+/// moved; the item is retried, not given up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_upload_counts_as_a_failed_transfer() {
+    let topology = Topology::start().await.unwrap();
+    // Nothing listens there: every request is refused.
+    let closed = free_port();
+    let config = topology.write_config(&format!(
+        r#"
+[tiers.s3]
+endpoint = "http://127.0.0.1:{closed}"
+
+[[policy]]
+name = "to-s3"
+buckets = ["unreachable"]
+from = "hub"
+to = "s3"
+action = "move"
+after = "0s"
+"#
+    ));
+    let tiers = Tiers::connect(&topology).await;
+    put_hub(&tiers, "unreachable", "one", &content(31, 1000)).await;
+    let dir = topology.dir().to_path_buf();
+    let (manager_port, upload_port) = (free_port(), free_port());
+    let mut manager = spawn_role(
+        "cim-storage",
+        "run",
+        &config,
+        manager_port,
+        &dir.join("manager.log"),
+    );
+    let mut upload = spawn_role(
+        "cim-gateway",
+        "upload",
+        &config,
+        upload_port,
+        &dir.join("upload.log"),
+    );
+    let transfers = |text: &str, outcome: &str| {
+        sample(
+            text,
+            "cim_transfers_total",
+            &[
+                ("from_tier", "hub"),
+                ("to_tier", "s3"),
+                ("outcome", outcome),
+            ],
+        )
+    };
+    let failed = wait_until(
+        "a failed transfer counted",
+        Duration::from_secs(90),
+        || async { transfers(&try_scrape(upload_port).await, "failed").is_some_and(|n| n >= 1.0) },
+    )
+    .await;
+    let text = scrape(upload_port).await;
+    let log = upload.log();
+    let _ = upload.sigterm_and_wait(Duration::from_secs(10));
+    let _ = manager.sigterm_and_wait(Duration::from_secs(10));
+    failed.unwrap_or_else(|e| panic!("{e:#}\n{text}\n{log}"));
+    assert_eq!(transfers(&text, "ok"), Some(0.0), "{text}");
+    assert_eq!(
+        sample(
+            &text,
+            "cim_transfer_bytes_total",
+            &[("from_tier", "hub"), ("to_tier", "s3")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "cim_work_items_total",
+            &[("role", "upload"), ("outcome", "given_up")]
+        ),
+        Some(0.0),
+        "{text}"
+    );
+}
