@@ -149,6 +149,16 @@ enum Command {
         #[arg(long, default_value = "all")]
         sample: cim_gateway::scrub::Sample,
     },
+    /// Print the shell completion script for SHELL to stdout.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: cli::generated::Shell,
+    },
+    /// Print the man page (roff) to stdout: this command's, or SUBCOMMAND's.
+    Manpage {
+        /// A subcommand whose own page to print (e.g. `restore`).
+        subcommand: Option<String>,
+    },
 }
 
 /// Exit status of `restore`: 0 when everything was restored (or listed), 1 when an
@@ -176,8 +186,18 @@ const EXIT_SKIPPED: u8 = 3;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    let command = Cli::parse().command;
+    match &command {
+        Command::Completions { shell } => {
+            return cli::generated::exit(cli::generated::completions::<Cli>(*shell, "cim-gateway"));
+        }
+        Command::Manpage { subcommand } => {
+            return cli::generated::exit(cli::generated::manpage::<Cli>(subcommand.as_deref()));
+        }
+        _ => {}
+    }
     cli::init_tracing();
-    match run(Cli::parse().command).await {
+    match run(command).await {
         Ok(code) => code,
         Err(e) => {
             // One line for people; the whole chain (the SDK's dump included) under
@@ -296,6 +316,9 @@ fn restore_target(config: &Config, s3_tier: &str, named: Option<String>) -> anyh
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Completions { .. } | Command::Manpage { .. } => {
+            unreachable!("handled before logging starts")
+        }
         Command::Upload {
             config,
             metrics_listen,

@@ -99,3 +99,62 @@ pub fn shutdown_on_signal() -> CancellationToken {
     });
     token
 }
+
+/// Shell completion scripts and the man page, generated from a binary's clap definitions so
+/// they never drift from its real options: `<binary> completions <shell>` and
+/// `<binary> manpage` print them to stdout (packagers install them; see README).
+pub mod generated {
+    use std::io::Write as _;
+
+    pub use clap_complete::Shell;
+
+    /// Writes the completion script of `C` for `shell` (for the binary named `bin`) to stdout.
+    pub fn completions<C: clap::CommandFactory>(shell: Shell, bin: &str) -> std::io::Result<()> {
+        let mut command = C::command();
+        // Into a buffer first: clap_complete panics on a write error (a closed pipe).
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut command, bin, &mut script);
+        let mut out = std::io::stdout().lock();
+        out.write_all(&script)?;
+        out.flush()
+    }
+
+    /// The exit status of printing one of them: a reader that stopped early (`| head`) is not
+    /// an error.
+    pub fn exit(printed: std::io::Result<()>) -> std::process::ExitCode {
+        match printed {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        }
+    }
+
+    /// Writes the man page of `C` (roff, section 1) to stdout: the binary's page, or with
+    /// `subcommand` that subcommand's own page (`<binary>-<subcommand>(1)`, as git names its
+    /// pages), with all its options.
+    pub fn manpage<C: clap::CommandFactory>(subcommand: Option<&str>) -> std::io::Result<()> {
+        let command = C::command();
+        let page = match subcommand {
+            None => command,
+            Some(name) => {
+                let sub = command.find_subcommand(name).cloned().ok_or_else(|| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!("{} has no subcommand {name:?}", command.get_name()),
+                    )
+                })?;
+                let full = format!("{}-{}", command.get_name(), sub.get_name());
+                // Both binaries carry the workspace's version.
+                sub.display_name(full.clone())
+                    .bin_name(full)
+                    .version(env!("CARGO_PKG_VERSION"))
+            }
+        };
+        let mut out = std::io::stdout().lock();
+        clap_mangen::Man::new(page).render(&mut out)?;
+        out.flush()
+    }
+}

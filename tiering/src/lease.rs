@@ -119,7 +119,12 @@ impl Leases {
     pub async fn holder(&self, key: &str) -> Result<Option<String>, Error> {
         use async_nats::jetstream::stream::LastRawMessageErrorKind;
         let subject = format!("{}{key}", self.kv.prefix);
-        let message = match self.kv.stream.get_last_raw_message_by_subject(&subject).await {
+        let message = match self
+            .kv
+            .stream
+            .get_last_raw_message_by_subject(&subject)
+            .await
+        {
             Ok(message) => message,
             Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(None),
             Err(e) => return Err(lease_error("read", key, e)),

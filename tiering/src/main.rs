@@ -50,11 +50,30 @@ enum Command {
         #[arg(long)]
         metrics_listen: Option<SocketAddr>,
     },
+    /// Print the shell completion script for SHELL to stdout.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: cli::generated::Shell,
+    },
+    /// Print the man page (roff) to stdout: this command's, or SUBCOMMAND's.
+    Manpage {
+        /// A subcommand whose own page to print (e.g. `run`).
+        subcommand: Option<String>,
+    },
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    match &cli.command {
+        Command::Completions { shell } => {
+            return cli::generated::exit(cli::generated::completions::<Cli>(*shell, "cim-storage"));
+        }
+        Command::Manpage { subcommand } => {
+            return cli::generated::exit(cli::generated::manpage::<Cli>(subcommand.as_deref()));
+        }
+        _ => {}
+    }
     if let Command::CheckConfig { config } = &cli.command {
         return match cli::load_config(config) {
             Ok(_) => {
@@ -81,7 +100,9 @@ async fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::CheckConfig { .. } => unreachable!("handled before logging starts"),
+        Command::CheckConfig { .. } | Command::Completions { .. } | Command::Manpage { .. } => {
+            unreachable!("handled before logging starts")
+        }
         Command::Run {
             config,
             metrics_listen,
