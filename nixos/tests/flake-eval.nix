@@ -31,7 +31,7 @@ let
   ];
 
   pkgsFor = system: lib.fix (pkgs:
-    lib.genAttrs (shellTools ++ [ "natscli" "garage_2" ]) (n: stubDrv n { })
+    lib.genAttrs (shellTools ++ [ "natscli" "garage_2" "installShellFiles" ]) (n: stubDrv n { })
     // {
       inherit lib system;
       stdenv.hostPlatform.system = system;
