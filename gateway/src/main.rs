@@ -13,6 +13,7 @@ use cim_gateway::scrub;
 use cim_gateway::upload::{connect_s3_tiers, sweep_stale_uploads, UploadHandler};
 use cim_gateway::versions::{delete_s3_only, Tombstoned};
 use cim_policies::{Config, Route, Tier};
+use cim_tiering::cli::LogFormat;
 use cim_tiering::lease::Leases;
 use cim_tiering::work::Role;
 use cim_tiering::{cli, metrics, System};
@@ -22,6 +23,10 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "cim-gateway", version)]
 struct Cli {
+    /// How log lines (stderr) are written: `human`, or `json` (one object per line, with the
+    /// fields of every enclosing span).
+    #[arg(long, global = true, env = "CIM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -39,7 +44,7 @@ enum Command {
     Upload {
         #[command(flatten)]
         config: ConfigArg,
-        /// Serve /metrics here instead of `[metrics] listen`.
+        /// Serve /metrics, /healthz and /readyz here instead of `[metrics] listen`.
         #[arg(long)]
         metrics_listen: Option<SocketAddr>,
     },
@@ -186,7 +191,8 @@ const EXIT_SKIPPED: u8 = 3;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let command = Cli::parse().command;
+    let args = Cli::parse();
+    let command = args.command;
     match &command {
         Command::Completions { shell } => {
             return cli::generated::exit(cli::generated::completions::<Cli>(*shell, "cim-gateway"));
@@ -196,7 +202,7 @@ async fn main() -> ExitCode {
         }
         _ => {}
     }
-    cli::init_tracing();
+    cli::init_tracing(args.log_format);
     match run(command).await {
         Ok(code) => code,
         Err(e) => {
@@ -324,7 +330,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             metrics_listen,
         } => {
             let config = cli::load_config(&config.config)?;
-            cli::serve_metrics(&config, metrics_listen)?;
+            let shutdown = cli::shutdown_on_signal();
+            let readiness = cli::serve_metrics(&config, metrics_listen, &shutdown).await?;
             metrics::role_started(metrics::Role::Upload, &config);
             let system = Arc::new(
                 System::connect(config, "cim-gateway upload")
@@ -334,6 +341,13 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let stores = connect_s3_tiers(&system)
                 .await
                 .context("connecting the s3 tiers")?;
+            // Ready while NATS is connected and every S3 tier answers: the uploader can do
+            // nothing without either.
+            readiness.set(
+                std::iter::once(system.nats_ready())
+                    .chain(stores.values().map(|store| store.ready_check()))
+                    .collect(),
+            );
             // In the background: a slow or unreachable S3 must not delay taking work.
             tokio::spawn({
                 let stores = stores.clone();
@@ -342,7 +356,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let handler = Arc::new(UploadHandler::new(system.clone(), stores));
             system
                 .work
-                .run_worker(Role::Upload, handler, cli::shutdown_on_signal())
+                .run_worker(Role::Upload, handler, shutdown)
                 .await?;
             Ok(ExitCode::SUCCESS)
         }

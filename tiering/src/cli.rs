@@ -1,5 +1,5 @@
 //! Pieces both binaries (`cim-storage`, `cim-gateway`) share: logging, config loading,
-//! metrics endpoint, shutdown on SIGTERM/SIGINT.
+//! the HTTP endpoint (metrics, health), shutdown on SIGTERM/SIGINT.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -8,19 +8,42 @@ use std::time::Duration;
 use cim_policies::{Config, Format};
 use tokio_util::sync::CancellationToken;
 
+use crate::http::Readiness;
+
 /// Without `RUST_LOG`: our own info lines; the AWS SDK's only from warnings up (at info it
 /// announces every credentials file it reads, with the key id).
 pub const DEFAULT_LOG_FILTER: &str = "info,aws_config=warn,aws_smithy_runtime=warn";
 
-/// Logs to stderr; `RUST_LOG` overrides [`DEFAULT_LOG_FILTER`].
-pub fn init_tracing() {
+/// How log lines are written (`--log-format`, `CIM_LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One readable line per event, span fields in front (colours on a terminal).
+    #[default]
+    Human,
+    /// One JSON object per line: `timestamp`, `level`, `target`, the event's fields at the top
+    /// level, and `spans`, every enclosing span with its fields (an object move's `bucket`,
+    /// `object`, `from_tier`, `to_tier`), so one grep follows an object through every role.
+    Json,
+}
+
+/// Logs to stderr in `format`; `RUST_LOG` overrides [`DEFAULT_LOG_FILTER`].
+pub fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(true)
+            .init(),
+    }
 }
 
 /// Why a configuration file could not be used.
@@ -56,13 +79,23 @@ pub fn load_config(path: &Path) -> Result<Config, LoadError> {
     )?)
 }
 
-/// Starts the Prometheus endpoint on `override_listen` or the configured `[metrics] listen`.
-pub fn serve_metrics(config: &Config, override_listen: Option<SocketAddr>) -> anyhow::Result<()> {
+/// Serves `/metrics`, `/healthz` and `/readyz` on `override_listen` or the configured
+/// `[metrics] listen` until `shutdown`. The role is not ready until it sets its checks on the
+/// returned [`Readiness`] (once connected).
+pub async fn serve_metrics(
+    config: &Config,
+    override_listen: Option<SocketAddr>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Readiness> {
     let listen = override_listen.unwrap_or(config.metrics.listen);
-    crate::metrics::install(listen)
+    let handle = crate::metrics::install()
+        .map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))?;
+    let readiness = Readiness::default();
+    let bound = crate::http::serve(listen, handle, readiness.clone(), shutdown.clone())
+        .await
         .map_err(|e| anyhow::anyhow!("cannot serve metrics on {listen}: {e}"))?;
-    tracing::info!(%listen, "serving prometheus metrics on /metrics");
-    Ok(())
+    tracing::info!(listen = %bound, "serving /metrics, /healthz and /readyz");
+    Ok(readiness)
 }
 
 /// After SIGTERM a role exits within this, whatever it was doing: a role that has not finished

@@ -13,7 +13,8 @@
 //! - [`mirror`]: the mirror role: sets up sourcing, evicts verified leaf copies.
 //! - [`retry`]: the one retry helper (jittered backoff, attempt and deadline bounds).
 //! - [`system`]: the connections one role holds.
-//! - [`metrics`]: every metric name, and the Prometheus endpoint.
+//! - [`metrics`]: every metric name, and the Prometheus recorder.
+//! - [`http`]: the roles' HTTP endpoint: `/metrics`, `/healthz`, `/readyz`.
 //! - [`cli`]: what both binaries share: logging, config loading, metrics endpoint, signals.
 //! - [`error`]: the crate's error type.
 //!
@@ -23,6 +24,7 @@ pub mod catalog;
 pub mod cli;
 pub mod digest;
 pub mod error;
+pub mod http;
 pub mod jetstream;
 pub mod lease;
 pub mod manager;

@@ -6,17 +6,22 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use cim_tiering::cli::{self, LogFormat};
 use cim_tiering::manager::{Manager, PASS_DEADLINE};
 use cim_tiering::mirror::MirrorHandler;
 use cim_tiering::work::Role;
 use cim_tiering::System;
-use cim_tiering::{cli, metrics};
+use cim_tiering::metrics;
 use clap::{Parser, Subcommand};
 
 /// Storage manager and leaf mirroring for NATS JetStream object stores.
 #[derive(Parser)]
 #[command(name = "cim-storage", version)]
 struct Cli {
+    /// How log lines (stderr) are written: `human`, or `json` (one object per line, with the
+    /// fields of every enclosing span).
+    #[arg(long, global = true, env = "CIM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -34,7 +39,7 @@ enum Command {
         /// The configuration file shared by all roles (.toml or .json).
         #[arg(long, env = "CIM_CONFIG")]
         config: PathBuf,
-        /// Serve /metrics here instead of `[metrics] listen`.
+        /// Serve /metrics, /healthz and /readyz here instead of `[metrics] listen`.
         #[arg(long)]
         metrics_listen: Option<SocketAddr>,
         /// Run one evaluation pass (queueing its work) and exit.
@@ -46,7 +51,7 @@ enum Command {
         /// The configuration file shared by all roles (.toml or .json).
         #[arg(long, env = "CIM_CONFIG")]
         config: PathBuf,
-        /// Serve /metrics here instead of `[metrics] listen`.
+        /// Serve /metrics, /healthz and /readyz here instead of `[metrics] listen`.
         #[arg(long)]
         metrics_listen: Option<SocketAddr>,
     },
@@ -86,7 +91,7 @@ async fn main() -> ExitCode {
             }
         };
     }
-    cli::init_tracing();
+    cli::init_tracing(cli.log_format);
     match run(cli.command).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -109,17 +114,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
             once,
         } => {
             let config = cli::load_config(&config)?;
-            if !once {
-                cli::serve_metrics(&config, metrics_listen)?;
-            }
             metrics::role_started(metrics::Role::Manager, &config);
-            let system = Arc::new(
-                System::connect(config, "cim-storage manager")
-                    .await
-                    .context("connecting")?,
-            );
-            let manager = Manager::new(system);
             if once {
+                let system = Arc::new(
+                    System::connect(config, "cim-storage manager")
+                        .await
+                        .context("connecting")?,
+                );
+                let manager = Manager::new(system);
                 let shutdown = cli::shutdown_on_signal();
                 let report = tokio::select! {
                     report = tokio::time::timeout(PASS_DEADLINE, manager.pass()) => report
@@ -129,7 +131,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 println!("due {} queued {}", report.due, report.queued);
                 return Ok(());
             }
-            manager.run(cli::shutdown_on_signal()).await;
+            let shutdown = cli::shutdown_on_signal();
+            let readiness = cli::serve_metrics(&config, metrics_listen, &shutdown).await?;
+            let system = Arc::new(
+                System::connect(config, "cim-storage manager")
+                    .await
+                    .context("connecting")?,
+            );
+            readiness.set(vec![system.nats_ready()]);
+            Manager::new(system).run(shutdown).await;
             Ok(())
         }
         Command::Mirror {
@@ -137,17 +147,19 @@ async fn run(command: Command) -> anyhow::Result<()> {
             metrics_listen,
         } => {
             let config = cli::load_config(&config)?;
-            cli::serve_metrics(&config, metrics_listen)?;
+            let shutdown = cli::shutdown_on_signal();
+            let readiness = cli::serve_metrics(&config, metrics_listen, &shutdown).await?;
             metrics::role_started(metrics::Role::Mirror, &config);
             let system = Arc::new(
                 System::connect(config, "cim-storage mirror")
                     .await
                     .context("connecting")?,
             );
+            readiness.set(vec![system.nats_ready()]);
             let handler = Arc::new(MirrorHandler::new(system.clone()));
             system
                 .work
-                .run_worker(Role::Mirror, handler, cli::shutdown_on_signal())
+                .run_worker(Role::Mirror, handler, shutdown)
                 .await?;
             Ok(())
         }

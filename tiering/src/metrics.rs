@@ -1,5 +1,6 @@
 //! Every metric the roles export, in one place (names, labels, descriptions, one typed helper
-//! each), and the Prometheus endpoint. `docs/metrics.md` lists exactly these; the test
+//! each), and the Prometheus recorder
+//! (served by [`crate::http`]). `docs/metrics.md` lists exactly these; the test
 //! `tests/tests/metrics_doc.rs` compares the two with what the roles expose.
 //!
 //! Names follow Prometheus conventions: `cim_` prefix, base units (`_bytes`, `_seconds`),
@@ -13,11 +14,11 @@
 //! an alert on `increase(...)` then sees the first failure, and a series that is absent means
 //! "this role never sets it", not "nothing happened yet".
 
-use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cim_policies::{Action, Config, Route, Tier};
 use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::work::Role as WorkRole;
 
@@ -232,11 +233,12 @@ fn builder() -> metrics_exporter_prometheus::PrometheusBuilder {
         .expect("the bucket list is not empty")
 }
 
-/// Serves `/metrics` in Prometheus text format on `listen`. Needs a running Tokio runtime.
-pub fn install(listen: SocketAddr) -> Result<(), metrics_exporter_prometheus::BuildError> {
-    builder().with_http_listener(listen).install()?;
+/// Installs the global Prometheus recorder and describes every metric; the handle renders
+/// what it holds (served on `/metrics` by [`crate::http::serve`], which also runs its upkeep).
+pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
+    let handle = builder().install_recorder()?;
     describe();
-    Ok(())
+    Ok(handle)
 }
 
 /// Announces a process of `role` ([`BUILD_INFO`]), starts refreshing the process metrics, and

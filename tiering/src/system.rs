@@ -21,6 +21,8 @@ pub struct System {
     pub work: WorkQueue,
     control: jetstream::Context,
     tiers: BTreeMap<String, JetStreamTier>,
+    /// Every NATS connection held, named for readiness reasons.
+    nats: Vec<(String, async_nats::Client)>,
 }
 
 impl System {
@@ -45,6 +47,7 @@ impl System {
         })
         .await?;
 
+        let mut nats = vec![("control plane".to_string(), control.clone())];
         let mut clients: BTreeMap<String, async_nats::Client> = BTreeMap::new();
         clients.insert(config.nats.url.clone(), control);
         let mut tiers = BTreeMap::new();
@@ -63,6 +66,7 @@ impl System {
                     client
                 }
             };
+            nats.push((format!("tier {name}"), client.clone()));
             tiers.insert(
                 name.clone(),
                 JetStreamTier::new(name, &js.domain, js.replicas, client),
@@ -74,6 +78,7 @@ impl System {
             work,
             control: control_js,
             tiers,
+            nats,
         })
     }
 
@@ -81,6 +86,11 @@ impl System {
     /// leases live.
     pub fn control(&self) -> &jetstream::Context {
         &self.control
+    }
+
+    /// A readiness check that passes while every NATS connection of this role is up.
+    pub fn nats_ready(&self) -> crate::http::Check {
+        crate::http::nats_connected(self.nats.clone())
     }
 
     /// The JetStream tier named `name`.

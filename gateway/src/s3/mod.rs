@@ -48,6 +48,7 @@ mod hashing;
 mod keys;
 mod manifests;
 mod multipart;
+pub mod observe;
 mod read;
 
 pub use blob_upload::{BlobUpload, UploadOptions, MAX_PARTS, MAX_PART_SIZE, MIN_PART_SIZE};

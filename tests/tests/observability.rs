@@ -1,0 +1,132 @@
+//! What an operator sees of the running roles, on real servers: each role's HTTP endpoint
+//! (`/metrics`, `/healthz`, `/readyz`), JSON logs that follow an object through every role, the
+//! S3 request counters, and the state the roles keep in NATS.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use std::time::Duration;
+
+use cim_tests::{wait_until, Topology};
+use common::Roles;
+
+/// Both hops under `move`, immediately.
+const MOVE_ALL: &str = r#"
+[[policy]]
+name = "edge-to-cluster"
+buckets = ["*"]
+from = "leaf"
+to = "hub"
+action = "move"
+after = "0s"
+
+[[policy]]
+name = "cluster-to-s3"
+buckets = ["*"]
+from = "hub"
+to = "s3"
+action = "move"
+after = "0s"
+"#;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// `GET http://127.0.0.1:<port><path>`: status and body, or status 0 and the error when no
+/// answer came.
+async fn get(port: u16, path: &str) -> (u16, String) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    match client
+        .get(format!("http://127.0.0.1:{port}{path}"))
+        .send()
+        .await
+    {
+        Ok(response) => (
+            response.status().as_u16(),
+            response.text().await.unwrap_or_default(),
+        ),
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+/// Waits until `GET path` answers `status`, failing with the last answer and the role logs.
+async fn wait_status(roles: &Roles, port: u16, path: &str, status: u16) -> String {
+    let last = std::sync::Mutex::new((0, String::new()));
+    let waited = wait_until(
+        &format!("{path} on :{port} to answer {status}"),
+        WAIT,
+        || async {
+            let answer = get(port, path).await;
+            let ok = answer.0 == status;
+            *last.lock().unwrap() = answer;
+            ok
+        },
+    )
+    .await;
+    let (got, body) = last.into_inner().unwrap();
+    if let Err(e) = waited {
+        panic!("{e:#}: last answer {got} {body:?}\n{}", roles.logs());
+    }
+    body
+}
+
+#[tokio::test]
+async fn every_role_is_alive_and_ready_and_the_uploader_is_not_ready_without_s3() {
+    let mut topology = Topology::start().await.unwrap();
+    let config = topology.write_config(MOVE_ALL);
+    let mut roles = Roles::start(&topology, &config);
+    let ports = [
+        ("manager", roles.manager_metrics),
+        ("mirror", roles.mirror_metrics),
+        ("upload", roles.upload_metrics),
+    ];
+    for (role, port) in ports {
+        assert_eq!(
+            wait_status(&roles, port, "/readyz", 200).await,
+            "ready\n",
+            "{role}"
+        );
+        assert_eq!(get(port, "/healthz").await, (200, "ok\n".into()), "{role}");
+        // Prometheus text (possibly empty: a role that has counted nothing yet).
+        let (status, metrics) = get(port, "/metrics").await;
+        assert_eq!(status, 200, "{role}");
+        assert!(
+            metrics.lines().all(|l| l.is_empty()
+                || l.starts_with('#')
+                || l.starts_with("cim_")
+                || l.starts_with("process_")),
+            "{role}: {metrics}"
+        );
+        assert_eq!(get(port, "/nothing").await.0, 404, "{role}");
+    }
+
+    // Without S3 the uploader can do nothing: not ready, saying why; the others stay ready.
+    topology.s3.stop();
+    let why = wait_status(&roles, roles.upload_metrics, "/readyz", 503).await;
+    assert!(
+        why.starts_with("not ready: s3 tier s3") && why.ends_with('\n') && why.lines().count() == 1,
+        "{why:?}"
+    );
+    assert_eq!(get(roles.upload_metrics, "/healthz").await.0, 200);
+    assert_eq!(get(roles.manager_metrics, "/readyz").await.0, 200);
+    assert_eq!(get(roles.mirror_metrics, "/readyz").await.0, 200);
+
+    topology.s3.start().unwrap();
+    topology.s3.wait_ready().await.unwrap();
+    wait_status(&roles, roles.upload_metrics, "/readyz", 200).await;
+
+    // SIGTERM ends each role, endpoint included, within the shutdown deadline.
+    for (role, process) in [
+        ("manager", &mut roles.manager),
+        ("mirror", &mut roles.mirror),
+        ("upload", &mut roles.upload),
+    ] {
+        let status = process.sigterm_and_wait(Duration::from_secs(10)).unwrap();
+        assert!(status.success(), "{role} exited with {status}");
+    }
+    for (role, port) in ports {
+        assert_eq!(get(port, "/healthz").await.0, 0, "{role} still answers");
+    }
+}
