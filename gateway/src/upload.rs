@@ -489,7 +489,7 @@ impl Handler for UploadHandler {
     async fn handle(&self, item: WorkItem, progress: Progress) -> Result<(), Error> {
         match &item {
             WorkItem::Upload(job) => {
-                let span = tracing::info_span!("upload", bucket = %job.bucket, object = %job.name, from = %job.from, to = %job.to, size = job.size);
+                let span = tracing::info_span!("upload", size = job.size);
                 let result = self.upload(job, &progress).instrument(span).await;
                 if result.is_err() {
                     metrics::transfer_failed(&job.from, &job.to);
@@ -497,7 +497,7 @@ impl Handler for UploadHandler {
                 result
             }
             WorkItem::Delete(job) => {
-                let span = tracing::info_span!("delete", bucket = %job.bucket, object = %job.name, from = %job.from, to = %job.to, seq = job.seq);
+                let span = tracing::info_span!("delete", seq = job.seq);
                 self.delete(job).instrument(span).await
             }
             other => Err(Error::Config {

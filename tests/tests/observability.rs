@@ -7,8 +7,8 @@ mod common;
 
 use std::time::Duration;
 
-use cim_tests::{wait_until, Topology};
-use common::Roles;
+use cim_tests::{cim_bin, wait_until, Topology};
+use common::{content, describe, Roles, Tiers};
 
 /// Both hops under `move`, immediately.
 const MOVE_ALL: &str = r#"
@@ -129,4 +129,103 @@ async fn every_role_is_alive_and_ready_and_the_uploader_is_not_ready_without_s3(
     for (role, port) in ports {
         assert_eq!(get(port, "/healthz").await.0, 0, "{role} still answers");
     }
+}
+
+/// The fields of every span enclosing a JSON log line (`spans`), merged; empty for a line
+/// outside any span.
+fn span_fields(line: &serde_json::Value) -> Vec<&serde_json::Map<String, serde_json::Value>> {
+    line.get("spans")
+        .and_then(|s| s.as_array())
+        .map(|spans| spans.iter().filter_map(|s| s.as_object()).collect())
+        .unwrap_or_default()
+}
+
+/// Every line of `log` parsed as JSON (panics naming the first line that is not), except the
+/// test kit's own `==== cim-tests: starting …` headers.
+fn json_lines(what: &str, log: &str) -> Vec<serde_json::Value> {
+    log.lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("==== cim-tests:"))
+        .map(|l| {
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("{what}: a log line is not JSON ({e}): {l}"))
+        })
+        .collect()
+}
+
+/// Whether some line was logged inside a span naming `object` of `bucket` moving `from` → `to`.
+fn follows(lines: &[serde_json::Value], bucket: &str, object: &str, from: &str, to: &str) -> bool {
+    lines.iter().any(|line| {
+        span_fields(line).iter().any(|span| {
+            span.get("bucket").and_then(|v| v.as_str()) == Some(bucket)
+                && span.get("object").and_then(|v| v.as_str()) == Some(object)
+                && span.get("from_tier").and_then(|v| v.as_str()) == Some(from)
+                && span.get("to_tier").and_then(|v| v.as_str()) == Some(to)
+        })
+    })
+}
+
+#[tokio::test]
+async fn json_logs_follow_one_object_through_every_role() {
+    const BUCKET: &str = "followed";
+    const NAME: &str = "reports/a b.csv";
+    let topology = Topology::start().await.unwrap();
+    let config = topology.write_config(MOVE_ALL);
+    let mut roles = Roles::start_with_env(&topology, &config, &[("CIM_LOG_FORMAT", "json")]);
+    let tiers = Tiers::connect(&topology).await;
+    let data = content(9, 300 * 1024);
+    tiers.put_leaf(BUCKET, NAME, &data).await;
+    let moved = wait_until("the object only in s3", WAIT, || async {
+        tiers.catalog_locations(BUCKET).await.get(NAME) == Some(&vec!["s3".to_string()])
+            && Tiers::names(&tiers.leaf_tier, BUCKET).await.is_empty()
+            && Tiers::names(&tiers.hub_tier, BUCKET).await.is_empty()
+    })
+    .await;
+    if let Err(e) = moved {
+        panic!("{e:#}\n{}", roles.logs());
+    }
+    roles.stop();
+
+    let manager = json_lines("manager", &roles.manager.log());
+    let mirror = json_lines("mirror", &roles.mirror.log());
+    let upload = json_lines("upload", &roles.upload.log());
+    assert!(!manager.is_empty(), "the manager logged nothing");
+    for line in manager.iter().chain(&mirror).chain(&upload) {
+        for field in ["timestamp", "level", "target"] {
+            assert!(line.get(field).is_some(), "no {field}: {line}");
+        }
+    }
+    assert!(
+        follows(&mirror, BUCKET, NAME, "leaf", "hub"),
+        "no mirror line in the object's span:\n{}",
+        roles.mirror.log()
+    );
+    assert!(
+        follows(&upload, BUCKET, NAME, "hub", "s3"),
+        "no upload line in the object's span:\n{}",
+        roles.upload.log()
+    );
+
+    // The one-shot restore too, with the flag this time.
+    let out = std::process::Command::new(cim_bin("cim-gateway"))
+        .args([
+            "--log-format",
+            "json",
+            "restore",
+            "--config",
+            config.to_str().unwrap(),
+            "--bucket",
+            BUCKET,
+            "--name",
+            NAME,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let restore = json_lines("restore", &String::from_utf8_lossy(&out.stderr));
+    assert!(
+        follows(&restore, BUCKET, NAME, "s3", "hub"),
+        "no restore line in the object's span:\n{}",
+        describe(&out)
+    );
+    assert_eq!(Tiers::read(&tiers.hub, BUCKET, NAME).await.0, data);
 }

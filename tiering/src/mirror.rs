@@ -191,7 +191,7 @@ impl Handler for MirrorHandler {
                 from, to, bucket, ..
             } => self.ensure_source(from, to, bucket).await,
             WorkItem::LeafEvict(job) => {
-                let span = tracing::info_span!("leaf_evict", bucket = %job.bucket, object = %job.name, from = %job.from, to = %job.to);
+                let span = tracing::info_span!("leaf_evict");
                 let result = self.leaf_evict(job, &progress).instrument(span).await;
                 if result.is_err() {
                     metrics::transfer_failed(&job.from, &job.to);

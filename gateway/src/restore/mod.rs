@@ -333,7 +333,7 @@ impl Restorer {
 
     /// Restores the object a manifest describes.
     pub async fn restore_manifest(&self, manifest: &Manifest) -> Result<Restored, Error> {
-        let span = tracing::info_span!("restore", bucket = %manifest.bucket, object = %manifest.name, to = %self.target.name(), size = manifest.size);
+        let span = tracing::info_span!("restore", bucket = %manifest.bucket, object = %manifest.name, from_tier = %self.store.tier_name(), to_tier = %self.target.name(), size = manifest.size);
         self.restore_inner(manifest).instrument(span).await
     }
 

@@ -89,8 +89,20 @@ pub struct Roles {
 }
 
 pub fn spawn_role(bin: &str, sub: &str, config: &Path, metrics: u16, log: &Path) -> RoleProcess {
+    spawn_role_with_env(bin, sub, config, metrics, log, &[])
+}
+
+/// [`spawn_role`] with extra environment variables (e.g. `CIM_LOG_FORMAT`).
+pub fn spawn_role_with_env(
+    bin: &str,
+    sub: &str,
+    config: &Path,
+    metrics: u16,
+    log: &Path,
+    env: &[(&str, &str)],
+) -> RoleProcess {
     let listen = format!("127.0.0.1:{metrics}");
-    RoleProcess::spawn(
+    RoleProcess::spawn_with_env(
         &cim_bin(bin),
         &[
             sub,
@@ -99,6 +111,7 @@ pub fn spawn_role(bin: &str, sub: &str, config: &Path, metrics: u16, log: &Path)
             "--metrics-listen",
             &listen,
         ],
+        env,
         log,
     )
     .unwrap()
@@ -106,30 +119,38 @@ pub fn spawn_role(bin: &str, sub: &str, config: &Path, metrics: u16, log: &Path)
 
 impl Roles {
     pub fn start(topology: &Topology, config: &Path) -> Roles {
+        Roles::start_with_env(topology, config, &[])
+    }
+
+    /// [`Roles::start`] with extra environment variables for every role.
+    pub fn start_with_env(topology: &Topology, config: &Path, env: &[(&str, &str)]) -> Roles {
         let dir = topology.dir().to_path_buf();
         let (manager_metrics, mirror_metrics, upload_metrics) =
             (free_port(), free_port(), free_port());
         Roles {
-            manager: spawn_role(
+            manager: spawn_role_with_env(
                 "cim-storage",
                 "run",
                 config,
                 manager_metrics,
                 &dir.join("manager.log"),
+                env,
             ),
-            mirror: spawn_role(
+            mirror: spawn_role_with_env(
                 "cim-storage",
                 "mirror",
                 config,
                 mirror_metrics,
                 &dir.join("mirror.log"),
+                env,
             ),
-            upload: spawn_role(
+            upload: spawn_role_with_env(
                 "cim-gateway",
                 "upload",
                 config,
                 upload_metrics,
                 &dir.join("upload.log"),
+                env,
             ),
             manager_metrics,
             mirror_metrics,

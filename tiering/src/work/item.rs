@@ -135,6 +135,15 @@ impl WorkItem {
         }
     }
 
+    /// The tier pair the item moves between, `(from, to)`.
+    pub fn tiers(&self) -> (&str, &str) {
+        match self {
+            WorkItem::EnsureSource { from, to, .. } => (from, to),
+            WorkItem::LeafEvict(m) | WorkItem::Upload(m) => (&m.from, &m.to),
+            WorkItem::Delete(d) => (&d.from, &d.to),
+        }
+    }
+
     /// The object the item concerns; `None` for a whole-bucket item.
     pub fn object(&self) -> Option<&str> {
         match self {

@@ -171,7 +171,11 @@ async fn process<H: Handler>(
         item.bucket().to_string(),
         item.object().unwrap_or("").to_string(),
     );
-    let span = tracing::info_span!("work", %role, id = %id, delivered);
+    // The one span of an object move in the mirror and upload roles: every line logged while
+    // the item is handled and settled carries the object and the tier pair (restore has its
+    // own, with the same fields), so one grep follows an object through every role.
+    let (from_tier, to_tier) = item.tiers();
+    let span = tracing::info_span!("work", %role, id = %id, delivered, %bucket, %object, %from_tier, %to_tier);
 
     // Run the handler under watch: progress acks keep the message ours while it moves bytes
     // (a killed worker stops them and the item is redelivered after ack_wait); a handler that
