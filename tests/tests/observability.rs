@@ -110,6 +110,23 @@ async fn every_role_is_alive_and_ready_and_the_uploader_is_not_ready_without_s3(
         "{why:?}"
     );
     assert_eq!(get(roles.upload_metrics, "/healthz").await.0, 200);
+    // The probe's attempts were counted, each retry too (the SDK retries a refused connection
+    // after at most 1 s, within the probe's 2 s).
+    let metrics = common::scrape(roles.upload_metrics).await;
+    let head_bucket = [("tier", "s3"), ("operation", "HeadBucket")];
+    assert!(
+        common::sample(
+            &metrics,
+            "cim_s3_requests_total",
+            &[head_bucket[0], head_bucket[1], ("status", "error")]
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{metrics}"
+    );
+    assert!(
+        common::sample(&metrics, "cim_s3_retries_total", &head_bucket).is_some_and(|n| n >= 1.0),
+        "{metrics}"
+    );
     assert_eq!(get(roles.manager_metrics, "/readyz").await.0, 200);
     assert_eq!(get(roles.mirror_metrics, "/readyz").await.0, 200);
 
@@ -165,7 +182,7 @@ fn follows(lines: &[serde_json::Value], bucket: &str, object: &str, from: &str, 
 }
 
 #[tokio::test]
-async fn json_logs_follow_one_object_through_every_role() {
+async fn json_logs_follow_one_object_through_every_role_and_its_s3_requests_are_counted() {
     const BUCKET: &str = "followed";
     const NAME: &str = "reports/a b.csv";
     let topology = Topology::start().await.unwrap();
@@ -183,6 +200,19 @@ async fn json_logs_follow_one_object_through_every_role() {
     if let Err(e) = moved {
         panic!("{e:#}\n{}", roles.logs());
     }
+    // Every S3 request of the upload was counted where it was made: the blob and the two
+    // manifests are PutObjects (300 KiB is below the multipart threshold).
+    let metrics = common::scrape(roles.upload_metrics).await;
+    let puts = common::sample(
+        &metrics,
+        "cim_s3_requests_total",
+        &[
+            ("tier", "s3"),
+            ("operation", "PutObject"),
+            ("status", "200"),
+        ],
+    );
+    assert!(puts.is_some_and(|n| n >= 3.0), "{metrics}");
     roles.stop();
 
     let manager = json_lines("manager", &roles.manager.log());

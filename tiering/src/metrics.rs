@@ -238,6 +238,7 @@ fn builder() -> metrics_exporter_prometheus::PrometheusBuilder {
 pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
     let handle = builder().install_recorder()?;
     describe();
+    describe_s3_requests();
     Ok(handle)
 }
 
@@ -578,5 +579,97 @@ mod tests {
                 oldest_due: Duration::from_secs(50)
             }
         );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// S3 requests: counted once, in the SDK client's interceptor (`cim_gateway::s3::observe`), for
+// every attempt of every call, whoever makes it (upload, restore, gc, scrub, probes).
+
+/// S3 request attempts, by tier, operation (`PutObject`, `UploadPart`, ...) and HTTP status
+/// (`error` when no response came: connection refused, timeout).
+pub const S3_REQUESTS: &str = "cim_s3_requests_total";
+/// S3 request attempts that were retries of an earlier attempt, by tier and operation.
+pub const S3_RETRIES: &str = "cim_s3_retries_total";
+/// S3 request attempts the service throttled (503 SlowDown, 429), by tier and operation.
+pub const S3_THROTTLED: &str = "cim_s3_throttled_total";
+
+fn describe_s3_requests() {
+    use metrics::describe_counter;
+    describe_counter!(
+        S3_REQUESTS,
+        "s3 request attempts, by tier, operation and http status (error: no response)"
+    );
+    describe_counter!(
+        S3_RETRIES,
+        "s3 request attempts that retried an earlier one, by tier and operation"
+    );
+    describe_counter!(
+        S3_THROTTLED,
+        "s3 request attempts throttled by the service (503, 429), by tier and operation"
+    );
+}
+
+/// One attempt of S3 `operation` on `tier` ended with HTTP `status` (`None`: no response);
+/// `attempt` counts from 1 (above 1 it is a retry).
+pub fn s3_attempt(tier: &str, operation: &str, status: Option<u16>, attempt: u32) {
+    let status = status.map_or_else(|| "error".to_string(), |s| s.to_string());
+    let throttled = status == "503" || status == "429";
+    counter!(S3_REQUESTS, "tier" => tier.to_string(), "operation" => operation.to_string(), "status" => status)
+        .increment(1);
+    if attempt > 1 {
+        counter!(S3_RETRIES, "tier" => tier.to_string(), "operation" => operation.to_string())
+            .increment(1);
+    }
+    if throttled {
+        counter!(S3_THROTTLED, "tier" => tier.to_string(), "operation" => operation.to_string())
+            .increment(1);
+    }
+}
+
+#[cfg(test)]
+mod s3_request_tests {
+    use super::*;
+
+    /// What one attempt counts, rendered as Prometheus text.
+    fn rendered(status: Option<u16>, attempt: u32) -> String {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            s3_attempt("wasabi", "PutObject", status, attempt)
+        });
+        handle.render()
+    }
+
+    #[test]
+    fn a_first_attempt_is_a_request_by_tier_operation_and_status() {
+        let text = rendered(Some(200), 1);
+        assert!(text.contains(
+            r#"cim_s3_requests_total{tier="wasabi",operation="PutObject",status="200"} 1"#
+        ));
+        assert!(
+            !text.contains(S3_RETRIES) && !text.contains(S3_THROTTLED),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_retry_without_a_response_is_an_error_and_a_retry() {
+        let text = rendered(None, 2);
+        assert!(text.contains(r#"status="error"} 1"#), "{text}");
+        assert!(text.contains(r#"cim_s3_retries_total{tier="wasabi",operation="PutObject"} 1"#));
+        assert!(!text.contains(S3_THROTTLED), "{text}");
+    }
+
+    #[test]
+    fn slow_down_and_too_many_requests_are_throttling() {
+        for status in [503, 429] {
+            let text = rendered(Some(status), 1);
+            assert!(
+                text.contains(r#"cim_s3_throttled_total{tier="wasabi",operation="PutObject"} 1"#),
+                "{text}"
+            );
+        }
+        assert!(!rendered(Some(500), 1).contains(S3_THROTTLED));
     }
 }

@@ -98,6 +98,8 @@ pub struct S3Store {
     endpoint: String,
     /// How uploads to this tier are verified (the tier's `verify`).
     verify: S3Verify,
+    /// The client's request counter (`observe`), told the tier's name.
+    requests: observe::RequestMetrics,
 }
 
 impl S3Store {
@@ -163,7 +165,9 @@ impl S3Store {
             }
         }
         let sdk_config = loader.load().await;
+        let requests = observe::RequestMetrics::new(TIER_S3);
         let config = aws_sdk_s3::config::Builder::from(&sdk_config)
+            .interceptor(requests.clone())
             .force_path_style(path_style)
             .timeout_config(deadlines::client_timeouts())
             .retry_config(deadlines::retries())
@@ -185,6 +189,7 @@ impl S3Store {
             tier_name: TIER_S3.to_string(),
             endpoint: endpoint.unwrap_or_else(|| "<aws default>".to_string()),
             verify: tier.verify,
+            requests,
         })
     }
 
@@ -210,9 +215,12 @@ impl S3Store {
     }
 
     /// Names this store's tier (its name in the configuration) in integrity errors, logs and the
-    /// `cim_integrity_failures_total{tier}` metric of reads; [`TIER_S3`] until set.
+    /// `cim_integrity_failures_total{tier}` metric of reads, and in the `tier` label of its S3
+    /// request metrics (shared with the store's clones: name it before cloning); [`TIER_S3`]
+    /// until set.
     pub fn with_tier_name(mut self, name: impl Into<String>) -> Self {
         self.tier_name = name.into();
+        self.requests.set_tier(&self.tier_name);
         self
     }
 
