@@ -8,10 +8,10 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use cim_tiering::cli::{self, LogFormat};
 use cim_tiering::manager::{Manager, PASS_DEADLINE};
+use cim_tiering::metrics;
 use cim_tiering::mirror::MirrorHandler;
 use cim_tiering::work::Role;
 use cim_tiering::System;
-use cim_tiering::metrics;
 use clap::{Parser, Subcommand};
 
 /// Storage manager and leaf mirroring for NATS JetStream object stores.
@@ -114,7 +114,6 @@ async fn run(command: Command) -> anyhow::Result<()> {
             once,
         } => {
             let config = cli::load_config(&config)?;
-            metrics::role_started(metrics::Role::Manager, &config);
             if once {
                 let system = Arc::new(
                     System::connect(config, "cim-storage manager")
@@ -133,6 +132,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             let shutdown = cli::shutdown_on_signal();
             let readiness = cli::serve_metrics(&config, metrics_listen, &shutdown).await?;
+            metrics::role_started(metrics::Role::Manager, &config);
             let system = Arc::new(
                 System::connect(config, "cim-storage manager")
                     .await

@@ -610,6 +610,27 @@ fn describe_s3_requests() {
     );
 }
 
+/// The S3 operations the roles make most, whose retry and throttle counters are registered at
+/// zero for a tier (see [`s3_tier_named`]).
+const S3_MAIN_OPERATIONS: &[&str] = &[
+    "PutObject",
+    "UploadPart",
+    "CompleteMultipartUpload",
+    "GetObject",
+    "HeadObject",
+    "ListObjectsV2",
+];
+
+/// An S3 client now labels its requests with `tier`: its retry and throttle counters of the
+/// main operations are registered at zero, so an alert on their increase sees the first one.
+pub fn s3_tier_named(tier: &str) {
+    for operation in S3_MAIN_OPERATIONS {
+        for name in [S3_RETRIES, S3_THROTTLED] {
+            counter!(name, "tier" => tier.to_string(), "operation" => *operation).increment(0);
+        }
+    }
+}
+
 /// One attempt of S3 `operation` on `tier` ended with HTTP `status` (`None`: no response);
 /// `attempt` counts from 1 (above 1 it is a retry).
 pub fn s3_attempt(tier: &str, operation: &str, status: Option<u16>, attempt: u32) {

@@ -40,6 +40,7 @@ impl RequestMetrics {
     /// Labels every request from now on with `tier`.
     pub(crate) fn set_tier(&self, tier: &str) {
         *self.tier.write().unwrap_or_else(|e| e.into_inner()) = tier.to_string();
+        cim_tiering::metrics::s3_tier_named(tier);
     }
 }
 
