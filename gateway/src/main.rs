@@ -16,7 +16,7 @@ use cim_policies::{Config, Route, Tier};
 use cim_tiering::cli::LogFormat;
 use cim_tiering::lease::Leases;
 use cim_tiering::work::Role;
-use cim_tiering::{cli, metrics, System};
+use cim_tiering::{cli, metrics, status, System};
 use clap::{Args, Parser, Subcommand};
 
 /// S3 tier of the NATS JetStream storage gateway.
@@ -348,6 +348,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     .chain(stores.values().map(|store| store.ready_check()))
                     .collect(),
             );
+            status::start_heartbeat(&system, "upload", &shutdown).await;
             // In the background: a slow or unreachable S3 must not delay taking work.
             tokio::spawn({
                 let stores = stores.clone();
@@ -385,7 +386,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     .context("connecting to nats")?,
             );
             let store = connect_s3(&s3_name, &s3_config).await?;
-            let restorer = Restorer::new(system, store, &target)
+            let restorer = Restorer::new(system.clone(), store, &target)
                 .await?
                 .overwrite(overwrite)
                 .include_deleted(include_deleted)
@@ -417,6 +418,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 report(&name, outcome);
             }
             restorer.close().await;
+            status::record_restore_run(&system).await;
             let Summary {
                 total,
                 failed,

@@ -8,6 +8,7 @@ mod common;
 use std::time::Duration;
 
 use cim_tests::{cim_bin, wait_until, Topology};
+use cim_tiering::status::StatusBucket;
 use common::{content, describe, Roles, Tiers};
 
 /// Both hops under `move`, immediately.
@@ -258,4 +259,106 @@ async fn json_logs_follow_one_object_through_every_role_and_its_s3_requests_are_
         describe(&out)
     );
     assert_eq!(Tiers::read(&tiers.hub, BUCKET, NAME).await.0, data);
+}
+
+/// Cluster → S3 under `move`, immediately.
+const HUB_TO_S3: &str = r#"
+[[policy]]
+name = "cluster-to-s3"
+buckets = ["*"]
+from = "hub"
+to = "s3"
+action = "move"
+after = "0s"
+"#;
+
+/// The heartbeat keys of `role` now in the status bucket.
+async fn heartbeats_of(status: &StatusBucket, role: &str) -> Vec<String> {
+    let prefix = format!("hb.{role}.");
+    status
+        .heartbeat_keys()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|k| k.starts_with(&prefix))
+        .collect()
+}
+
+#[tokio::test]
+async fn heartbeats_go_with_their_role_and_restore_counters_outlive_the_command() {
+    const BUCKET: &str = "counted";
+    let topology = Topology::start().await.unwrap();
+    let config = topology.write_config(HUB_TO_S3);
+    let mut roles = Roles::start(&topology, &config);
+    let tiers = Tiers::connect(&topology).await;
+    let status = StatusBucket::open(&tiers.hub, 3).await.unwrap();
+
+    // Every long-running role beats.
+    for role in ["manager", "mirror", "upload"] {
+        let beating = wait_until(&format!("a heartbeat of the {role}"), WAIT, || async {
+            heartbeats_of(&status, role).await.len() == 1
+        })
+        .await;
+        if let Err(e) = beating {
+            panic!("{e:#}\n{}", roles.logs());
+        }
+    }
+    let upload_key = heartbeats_of(&status, "upload").await.remove(0);
+    let beat = status.heartbeat(&upload_key).await.unwrap().unwrap();
+    assert_eq!(beat.role, "upload");
+    assert_eq!(Some(beat.pid), roles.upload.pid());
+    assert_eq!(beat.version, env!("CARGO_PKG_VERSION"));
+    assert!(!beat.host.is_empty() && beat.at >= beat.started, "{beat:?}");
+
+    // A role stopped cleanly removes its heartbeat; a killed one's expires (the server's TTL).
+    let mirror_key = heartbeats_of(&status, "mirror").await.remove(0);
+    roles
+        .mirror
+        .sigterm_and_wait(Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(status.heartbeat(&mirror_key).await.unwrap(), None);
+    roles.upload.sigkill();
+    assert!(status.heartbeat(&upload_key).await.unwrap().is_some());
+    wait_until(
+        "the killed uploader's heartbeat to expire",
+        WAIT,
+        || async { matches!(status.heartbeat(&upload_key).await, Ok(None)) },
+    )
+    .await
+    .unwrap();
+
+    // A restore run adds its counters to NATS; the manager exports them after the command is
+    // gone.
+    roles.restart_upload();
+    let data = content(11, 70_000);
+    common::put_hub(&tiers, BUCKET, "a", &data).await;
+    wait_until("the object only in s3", WAIT, || async {
+        tiers.catalog_locations(BUCKET).await.get("a") == Some(&vec!["s3".to_string()])
+    })
+    .await
+    .unwrap();
+    let out = common::gateway(&config, &["restore", "--bucket", BUCKET, "--all"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let counters = status.restore_counters().await.unwrap();
+    assert_eq!(counters.runs, 1, "{counters:?}");
+    assert_eq!(counters.objects["hub"]["restored"], 1, "{counters:?}");
+    assert_eq!(counters.bytes["hub"], data.len() as u64, "{counters:?}");
+    let exported = wait_until(
+        "the manager to export the restore counters",
+        WAIT,
+        || async {
+            let metrics = common::scrape(roles.manager_metrics).await;
+            common::sample(
+                &metrics,
+                "cim_restore_objects_total",
+                &[("tier", "hub"), ("outcome", "restored")],
+            ) == Some(1.0)
+                && common::sample(&metrics, "cim_restore_bytes_total", &[("tier", "hub")])
+                    == Some(data.len() as f64)
+        },
+    )
+    .await;
+    if let Err(e) = exported {
+        panic!("{e:#}\n{}", common::scrape(roles.manager_metrics).await);
+    }
 }

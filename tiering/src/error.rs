@@ -72,6 +72,17 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+    /// The status bucket (see [`crate::status`]) could not be read or written.
+    #[error("status {op} failed for key {key:?}: {source}")]
+    Status {
+        /// What we were doing.
+        op: &'static str,
+        /// The key.
+        key: String,
+        /// Cause.
+        #[source]
+        source: BoxError,
+    },
     /// The write journal (see [`crate::jetstream::write`]) could not be read or written.
     #[error("write journal {op} failed for key {key:?}: {source}")]
     Journal {
@@ -153,6 +164,7 @@ impl Error {
             | Error::NotReady { .. }
             | Error::Catalog { .. }
             | Error::Lease { .. }
+            | Error::Status { .. }
             | Error::Journal { .. }
             | Error::Work { .. } => true,
             Error::Integrity(_) | Error::BadMeta { .. } | Error::Config(_) => false,

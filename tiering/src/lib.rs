@@ -13,6 +13,7 @@
 //! - [`mirror`]: the mirror role: sets up sourcing, evicts verified leaf copies.
 //! - [`retry`]: the one retry helper (jittered backoff, attempt and deadline bounds).
 //! - [`system`]: the connections one role holds.
+//! - [`status`]: state shared in NATS: role heartbeats, one-shot commands' counters.
 //! - [`metrics`]: every metric name, and the Prometheus recorder.
 //! - [`http`]: the roles' HTTP endpoint: `/metrics`, `/healthz`, `/readyz`.
 //! - [`cli`]: what both binaries share: logging, config loading, metrics endpoint, signals.
@@ -32,6 +33,7 @@ pub mod metrics;
 pub mod mirror;
 pub mod progress;
 pub mod retry;
+pub mod status;
 pub mod system;
 pub mod work;
 

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use cim_tiering::cli::{self, LogFormat};
 use cim_tiering::manager::{Manager, PASS_DEADLINE};
-use cim_tiering::metrics;
 use cim_tiering::mirror::MirrorHandler;
 use cim_tiering::work::Role;
 use cim_tiering::System;
+use cim_tiering::{metrics, status};
 use clap::{Parser, Subcommand};
 
 /// Storage manager and leaf mirroring for NATS JetStream object stores.
@@ -139,6 +139,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     .context("connecting")?,
             );
             readiness.set(vec![system.nats_ready()]);
+            if let Some(status) = status::start_heartbeat(&system, "manager", &shutdown).await {
+                status::spawn_counter_export(status, shutdown.clone());
+            }
             Manager::new(system).run(shutdown).await;
             Ok(())
         }
@@ -156,6 +159,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     .context("connecting")?,
             );
             readiness.set(vec![system.nats_ready()]);
+            status::start_heartbeat(&system, "mirror", &shutdown).await;
             let handler = Arc::new(MirrorHandler::new(system.clone()));
             system
                 .work

@@ -498,6 +498,7 @@ pub fn succeeded(role: Role) {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     gauge!(LAST_SUCCESS, "role" => role.as_str()).set(now.as_secs_f64());
+    crate::status::succeeded();
 }
 
 /// The manager passed over a tier, bucket or object of `policy` this pass, for `reason`.
@@ -541,6 +542,7 @@ pub fn restored(tier: &str, outcome: RestoreOutcome, bytes: u64) {
     if bytes > 0 {
         counter!(RESTORE_BYTES, "tier" => tier.to_string()).increment(bytes);
     }
+    crate::status::restore_counted(tier, outcome.as_str(), bytes);
 }
 
 /// A blob was uploaded to S3 tier `tier` (`reused` = found already stored, nothing sent).

@@ -86,6 +86,7 @@ impl Manager {
                     self.report_storage().await;
                 }
                 Ok(Err(e)) => {
+                    crate::status::failed(format_args!("manager pass: {e}"));
                     tracing::warn!(error = %e, "manager pass failed; retrying next interval")
                 }
                 Err(_) => tracing::warn!(

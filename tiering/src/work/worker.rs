@@ -275,20 +275,24 @@ async fn settle<E: Retryable>(
                 }
             }
         }
-        Ended::Finished(Err(e)) => match after_failure(e.is_transient(), delivered, max_deliver) {
-            Some(delay) => {
-                metrics::work_item(role, WorkOutcome::Retry);
-                tracing::warn!(error = %e, retry_in = ?delay, "work failed; will retry");
-                reply(message, AckKind::Nak(Some(delay))).await;
+        Ended::Finished(Err(e)) => {
+            crate::status::failed(format_args!("{bucket}/{object}: {e}"));
+            match after_failure(e.is_transient(), delivered, max_deliver) {
+                Some(delay) => {
+                    metrics::work_item(role, WorkOutcome::Retry);
+                    tracing::warn!(error = %e, retry_in = ?delay, "work failed; will retry");
+                    reply(message, AckKind::Nak(Some(delay))).await;
+                }
+                None => {
+                    metrics::work_item(role, WorkOutcome::GivenUp);
+                    tracing::error!(error = %e, delivered, "work failed, giving up; the manager queues it again after the duplicate window");
+                    reply(message, AckKind::Term).await;
+                }
             }
-            None => {
-                metrics::work_item(role, WorkOutcome::GivenUp);
-                tracing::error!(error = %e, delivered, "work failed, giving up; the manager queues it again after the duplicate window");
-                reply(message, AckKind::Term).await;
-            }
-        },
+        }
         Ended::Stalled(idle) => {
             metrics::work_item(role, WorkOutcome::Stalled);
+            crate::status::failed(format_args!("{bucket}/{object}: no progress for {idle:?}"));
             match after_failure(true, delivered, max_deliver) {
                 Some(delay) => {
                     tracing::error!(%bucket, %object, idle = ?idle, moved_bytes = progress.bytes(), retry_in = ?delay, "no progress; abandoned the item, will retry");
