@@ -348,7 +348,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     .chain(stores.values().map(|store| store.ready_check()))
                     .collect(),
             );
-            status::start_heartbeat(&system, "upload", &shutdown).await;
+            let heartbeat = status::start_heartbeat(&system, "upload", &shutdown, false);
             // In the background: a slow or unreachable S3 must not delay taking work.
             tokio::spawn({
                 let stores = stores.clone();
@@ -359,6 +359,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 .work
                 .run_worker(Role::Upload, handler, shutdown)
                 .await?;
+            status::stop_heartbeat(heartbeat).await;
             Ok(ExitCode::SUCCESS)
         }
         Command::Restore {

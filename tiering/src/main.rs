@@ -139,10 +139,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     .context("connecting")?,
             );
             readiness.set(vec![system.nats_ready()]);
-            if let Some(status) = status::start_heartbeat(&system, "manager", &shutdown).await {
-                status::spawn_counter_export(status, shutdown.clone());
-            }
+            let heartbeat = status::start_heartbeat(&system, "manager", &shutdown, true);
             Manager::new(system).run(shutdown).await;
+            status::stop_heartbeat(heartbeat).await;
             Ok(())
         }
         Command::Mirror {
@@ -159,12 +158,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     .context("connecting")?,
             );
             readiness.set(vec![system.nats_ready()]);
-            status::start_heartbeat(&system, "mirror", &shutdown).await;
+            let heartbeat = status::start_heartbeat(&system, "mirror", &shutdown, false);
             let handler = Arc::new(MirrorHandler::new(system.clone()));
             system
                 .work
                 .run_worker(Role::Mirror, handler, shutdown)
                 .await?;
+            status::stop_heartbeat(heartbeat).await;
             Ok(())
         }
     }

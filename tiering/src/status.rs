@@ -326,30 +326,44 @@ impl StatusBucket {
     }
 }
 
-/// Opens the status bucket on `system`'s control plane (retried as the other buckets are at
-/// start-up) and writes `role`'s heartbeat until `shutdown` ([`spawn_heartbeat`]). Returns the
-/// bucket; `None` (logged) if it could not be opened: a role works without its heartbeat.
-pub async fn start_heartbeat(
+/// Opens the status bucket on `system`'s control plane in the background (retried as the
+/// other buckets are at start-up; the role never waits for it) and writes `role`'s heartbeat
+/// until `shutdown` ([`spawn_heartbeat`]); with `export_counters` (the manager) it also exports
+/// the one-shot commands' counters ([`spawn_counter_export`]). If the bucket cannot be opened,
+/// that is logged and the role works without a heartbeat. Await the handle after `shutdown`
+/// ([`stop_heartbeat`]) so a clean stop removes the heartbeat before the process exits.
+pub fn start_heartbeat(
     system: &crate::System,
     role: &'static str,
     shutdown: &CancellationToken,
-) -> Option<StatusBucket> {
-    let js = system.control();
+    export_counters: bool,
+) -> tokio::task::JoinHandle<()> {
+    let js = system.control().clone();
     let replicas = system.config.nats.replicas;
-    match crate::retry::retry("open status bucket", crate::retry::Backoff::STARTUP, || {
-        StatusBucket::open(js, replicas)
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        let opened = tokio::select! {
+            opened = crate::retry::retry("open status bucket", crate::retry::Backoff::STARTUP, || {
+                StatusBucket::open(&js, replicas)
+            }) => opened,
+            _ = shutdown.cancelled() => return,
+        };
+        match opened {
+            Ok(bucket) => {
+                if export_counters {
+                    spawn_counter_export(bucket.clone(), shutdown.clone());
+                }
+                let _ = spawn_heartbeat(bucket, role, shutdown).await;
+            }
+            Err(e) => tracing::warn!(error = %e, "no status bucket: this role writes no heartbeat"),
+        }
     })
-    .await
-    {
-        Ok(bucket) => {
-            spawn_heartbeat(bucket.clone(), role, shutdown.clone());
-            Some(bucket)
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "no status bucket: this role writes no heartbeat");
-            None
-        }
-    }
+}
+
+/// Waits (at most 2 s) for the heartbeat task of [`start_heartbeat`] to remove its entry after
+/// the role's shutdown.
+pub async fn stop_heartbeat(heartbeat: tokio::task::JoinHandle<()>) {
+    let _ = tokio::time::timeout(Duration::from_secs(2), heartbeat).await;
 }
 
 /// Adds what this process's restore counted ([`restore_counted`]) to the shared counters
