@@ -233,3 +233,84 @@ after = "0s"
     }
     roles.stop();
 }
+
+/// The per-object steps of an upload — read the version from the stream leader, evict it, purge
+/// its chunks — each cost the one request they need, never a stream lookup (a full stream-info
+/// request) before it; and a bucket whose stream does not exist still reads as holding nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_object_steps_make_no_stream_lookup() {
+    use futures::StreamExt;
+
+    let topology = Topology::start().await.unwrap();
+    let client = topology.hub.connect().await.unwrap();
+    let hub = JetStreamTier::new("hub", "hub", 3, client.clone());
+    let store = hub.ensure_bucket("lookups").await.unwrap();
+    let data = content(801, 300 * 1024);
+    let info = store.put("obj", &mut data.as_slice()).await.unwrap();
+
+    // Every JetStream API request the tier sends, as the servers receive it (under the domain's
+    // prefix, or the plain one the server maps it to).
+    let mut requests = futures::stream::select(
+        client.subscribe("$JS.hub.API.>").await.unwrap(),
+        client.subscribe("$JS.API.>").await.unwrap(),
+    );
+    client.flush().await.unwrap();
+
+    let version = hub.version("lookups", "obj").await.unwrap().unwrap();
+    assert_eq!(version.info.nuid, info.nuid);
+    hub.evict("lookups", &version.info).await.unwrap();
+    assert!(hub.latest("lookups", "obj").await.unwrap().is_none());
+    hub.purge_chunks("lookups", "obj", &info.nuid)
+        .await
+        .unwrap();
+    // No stream at all: nothing to read, nothing to purge.
+    assert!(hub.latest("no-such-bucket", "obj").await.unwrap().is_none());
+    hub.purge_chunks("no-such-bucket", "obj", "nuid")
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+
+    let mut seen = Vec::new();
+    while let Ok(Some(message)) =
+        tokio::time::timeout(Duration::from_millis(500), requests.next()).await
+    {
+        let subject = message.subject.to_string();
+        // Replies travel on inboxes; only requests are on the API subjects.
+        seen.push(
+            subject
+                .trim_start_matches("$JS.hub.API.")
+                .trim_start_matches("$JS.API.")
+                .split('.')
+                .take(2)
+                .collect::<Vec<_>>()
+                .join("."),
+        );
+    }
+    assert!(
+        !seen.iter().any(|s| s.starts_with("STREAM.INFO")),
+        "no stream lookups: {seen:?}"
+    );
+    // version, evict (meta read, meta purge, chunk purge), latest, purge_chunks, and the two
+    // against the missing bucket.
+    let expected = [
+        "STREAM.MSG",
+        "STREAM.MSG",
+        "STREAM.PURGE",
+        "STREAM.PURGE",
+        "STREAM.MSG",
+        "STREAM.PURGE",
+        "STREAM.MSG",
+        "STREAM.PURGE",
+    ];
+    assert_eq!(seen, expected, "requests sent");
+    // The object is gone from the tier, chunks included.
+    let chunks = hub
+        .direct("lookups")
+        .next_by_subject(&chunk_subject("lookups", &info.nuid), 1, 10)
+        .await
+        .unwrap()
+        .next()
+        .await
+        .unwrap();
+    assert!(chunks.is_none(), "chunks left after the eviction");
+}

@@ -285,10 +285,10 @@ impl JetStreamTier {
     /// The object's latest meta message, whatever it says: a live version, a user delete
     /// (`info.deleted`), or a link; `None` when the tier holds no meta for it (never written, or
     /// evicted).
+    ///
+    /// One request (to the stream leader); no stream lookup first (see [`Self::stream_handle`]).
     pub async fn latest(&self, bucket: &str, object: &str) -> Result<Option<StoredObject>, Error> {
-        let Some(stream) = self.stream(bucket).await? else {
-            return Ok(None);
-        };
+        let stream = self.stream_handle(bucket).await?;
         self.last_meta(&stream, bucket, &meta_subject(bucket, object))
             .await
     }
@@ -296,17 +296,27 @@ impl JetStreamTier {
     /// The bucket stream's last sequence (0 when the bucket does not exist): every message
     /// stored later has a higher one.
     pub async fn last_sequence(&self, bucket: &str) -> Result<u64, Error> {
-        Ok(match self.stream(bucket).await? {
-            Some(mut stream) => {
-                stream
-                    .info()
-                    .await
-                    .map_err(|e| Error::bucket_op("stream info", &self.name, bucket, e))?
-                    .state
-                    .last_sequence
-            }
-            None => 0,
-        })
+        // The lookup's answer is the stream's info as of now: no second request for it.
+        Ok(self
+            .stream(bucket)
+            .await?
+            .map_or(0, |stream| stream.cached_info().state.last_sequence))
+    }
+
+    /// A handle on the bucket's stream for the requests that name it — an object's latest meta
+    /// from the leader, purges — costing no request itself.
+    ///
+    /// Why not [`Self::stream`]: a lookup is a full stream-info request (config, state, cluster),
+    /// and the per-object steps of an upload (read the version, evict it, purge its chunks)
+    /// would each pay one for nothing — the handle is just the stream's name. A stream that
+    /// does not exist is told by the request itself: the server answers it with "stream not
+    /// found" (10059), which each caller reads as its lookup's `None` did ([`is_stream_not_found`]).
+    /// Nothing is cached, so nothing goes stale.
+    async fn stream_handle(&self, bucket: &str) -> Result<stream::Stream<()>, Error> {
+        self.js
+            .get_stream_no_info(stream_name(bucket))
+            .await
+            .map_err(|e| Error::bucket_op("open bucket", &self.name, bucket, e))
     }
 
     /// The bucket's stream (with its info as of now), or `None` when it does not exist.
@@ -326,18 +336,22 @@ impl JetStreamTier {
     }
 
     /// The latest meta message on `subject` (live, deleted or a link), if any.
-    async fn last_meta(
+    /// `None` too when the stream does not exist (any more).
+    async fn last_meta<I>(
         &self,
-        stream: &stream::Stream,
+        stream: &stream::Stream<I>,
         bucket: &str,
         subject: &str,
     ) -> Result<Option<StoredObject>, Error> {
         let message = match stream.get_last_raw_message_by_subject(subject).await {
             Ok(message) => message,
-            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {
-                return Ok(None)
-            }
-            Err(e) => return Err(Error::bucket_op("read object meta", &self.name, bucket, e)),
+            Err(e) => match e.kind() {
+                stream::LastRawMessageErrorKind::NoMessageFound => return Ok(None),
+                stream::LastRawMessageErrorKind::JetStream(js) if is_stream_not_found(&js) => {
+                    return Ok(None)
+                }
+                _ => return Err(Error::bucket_op("read object meta", &self.name, bucket, e)),
+            },
         };
         let info: ObjectInfo =
             serde_json::from_slice(&message.payload).map_err(|e| Error::BadMeta {
@@ -520,11 +534,8 @@ impl JetStreamTier {
     /// (see the module docs). Succeeds without doing anything when the object has meanwhile
     /// been overwritten or deleted by a user: that newer state is theirs and stays.
     pub async fn evict(&self, bucket: &str, info: &ObjectInfo) -> Result<(), Error> {
-        let stream = self
-            .js
-            .get_stream(stream_name(bucket))
-            .await
-            .map_err(|e| Error::object_op("open stream", &self.name, bucket, &info.name, e))?;
+        // A bucket whose stream is gone fails the meta read below, as its lookup used to.
+        let stream = self.stream_handle(bucket).await?;
         let meta = meta_subject(bucket, &info.name);
         let last = match stream.get_last_raw_message_by_subject(&meta).await {
             Ok(message) => message,
@@ -563,15 +574,26 @@ impl JetStreamTier {
         if nuid.is_empty() {
             return Ok(());
         }
-        let Some(stream) = self.stream(bucket).await? else {
-            return Ok(());
-        };
-        stream
+        match self
+            .stream_handle(bucket)
+            .await?
             .purge()
             .filter(chunk_subject(bucket, nuid))
             .await
-            .map_err(|e| Error::object_op("purge chunks", &self.name, bucket, object, e))?;
-        Ok(())
+        {
+            Ok(_) => Ok(()),
+            // No stream, no chunks.
+            Err(e) if matches!(e.kind(), stream::PurgeErrorKind::JetStream(js) if is_stream_not_found(&js)) => {
+                Ok(())
+            }
+            Err(e) => Err(Error::object_op(
+                "purge chunks",
+                &self.name,
+                bucket,
+                object,
+                e,
+            )),
+        }
     }
 }
 
@@ -591,6 +613,11 @@ pub fn bucket_stream_config(
         sources,
         ..Default::default()
     }
+}
+
+/// Whether the server answered a request naming a stream with "stream not found" (10059).
+fn is_stream_not_found(error: &jetstream::Error) -> bool {
+    error.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
 }
 
 /// True for objects the system moves: not deleted, not links.

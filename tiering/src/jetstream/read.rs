@@ -12,7 +12,8 @@
 //! # Bounds
 //! * **Memory:** a batch asks for at most [`BATCH_BYTES`] of chunks, and the next batch is asked
 //!   for only when the current one has been handed to a channel of the same size. So at most two
-//!   batches (one received, one buffered) are held per reader, whatever the object's size.
+//!   batches (one received, one buffered) are held per reader, whatever the object's size, and
+//!   none before the reader is first read.
 //! * **Pipelining:** the next batch is requested as soon as the current one is received, while
 //!   the caller still consumes it, so the network round trip hides behind the caller's work.
 //! * **Time:** every reply must come within [`READ_IDLE_TIMEOUT`](super::READ_IDLE_TIMEOUT);
@@ -103,30 +104,60 @@ pub struct ObjectReader {
     current: Bytes,
     delivered: u64,
     source: ChunkSource,
-    fetcher: JoinHandle<()>,
+    fetcher: Fetcher,
     done: bool,
 }
 
+/// The task asking for the chunks: not started until the reader is first read, so that a
+/// reader opened while its consumer still waits (for room in the upload role's memory budget,
+/// say) holds no chunks.
+enum Fetcher {
+    NotStarted(Box<Start>),
+    Running(JoinHandle<()>),
+    /// Only while switching from one to the other.
+    Gone,
+}
+
+/// What the fetcher starts with.
+struct Start {
+    direct: DirectGet,
+    batch: usize,
+    tx: mpsc::Sender<Result<Bytes, Error>>,
+}
+
 impl ObjectReader {
-    /// Starts reading `source` through `direct` (the direct gets of the same bucket's stream).
+    /// A reader of `source` through `direct` (the direct gets of the same bucket's stream). The
+    /// first request goes out on the first read, not before.
     pub fn new(direct: DirectGet, source: ChunkSource) -> Self {
         let batch = source.batch_len();
         let (tx, rx) = mpsc::channel(batch);
-        let fetcher = tokio::spawn(fetch(direct, source.clone(), batch, tx));
         ObjectReader {
             chunks: rx,
             current: Bytes::new(),
             delivered: 0,
             source,
-            fetcher,
+            fetcher: Fetcher::NotStarted(Box::new(Start { direct, batch, tx })),
             done: false,
+        }
+    }
+
+    fn start(&mut self) {
+        if !matches!(self.fetcher, Fetcher::NotStarted(_)) {
+            return;
+        }
+        if let Fetcher::NotStarted(start) = std::mem::replace(&mut self.fetcher, Fetcher::Gone) {
+            let Start { direct, batch, tx } = *start;
+            let task = tokio::spawn(fetch(direct, self.source.clone(), batch, tx));
+            self.fetcher = Fetcher::Running(task);
         }
     }
 }
 
 impl Drop for ObjectReader {
     fn drop(&mut self) {
-        self.fetcher.abort();
+        if let Fetcher::Running(task) = &self.fetcher {
+            task.abort();
+        }
     }
 }
 
@@ -146,6 +177,7 @@ impl AsyncRead for ObjectReader {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        this.start();
         loop {
             if !this.current.is_empty() {
                 let n = this.current.len().min(buf.remaining());
@@ -276,6 +308,28 @@ mod tests {
         assert_eq!(source(1 << 20, 1 << 20).batch_len(), MAX_BATCH);
         // Empty objects (no chunks) do not divide by zero.
         assert_eq!(source(0, 0).batch_len(), MAX_BATCH);
+    }
+
+    /// A reader asks for nothing until it is first read: an upload that opens it, then waits
+    /// for room in the memory budget, holds no chunks meanwhile.
+    #[tokio::test]
+    async fn nothing_is_fetched_before_the_first_read() {
+        // A client that never reaches a server (it keeps trying in the background).
+        let client = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect("127.0.0.1:1")
+            .await
+            .unwrap();
+        let direct = DirectGet::new(client, "hub", "OBJ_b", "hub", "b");
+        let mut reader = ObjectReader::new(direct, source(1 << 20, 8));
+        assert!(matches!(reader.fetcher, Fetcher::NotStarted(_)));
+        tokio::task::yield_now().await;
+        assert!(matches!(reader.fetcher, Fetcher::NotStarted(_)));
+        // The first read starts the fetcher (which then waits for the server).
+        let mut buf = [0u8; 16];
+        let read = tokio::io::AsyncReadExt::read(&mut reader, &mut buf);
+        assert!(futures::poll!(Box::pin(read)).is_pending());
+        assert!(matches!(reader.fetcher, Fetcher::Running(_)));
     }
 
     #[test]
