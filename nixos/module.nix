@@ -432,7 +432,9 @@ in
       description = ''
         Everything else in the configuration file (`[metrics]`, `[manager]`, `[work]`,
         `[upload]`, `[restore]`, `[catalog]`), with the file's key names; see
-        docs/configuration.md. `metrics.listen` is set per role.
+        docs/configuration.md. `metrics.listen` is set per role; `metrics.pushgateway`
+        (e.g. `"http://127.0.0.1:9091"`) makes the one-shot commands (the gc timer's
+        `cim-gateway gc`, an operator's `restore` and `scrub`) push their metrics there.
       '';
     };
 

@@ -16,7 +16,7 @@ use cim_policies::{Config, Route, Tier};
 use cim_tiering::cli::LogFormat;
 use cim_tiering::lease::Leases;
 use cim_tiering::work::Role;
-use cim_tiering::{cli, metrics, status, System};
+use cim_tiering::{cli, metrics, push, status, System};
 use clap::{Args, Parser, Subcommand};
 
 /// S3 tier of the NATS JetStream storage gateway.
@@ -203,7 +203,10 @@ async fn main() -> ExitCode {
         _ => {}
     }
     cli::init_tracing(args.log_format);
-    match run(command).await {
+    let result = run(command).await;
+    // A one-shot command that turned pushing on reports what it did, whatever the outcome.
+    push::push(matches!(&result, Ok(code) if *code == ExitCode::SUCCESS)).await;
+    match result {
         Ok(code) => code,
         Err(e) => {
             // One line for people; the whole chain (the SDK's dump included) under
@@ -374,6 +377,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             concurrency,
         } => {
             let config = cli::load_config(&config.config)?;
+            push::install(&config.metrics, metrics::Role::Restore);
             metrics::role_started(metrics::Role::Restore, &config);
             let s3_name = s3_tier_name(&config, from)?;
             let target = restore_target(&config, &s3_name, to)?;
@@ -460,6 +464,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             dry_run,
         } => {
             let config = cli::load_config(&config.config)?;
+            push::install(&config.metrics, metrics::Role::Gc);
             metrics::role_started(metrics::Role::Gc, &config);
             let s3_name = s3_tier_name(&config, from)?;
             let Some(Tier::S3(s3_config)) = config.tier(&s3_name).cloned() else {
@@ -542,6 +547,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             sample,
         } => {
             let config = cli::load_config(&config.config)?;
+            push::install(&config.metrics, metrics::Role::Scrub);
             metrics::role_started(metrics::Role::Scrub, &config);
             let s3_name = s3_tier_name(&config, from)?;
             let Some(Tier::S3(s3_config)) = config.tier(&s3_name) else {

@@ -119,6 +119,15 @@ pub enum Error {
     /// The configuration does not allow what was asked (unknown tier, wrong kind...).
     #[error("configuration: {0}")]
     Config(String),
+    /// A one-shot command's metrics could not be pushed to the Pushgateway (see
+    /// [`crate::push`]); logged, never the command's outcome.
+    #[error("pushing metrics to {url} failed: {reason}")]
+    Push {
+        /// The group's URL on the Pushgateway.
+        url: String,
+        /// What went wrong (connection, deadline, the gateway's answer).
+        reason: String,
+    },
 }
 
 /// A copy whose size or SHA-256 differs from what was recorded at ingest (invariant 2).
@@ -166,7 +175,8 @@ impl Error {
             | Error::Lease { .. }
             | Error::Status { .. }
             | Error::Journal { .. }
-            | Error::Work { .. } => true,
+            | Error::Work { .. }
+            | Error::Push { .. } => true,
             Error::Integrity(_) | Error::BadMeta { .. } | Error::Config(_) => false,
         }
     }

@@ -16,6 +16,7 @@
 //! - [`status`]: state shared in NATS: role heartbeats, one-shot commands' counters.
 //! - [`metrics`]: every metric name, and the Prometheus recorder.
 //! - [`http`]: the roles' HTTP endpoint: `/metrics`, `/healthz`, `/readyz`.
+//! - [`push`]: one-shot commands push their metrics to a Prometheus Pushgateway.
 //! - [`cli`]: what both binaries share: logging, config loading, metrics endpoint, signals.
 //! - [`error`]: the crate's error type.
 //!
@@ -32,6 +33,7 @@ pub mod manager;
 pub mod metrics;
 pub mod mirror;
 pub mod progress;
+pub mod push;
 pub mod retry;
 pub mod status;
 pub mod system;

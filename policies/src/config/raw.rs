@@ -75,6 +75,7 @@ pub(super) struct Policy {
 #[serde(deny_unknown_fields)]
 pub(super) struct Metrics {
     pub listen: Option<String>,
+    pub pushgateway: Option<String>,
 }
 
 #[derive(Deserialize, Default)]

@@ -26,12 +26,18 @@ pub struct NatsConfig {
 pub struct MetricsConfig {
     /// Address of the Prometheus endpoint. Default `127.0.0.1:9464`.
     pub listen: SocketAddr,
+    /// Base URL of a Prometheus Pushgateway (`http://HOST:PORT`, optionally a path prefix, no
+    /// trailing `/`) to which the one-shot commands (`restore`, `gc`, `scrub`) push their
+    /// metrics when they end: they exit before any scrape could see them. `None` (default):
+    /// they push nothing.
+    pub pushgateway: Option<String>,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig {
             listen: defaults::METRICS_LISTEN,
+            pushgateway: None,
         }
     }
 }

@@ -98,6 +98,7 @@ fn minimal_config_gets_defaults() {
     assert_eq!(config.nats.credentials_file, None);
     assert!(config.policies.is_empty());
     assert_eq!(config.metrics.listen.to_string(), "127.0.0.1:9464");
+    assert_eq!(config.metrics.pushgateway, None);
     assert_eq!(config.manager.interval, Duration::from_secs(1));
     assert_eq!(config.work.stream, "CIM_WORK");
     assert_eq!(config.work.ack_wait, Duration::from_secs(60));
@@ -309,6 +310,7 @@ after = "1d"
 
 [metrics]
 listen = "localhost:9464"
+pushgateway = "pushgateway:9091"
 
 [manager]
 interval = "0s"
@@ -370,6 +372,7 @@ fn every_problem_is_reported() {
             "policy[2].name",
             "policy[2].from",
             "metrics.listen",
+            "metrics.pushgateway",
             "manager.interval",
             "work.stream",
             "work.ack_wait",
@@ -399,6 +402,34 @@ fn every_problem_is_reported() {
             rendered.contains(expected),
             "missing {expected:?} in\n{rendered}"
         );
+    }
+}
+
+#[test]
+fn pushgateway_urls() {
+    let with = |url: &str| format!("{MINIMAL}\n[metrics]\npushgateway = {url:?}\n");
+    for (url, kept) in [
+        ("http://127.0.0.1:9091", "http://127.0.0.1:9091"),
+        (
+            "http://pushgateway.example:9091/",
+            "http://pushgateway.example:9091",
+        ),
+        ("http://[::1]:9091/prefix/", "http://[::1]:9091/prefix"),
+    ] {
+        let config = parse(&with(url)).unwrap();
+        assert_eq!(config.metrics.pushgateway.as_deref(), Some(kept), "{url}");
+    }
+    for (url, why) in [
+        ("https://pg:9091", "https is not supported"),
+        ("pg:9091", "must start with http://"),
+        ("http://", "has no host"),
+        ("http://:9091", "has no host"),
+        ("http://pg:9091/?x=1", "must not contain a query"),
+        ("http://pg:9091/a b", "must not contain a query"),
+    ] {
+        let found = problems(&with(url));
+        assert_eq!(paths(&found), ["metrics.pushgateway"], "{url}: {found:?}");
+        assert!(found[0].to_string().contains(why), "{url}: {}", found[0]);
     }
 }
 

@@ -55,6 +55,39 @@ impl Checker {
         Some(url.to_owned())
     }
 
+    /// A Pushgateway base URL: `http://HOST[:PORT][/PREFIX]`, returned without a trailing `/`.
+    /// Plain http only (the push client carries no TLS; a Pushgateway is usually reached on the
+    /// host or its network), no query or fragment (the push appends the grouping-key path).
+    fn pushgateway_url(&mut self, path: &str, url: &str) -> Option<String> {
+        let trimmed = url.trim_end_matches('/');
+        let host = trimmed.strip_prefix("http://").unwrap_or_default();
+        let host = host.split('/').next().unwrap_or_default();
+        let why = if url.starts_with("https://") {
+            Some("https is not supported: use http:// (a Pushgateway on this host or its network)")
+        } else if !url.starts_with("http://") {
+            Some("must start with http://")
+        } else if host.is_empty() || host.starts_with(':') {
+            Some("has no host")
+        } else if trimmed.contains(['?', '#']) || trimmed.contains(char::is_whitespace) {
+            Some("must not contain a query, a fragment or white space")
+        } else {
+            None
+        };
+        match why {
+            None => Some(trimmed.to_owned()),
+            Some(why) => {
+                self.problem(
+                    path,
+                    format!(
+                        "{url:?} {why} (expected the Pushgateway's base URL, e.g. \
+                         \"http://127.0.0.1:9091\")"
+                    ),
+                );
+                None
+            }
+        }
+    }
+
     fn int_in(&mut self, path: &str, value: i64, range: RangeInclusive<i64>) -> Option<i64> {
         if range.contains(&value) {
             Some(value)
@@ -281,10 +314,10 @@ pub(super) fn validate(raw: raw::Config) -> Result<Config, Vec<Problem>> {
         }
     }
 
-    let metrics = match raw.metrics.listen {
-        None => Some(MetricsConfig::default()),
+    let listen = match raw.metrics.listen {
+        None => Some(defaults::METRICS_LISTEN),
         Some(l) => match l.parse::<SocketAddr>() {
-            Ok(listen) => Some(MetricsConfig { listen }),
+            Ok(listen) => Some(listen),
             Err(_) => {
                 c.problem(
                     "metrics.listen",
@@ -296,6 +329,17 @@ pub(super) fn validate(raw: raw::Config) -> Result<Config, Vec<Problem>> {
                 None
             }
         },
+    };
+    let pushgateway = match raw.metrics.pushgateway {
+        None => Some(None),
+        Some(url) => c.pushgateway_url("metrics.pushgateway", &url).map(Some),
+    };
+    let metrics = match (listen, pushgateway) {
+        (Some(listen), Some(pushgateway)) => Some(MetricsConfig {
+            listen,
+            pushgateway,
+        }),
+        _ => None,
     };
 
     let manager = c
