@@ -5,9 +5,12 @@
 
 mod common;
 
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
-use cim_tests::{Prometheus, Pushgateway, Target, Topology};
+use cim_tests::{promtool_bin, Prometheus, Pushgateway, Target, Topology};
 use common::{content, describe, plant, sample};
 
 /// The object-store bucket the tests write.
@@ -148,4 +151,183 @@ async fn restore_pushes_its_counts_to_the_pushgateway() {
     assert!(out.status.success(), "{}", describe(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cannot push metrics"), "{stderr}");
+}
+
+/// A file of the repository's docs/.
+fn doc(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../docs")
+        .join(name)
+}
+
+/// Runs `promtool args…`; panics with its output unless it succeeds.
+fn promtool(args: &[&str], dir: &Path) -> String {
+    let out = Command::new(promtool_bin())
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", promtool_bin().display()));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "promtool {args:?}: {}\n{text}",
+        out.status
+    );
+    text
+}
+
+/// Every `cim_…` metric name in a PromQL expression (`cim_x_bucket` etc. stay as written).
+fn cim_names(expr: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut rest = expr;
+    while let Some(at) = rest.find("cim_") {
+        let before = rest[..at].chars().next_back();
+        let tail = &rest[at..];
+        let end = tail.find(|c: char| !word(c)).unwrap_or(tail.len());
+        if !before.is_some_and(word) {
+            names.insert(tail[..end].to_string());
+        }
+        rest = &tail[end..];
+    }
+    names
+}
+
+/// The metric names docs/metrics.md documents: every `` `cim_…` `` in its table rows.
+fn documented_metrics() -> BTreeSet<String> {
+    let text = std::fs::read_to_string(doc("metrics.md")).unwrap();
+    text.lines()
+        .filter(|l| l.starts_with('|'))
+        .flat_map(|l| l.split('`').skip(1).step_by(2))
+        .filter(|token| token.starts_with("cim_") && !token.contains(['{', ' ']))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The names of `used` that docs/metrics.md does not document (a histogram's `_bucket`, `_sum`
+/// and `_count` series count as documented with it).
+fn undocumented(used: &BTreeSet<String>) -> Vec<String> {
+    let documented = documented_metrics();
+    used.iter()
+        .filter(|name| {
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(name);
+            !documented.contains(*name) && !documented.contains(base)
+        })
+        .cloned()
+        .collect()
+}
+
+/// Item 4: docs/alerts.yml is valid (`promtool check rules`), every alert does what its unit
+/// tests in docs/alerts.test.yml say (`promtool test rules`), and it names only documented
+/// metrics.
+#[test]
+fn the_alert_rules_pass_promtool_and_name_documented_metrics() {
+    let docs = doc("");
+    let checked = promtool(&["check", "rules", "alerts.yml"], &docs);
+    assert!(checked.contains("SUCCESS"), "{checked}");
+    let tested = promtool(&["test", "rules", "alerts.test.yml"], &docs);
+    assert!(tested.contains("SUCCESS"), "{tested}");
+
+    let rules = std::fs::read_to_string(doc("alerts.yml")).unwrap();
+    let used = cim_names(&rules);
+    assert!(used.contains("cim_backlog_objects"), "{used:?}");
+    assert_eq!(
+        undocumented(&used),
+        Vec::<String>::new(),
+        "not in docs/metrics.md"
+    );
+    // Every alert has a unit test.
+    let tests = std::fs::read_to_string(doc("alerts.test.yml")).unwrap();
+    for line in rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+    {
+        assert!(
+            tests.contains(&format!("alertname: {line}\n")),
+            "alert {line} has no test in docs/alerts.test.yml"
+        );
+    }
+}
+
+/// Item 4: docs/grafana-dashboard.json is a dashboard Grafana can import (JSON, a title and
+/// uid, panels with a type, a place on the 24-column grid and queries), every query is valid
+/// PromQL (checked by promtool as a recording rule, Grafana's `$__rate_interval` replaced), and
+/// every `cim_` metric it queries is documented in docs/metrics.md.
+#[test]
+fn the_dashboard_parses_and_queries_only_documented_metrics() {
+    let text = std::fs::read_to_string(doc("grafana-dashboard.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert!(dashboard["title"].as_str().is_some_and(|t| !t.is_empty()));
+    assert!(dashboard["uid"].as_str().is_some_and(|t| !t.is_empty()));
+    assert!(dashboard["schemaVersion"].as_u64().is_some());
+    let panels = dashboard["panels"].as_array().unwrap();
+    let mut exprs = Vec::new();
+    let mut titles = BTreeSet::new();
+    for panel in panels {
+        let title = panel["title"].as_str().unwrap_or_default();
+        let grid = &panel["gridPos"];
+        let (x, w) = (grid["x"].as_u64().unwrap(), grid["w"].as_u64().unwrap());
+        assert!(
+            x + w <= 24 && grid["h"].as_u64().unwrap() > 0,
+            "{title}: {grid}"
+        );
+        if panel["type"] == "row" {
+            titles.insert(title.to_string());
+            continue;
+        }
+        assert!(
+            panel["type"].as_str().is_some_and(|t| !t.is_empty()),
+            "{panel}"
+        );
+        assert!(!title.is_empty(), "{panel}");
+        let targets = panel["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "{title}: no query");
+        let mut ref_ids = BTreeSet::new();
+        for target in targets {
+            assert!(ref_ids.insert(target["refId"].as_str().unwrap()), "{title}");
+            let expr = target["expr"].as_str().unwrap();
+            assert!(!expr.trim().is_empty(), "{title}: empty query");
+            exprs.push((title.to_string(), expr.to_string()));
+        }
+    }
+    // The sections issue 9 asks for.
+    for row in ["Tiers", "Throughput", "Backlog and lag", "Failures"] {
+        assert!(titles.contains(row), "no row {row:?}: {titles:?}");
+    }
+    assert!(
+        exprs
+            .iter()
+            .any(|(_, e)| e.contains("cim_tier_storage_limit_bytes")),
+        "no headroom panel"
+    );
+
+    let used: BTreeSet<String> = exprs.iter().flat_map(|(_, e)| cim_names(e)).collect();
+    assert_eq!(
+        undocumented(&used),
+        Vec::<String>::new(),
+        "not in docs/metrics.md"
+    );
+
+    // Every query parses: promtool checks them as recording rules.
+    let dir = tempfile::tempdir().unwrap();
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, (title, expr)) in exprs.iter().enumerate() {
+        let expr = expr
+            .replace("$__rate_interval", "5m")
+            .replace("$__interval", "1m")
+            .replace("$__range", "1h");
+        rules.push_str(&format!(
+            "      - record: dashboard:query_{i}\n        # {title}\n        expr: {}\n",
+            serde_json::Value::String(expr)
+        ));
+    }
+    std::fs::write(dir.path().join("dashboard.yml"), rules).unwrap();
+    promtool(&["check", "rules", "dashboard.yml"], dir.path());
 }
