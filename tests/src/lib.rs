@@ -55,8 +55,8 @@ pub use garage::{s3_client, Garage, GARAGE_READY_TIMEOUT};
 pub use nats::{Hub, Leaf, NatsServer, HUB_DOMAIN, LEAF_DOMAIN, PROBE_TIMEOUT, READY_TIMEOUT};
 pub use process::RoleProcess;
 pub use prometheus::{
-    prometheus_bin, promtool_bin, pushgateway_bin, Prometheus, Pushgateway, Sample, Target,
-    PROMETHEUS_READY_TIMEOUT, SCRAPE_INTERVAL,
+    prometheus_bin, promtool_bin, pushgateway_bin, Prometheus, Pushgateway, RuleHealth, Sample,
+    Target, PROMETHEUS_READY_TIMEOUT, SCRAPE_INTERVAL,
 };
 pub use topology::{Topology, DUMP_LINES};
 

@@ -106,6 +106,17 @@ impl Sample {
     }
 }
 
+/// How one loaded rule fared ([`Prometheus::rules`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleHealth {
+    /// The alert's or recording rule's name.
+    pub name: String,
+    /// `ok`, `err`, or `unknown` (not evaluated yet).
+    pub health: String,
+    /// Why the last evaluation failed (empty when it did not).
+    pub last_error: String,
+}
+
 /// Our own Prometheus server on a free loopback port, scraping the given targets every
 /// [`SCRAPE_INTERVAL`]; config (`prometheus.yml`), TSDB (`data/`) and log in `dir/prometheus/`.
 /// Killed (SIGKILL) on drop.
@@ -208,6 +219,34 @@ impl Prometheus {
         })
         .await?;
         Ok(accepted.get())
+    }
+
+    /// Every loaded rule (`/api/v1/rules`): its name (an alert's or a recording rule's), health
+    /// (`ok`, `err`, `unknown` until first evaluated) and last error.
+    pub async fn rules(&self) -> anyhow::Result<Vec<RuleHealth>> {
+        let url = format!("{}/api/v1/rules", self.url);
+        let body: Value = http_client()
+            .get(&url)
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?
+            .json()
+            .await
+            .with_context(|| format!("GET {url}: not JSON"))?;
+        anyhow::ensure!(body["status"] == "success", "GET {url}: {body}");
+        let groups = body["data"]["groups"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        Ok(groups
+            .iter()
+            .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+            .map(|r| RuleHealth {
+                name: r["name"].as_str().unwrap_or_default().to_string(),
+                health: r["health"].as_str().unwrap_or_default().to_string(),
+                last_error: r["lastError"].as_str().unwrap_or_default().to_string(),
+            })
+            .collect())
     }
 
     /// Waits until every job of `targets` was scraped successfully (`up == 1`).
