@@ -543,12 +543,14 @@ in
 
       environment.systemPackages = [ (wrapper "cim-storage") (wrapper "cim-gateway") ];
 
+      # One job per role, named as docs/alerts.yml expects. No `role` target label: the
+      # metrics carry their own `role` (e.g. the manager's dispatches per role), which a target
+      # label of the same name would overwrite (Prometheus keeps the metric's as exported_role).
       services.prometheus.scrapeConfigs = mkIf config.services.prometheus.enable (map
         (role: {
           job_name = "cim-${role}";
           static_configs = [{
             targets = [ "127.0.0.1:${toString cfg.roles.${role}.metricsPort}" ];
-            labels.role = role;
           }];
         })
         enabledRoles);
