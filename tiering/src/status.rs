@@ -420,15 +420,6 @@ pub fn spawn_counter_export(
     })
 }
 
-/// The host name, for heartbeats (`unknown` if the kernel does not say).
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "unknown".to_string())
-}
-
 /// Writes `role`'s heartbeat every [`HEARTBEAT_EVERY`] until `shutdown`, then removes it.
 /// A failed write is logged and tried again at the next beat (the entry may expire meanwhile:
 /// that is what a role cut off from NATS looks like).
@@ -440,7 +431,7 @@ pub fn spawn_heartbeat(
     let mut beat = Heartbeat {
         role: role.to_string(),
         instance: nuid::next().to_string(),
-        host: host_name(),
+        host: crate::push::host_name(),
         pid: std::process::id(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         started: OffsetDateTime::now_utc(),
