@@ -258,6 +258,50 @@ impl Error {
         }
     }
 
+    /// Why a transfer failed, as a low-cardinality `reason` label
+    /// (`cim_transfer_failures_total`): `s3_unreachable` (no answer: connection refused,
+    /// timed out), `s3_throttled` (429, 503 SlowDown), `s3_server_error` (other 5xx),
+    /// `s3_denied` (403), `s3_refused` (other answers, e.g. a bad digest), `unverified` (the
+    /// service did not confirm our checksum), `integrity`, `io`, `nats`, `config`, `refused`
+    /// (a rule kept the copy: newer version held, no room, catalog disagrees), or the NATS side's
+    /// own reason ([`cim_tiering::Error::reason`]).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::S3 { cause, .. } => match cause.downcast_ref::<S3Failure>() {
+                Some(S3Failure {
+                    status: None,
+                    transient: true,
+                    ..
+                }) => "s3_unreachable",
+                Some(S3Failure {
+                    status: Some(429 | 503),
+                    ..
+                }) => "s3_throttled",
+                Some(S3Failure {
+                    status: Some(500..=599),
+                    ..
+                }) => "s3_server_error",
+                Some(S3Failure {
+                    status: Some(403), ..
+                }) => "s3_denied",
+                _ => "s3_refused",
+            },
+            Error::Unconfirmed { .. } => "unverified",
+            Error::Integrity { .. } => "integrity",
+            Error::Io { .. } => "io",
+            Error::Nats { .. } => "nats",
+            Error::Tiering(e) => e.reason(),
+            Error::Config { .. } => "config",
+            Error::Manifest { .. }
+            | Error::UnsupportedFormat { .. }
+            | Error::WouldLoseVersion { .. }
+            | Error::CatalogDisagrees { .. }
+            | Error::NoRoom { .. }
+            | Error::HeldByTier { .. }
+            | Error::NotInS3 { .. } => "refused",
+        }
+    }
+
     /// True when this is an S3 error for a missing key or bucket (HTTP 404).
     pub fn is_not_found(&self) -> bool {
         match self {
@@ -540,6 +584,38 @@ mod tests {
              sha-256 expected SHA-256=x, got SHA-256=y"
         );
         assert!(!e.is_transient());
+    }
+
+    #[test]
+    fn a_failure_reason_is_one_of_the_documented_few() {
+        let s3 = |transient, status| Error::S3 {
+            op: "put_object",
+            key: "k".into(),
+            object: None,
+            cause: Box::new(S3Failure {
+                message: "boom".into(),
+                detail: "boom".into(),
+                status,
+                code: None,
+                transient,
+            }),
+        };
+        let cases = [
+            (s3(true, None), "s3_unreachable"),
+            (s3(true, Some(503)), "s3_throttled"),
+            (s3(true, Some(429)), "s3_throttled"),
+            (s3(true, Some(500)), "s3_server_error"),
+            (s3(false, Some(403)), "s3_denied"),
+            (s3(true, Some(400)), "s3_refused"),
+            (Error::config("x"), "config"),
+        ];
+        for (error, reason) in cases {
+            assert_eq!(error.reason(), reason, "{error}");
+            assert!(
+                cim_tiering::metrics::TRANSFER_FAILURE_REASONS.contains(&reason),
+                "{reason} is not in the documented vocabulary"
+            );
+        }
     }
 
     #[test]

@@ -491,8 +491,8 @@ impl Handler for UploadHandler {
             WorkItem::Upload(job) => {
                 let span = tracing::info_span!("upload", size = job.size);
                 let result = self.upload(job, &progress).instrument(span).await;
-                if result.is_err() {
-                    metrics::transfer_failed(&job.from, &job.to);
+                if let Err(e) = &result {
+                    metrics::transfer_failed(&job.from, &job.to, e.reason());
                 }
                 result
             }

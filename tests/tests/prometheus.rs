@@ -511,6 +511,7 @@ async fn prometheus_sees_the_backlog_rise_while_s3_is_down_and_fall_after() {
     let failed = r#"sum(cim_transfers_total{to_tier="s3",outcome="failed"})"#;
     let retried = r#"sum(cim_work_items_total{role="upload",outcome="retry"})"#;
     let s3_errors = r#"sum(cim_s3_requests_total{tier="s3",status="error"})"#;
+    let unreachable = r#"sum(cim_transfer_failures_total{to_tier="s3",reason="s3_unreachable"})"#;
     let wait = Duration::from_secs(90);
     let at_least = |n: f64| move |v: Option<f64>| v.is_some_and(|v| v >= n);
     let above = |n: f64| move |v: Option<f64>| v.is_some_and(|v| v > n);
@@ -538,8 +539,9 @@ async fn prometheus_sees_the_backlog_rise_while_s3_is_down_and_fall_after() {
             .await,
     );
     seen(prometheus.wait_value(retried, wait, above(0.0)).await);
-    // The reason: the S3 requests ended without a response.
+    // The reason: the S3 requests ended without a response, and the failed transfers say so.
     seen(prometheus.wait_value(s3_errors, wait, above(0.0)).await);
+    seen(prometheus.wait_value(unreachable, wait, above(0.0)).await);
 
     topology.s3.start().unwrap();
     topology.s3.wait_ready().await.unwrap();
@@ -573,6 +575,9 @@ async fn prometheus_sees_the_backlog_rise_while_s3_is_down_and_fall_after() {
             .await,
     );
     assert_eq!(seen(prometheus.value(failed).await), failed_end);
+    // Every failed transfer has exactly one reason.
+    let reasons = r#"sum(cim_transfer_failures_total{to_tier="s3"})"#;
+    assert_eq!(seen(prometheus.value(reasons).await), failed_end);
     assert_eq!(seen(prometheus.value(retried).await), retried_end);
     assert_eq!(seen(prometheus.value(backlog).await), 0.0);
     roles.stop();

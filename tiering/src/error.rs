@@ -181,6 +181,26 @@ impl Error {
         }
     }
 
+    /// Why a transfer failed, as a low-cardinality `reason` label
+    /// (`cim_transfer_failures_total`): `nats` (a NATS request or connection), `not_ready`
+    /// (the source copy is not complete yet), `integrity`, `bad_meta`, `config`, `internal`
+    /// (catalog, lease, journal, work queue, status or push bookkeeping).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Connect { .. } | Error::JetStream { .. } => "nats",
+            Error::NotReady { .. } => "not_ready",
+            Error::Integrity(_) => "integrity",
+            Error::BadMeta { .. } => "bad_meta",
+            Error::Config(_) => "config",
+            Error::Catalog { .. }
+            | Error::Lease { .. }
+            | Error::Status { .. }
+            | Error::Journal { .. }
+            | Error::Work { .. }
+            | Error::Push { .. } => "internal",
+        }
+    }
+
     /// Builds a [`Error::JetStream`] for an operation on an object.
     pub fn object_op(
         op: &'static str,

@@ -36,6 +36,28 @@ pub const TIER_STORAGE_USED: &str = "cim_tier_storage_used_bytes";
 pub const TIER_STORAGE_LIMIT: &str = "cim_tier_storage_limit_bytes";
 /// Transfer attempts that ended, by tier pair and outcome (`ok`, `failed`).
 pub const TRANSFERS: &str = "cim_transfers_total";
+/// Transfers that failed, by tier pair and reason (one of [`TRANSFER_FAILURE_REASONS`], from
+/// each crate's `Error::reason`).
+pub const TRANSFER_FAILURES: &str = "cim_transfer_failures_total";
+/// Every `reason` of [`TRANSFER_FAILURES`] (`cim_tiering::Error::reason` and
+/// `cim_gateway::Error::reason` answer only these); each is registered at zero per tier pair,
+/// so an alert sees the first failure of any kind.
+pub const TRANSFER_FAILURE_REASONS: &[&str] = &[
+    "nats",
+    "not_ready",
+    "integrity",
+    "bad_meta",
+    "config",
+    "internal",
+    "s3_unreachable",
+    "s3_throttled",
+    "s3_server_error",
+    "s3_denied",
+    "s3_refused",
+    "unverified",
+    "io",
+    "refused",
+];
 /// Bytes of object content moved and verified at the destination, by tier pair.
 pub const TRANSFER_BYTES: &str = "cim_transfer_bytes_total";
 /// Seconds one successful transfer took, from its start to its verification, by tier pair.
@@ -299,6 +321,10 @@ pub fn role_started(role: Role, config: &Config) {
                     counter!(TRANSFERS, "from_tier" => from.to_string(), "to_tier" => to.to_string(), "outcome" => outcome)
                         .increment(0);
                 }
+                for reason in TRANSFER_FAILURE_REASONS {
+                    counter!(TRANSFER_FAILURES, "from_tier" => from.to_string(), "to_tier" => to.to_string(), "reason" => *reason)
+                        .increment(0);
+                }
                 counter!(TRANSFER_BYTES, "from_tier" => from.to_string(), "to_tier" => to.to_string())
                     .increment(0);
                 // Registered without a sample: rendered as an empty histogram.
@@ -345,6 +371,10 @@ fn describe() {
     describe_counter!(
         TRANSFERS,
         "transfer attempts that ended, by tier pair and outcome"
+    );
+    describe_counter!(
+        TRANSFER_FAILURES,
+        "transfers that failed, by tier pair and reason"
     );
     describe_counter!(
         TRANSFER_BYTES,
@@ -430,9 +460,12 @@ pub fn transferred(from: &str, to: &str, bytes: u64, took: Duration) {
         .increment(1);
 }
 
-/// One transfer attempt from `from` to `to` that ended in an error.
-pub fn transfer_failed(from: &str, to: &str) {
+/// One transfer attempt from `from` to `to` that ended in an error, for `reason` (the
+/// error's own `reason()`: a short fixed word, never an object name).
+pub fn transfer_failed(from: &str, to: &str, reason: &'static str) {
     counter!(TRANSFERS, "from_tier" => from.to_string(), "to_tier" => to.to_string(), "outcome" => "failed")
+        .increment(1);
+    counter!(TRANSFER_FAILURES, "from_tier" => from.to_string(), "to_tier" => to.to_string(), "reason" => reason)
         .increment(1);
 }
 

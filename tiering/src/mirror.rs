@@ -193,8 +193,8 @@ impl Handler for MirrorHandler {
             WorkItem::LeafEvict(job) => {
                 let span = tracing::info_span!("leaf_evict");
                 let result = self.leaf_evict(job, &progress).instrument(span).await;
-                if result.is_err() {
-                    metrics::transfer_failed(&job.from, &job.to);
+                if let Err(e) = &result {
+                    metrics::transfer_failed(&job.from, &job.to, e.reason());
                 }
                 result
             }
