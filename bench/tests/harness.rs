@@ -129,7 +129,7 @@ async fn a_tiny_run_counts_what_it_moved_and_compares_within_the_run() {
         if merged && s.error.is_none() {
             assert_eq!(
                 s.ratios.len(),
-                3,
+                baselines.len(),
                 "{} {}: {:?}",
                 s.set,
                 s.scenario,
