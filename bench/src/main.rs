@@ -14,7 +14,7 @@ use clap::Parser;
 ///
 /// Without `--full` or `--tiny` it runs the default subset (16 and 256 MiB random at
 /// concurrency 4, 1 GiB per cell, 3 repeats; small 1,000 objects and policy-eval 1,000,000
-/// objects once): about 15 minutes on 2 cores against the local servers. The role binaries
+/// objects once): about 20 minutes on 2 cores against the local servers. The role binaries
 /// are the ones next to this executable (a release build runs release roles).
 #[derive(Debug, Parser)]
 #[command(name = "cim-bench")]
