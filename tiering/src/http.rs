@@ -110,11 +110,14 @@ pub const PROBE_DEADLINE: Duration = Duration::from_secs(2);
 
 /// Wraps `check` so it runs at most once per `ttl`, under [`PROBE_DEADLINE`]: later calls
 /// within `ttl` answer with the last result. For checks that cost a request to another
-/// service. Concurrent callers wait for the one probe in flight.
-pub fn cached(ttl: Duration, check: Check) -> Check {
+/// service. Concurrent callers wait for the one probe in flight. `what` names the service in
+/// the reason a probe past its deadline gives (a loaded machine gets there before the
+/// check's own error).
+pub fn cached(ttl: Duration, what: String, check: Check) -> Check {
     let last: Arc<tokio::sync::Mutex<Option<Answer>>> = Arc::default();
+    let what: Arc<str> = Arc::from(what);
     Arc::new(move || {
-        let (last, check) = (last.clone(), check.clone());
+        let (last, check, what) = (last.clone(), check.clone(), what.clone());
         Box::pin(async move {
             let mut last = last.lock().await;
             if let Some((at, result)) = last.as_ref() {
@@ -124,7 +127,7 @@ pub fn cached(ttl: Duration, check: Check) -> Check {
             }
             let result = match tokio::time::timeout(PROBE_DEADLINE, check()).await {
                 Ok(result) => result,
-                Err(_) => Err(format!("no answer within {PROBE_DEADLINE:?}")),
+                Err(_) => Err(format!("{what}: no answer within {PROBE_DEADLINE:?}")),
             };
             *last = Some((Instant::now(), result.clone()));
             result
@@ -277,6 +280,7 @@ mod tests {
         let calls = Arc::new(AtomicUsize::new(0));
         let check = cached(
             Duration::from_secs(5),
+            "the service".into(),
             counting(calls.clone(), Err("down".into())),
         );
         assert_eq!(check().await, Err("down".into()));
@@ -285,6 +289,19 @@ mod tests {
         tokio::time::advance(Duration::from_secs(6)).await;
         assert_eq!(check().await, Err("down".into()));
         assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_past_its_deadline_names_what_did_not_answer() {
+        let check = cached(
+            Duration::from_secs(5),
+            "s3 tier archive (http://127.0.0.1:1) unreachable".into(),
+            Arc::new(|| Box::pin(std::future::pending::<Result<(), String>>())),
+        );
+        assert_eq!(
+            check().await,
+            Err("s3 tier archive (http://127.0.0.1:1) unreachable: no answer within 2s".into())
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -74,6 +74,11 @@ impl S3Store {
         let store = self.clone();
         cached(
             READY_PROBE_TTL,
+            format!(
+                "s3 tier {} ({}) unreachable",
+                self.tier_name(),
+                self.endpoint()
+            ),
             Arc::new(move || {
                 let store = store.clone();
                 Box::pin(async move {
