@@ -506,7 +506,7 @@ where
             }
             line
         }
-        SdkError::DispatchFailure(failure) if is_credentials(err) => {
+        SdkError::DispatchFailure(_) if is_credentials(err) => {
             format!("no credentials: {inner} (hint: {CREDENTIALS_HINT})")
         }
         SdkError::DispatchFailure(failure) if failure.is_timeout() => {
