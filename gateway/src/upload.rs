@@ -275,7 +275,7 @@ impl UploadHandler {
             tracing::info!("a newer version was recorded meanwhile; this one is not marked");
             return Ok(());
         }
-        metrics::damaged(hub.name());
+        metrics::damaged(hub.name(), bucket, name, what);
         tracing::error!(
             tier = hub.name(),
             what,

@@ -548,14 +548,31 @@ impl CatalogIndex {
 
     /// The objects (not deleted) of which `tier` holds a verified copy, and their bytes.
     pub fn held(&self, tier: &str) -> (u64, u64) {
+        self.held_by_bucket(tier)
+            .values()
+            .fold((0, 0), |(objects, bytes), (o, b)| (objects + o, bytes + b))
+    }
+
+    /// Like [`CatalogIndex::held`], per bucket.
+    pub fn held_by_bucket(&self, tier: &str) -> std::collections::BTreeMap<String, (u64, u64)> {
+        let mut held = std::collections::BTreeMap::<String, (u64, u64)>::new();
         let bit = self.bits(tier);
         if bit == 0 {
-            return (0, 0);
+            return held;
         }
-        self.entries
-            .values()
-            .filter(|s| !s.deleted && s.locations & bit != 0)
-            .fold((0, 0), |(objects, bytes), s| (objects + 1, bytes + s.size))
+        for (key, s) in &self.entries {
+            if s.deleted || s.locations & bit == 0 {
+                continue;
+            }
+            // `o.<bucket>.<name>`: bucket names hold no dots.
+            let bucket = key.split('.').nth(1).unwrap_or_default();
+            let sum = match held.get_mut(bucket) {
+                Some(sum) => sum,
+                None => held.entry(bucket.to_string()).or_default(),
+            };
+            *sum = (sum.0 + 1, sum.1 + s.size);
+        }
+        held
     }
 
     fn bit(&mut self, tier: &str) -> u64 {

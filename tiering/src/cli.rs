@@ -191,3 +191,31 @@ pub mod generated {
         out.flush()
     }
 }
+
+/// A table for people: a header row and aligned columns, no borders (like `kubectl get` or the
+/// `nats` CLI's plain tables), every line indented by two spaces, ending in a newline.
+pub fn table(header: &[&str], rows: impl IntoIterator<Item = Vec<String>>) -> String {
+    let mut table = comfy_table::Table::new();
+    table
+        .load_preset(comfy_table::presets::NOTHING)
+        .set_header(header.iter().copied());
+    for row in rows {
+        table.add_row(row);
+    }
+    let mut out = String::new();
+    for line in table.to_string().lines() {
+        out.push_str(&format!("  {}\n", line.trim_end()));
+    }
+    out
+}
+
+/// `bytes` for people, in binary units (`1.5 MiB`).
+pub fn human_bytes(bytes: u64) -> String {
+    bytesize::ByteSize::b(bytes).display().iec().to_string()
+}
+
+/// A duration for people, to the second (`1h 2m 3s`; `0s` for anything shorter or negative).
+pub fn age(duration: time::Duration) -> String {
+    let seconds = duration.whole_seconds().max(0) as u64;
+    humantime::format_duration(std::time::Duration::from_secs(seconds)).to_string()
+}

@@ -55,6 +55,19 @@ enum Command {
         #[arg(long)]
         metrics_listen: Option<SocketAddr>,
     },
+    /// Show what the system is doing, from NATS alone (any host with the configuration): the
+    /// running roles, what each tier holds per bucket, each policy's backlog, recent failures,
+    /// and what restore runs did.
+    ///
+    /// Exit status: 0 shown; 1 NATS could not be read.
+    Status {
+        /// The configuration file shared by all roles (.toml or .json).
+        #[arg(long, env = "CIM_CONFIG")]
+        config: PathBuf,
+        /// Print one JSON document (the same fields) instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the shell completion script for SHELL to stdout.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -142,6 +155,26 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let heartbeat = status::start_heartbeat(&system, "manager", &shutdown, true);
             Manager::new(system).run(shutdown).await;
             status::stop_heartbeat(heartbeat).await;
+            Ok(())
+        }
+        Command::Status { config, json } => {
+            let config = cli::load_config(&config)?;
+            let client = cim_tiering::jetstream::connect(
+                &config.nats.url,
+                config.nats.credentials_file.as_deref(),
+                "cim-storage status",
+            )
+            .await?;
+            let js = async_nats::jetstream::new(client);
+            let report = match status::StatusBucket::open_existing(&js).await? {
+                Some(bucket) => status::report::StatusReport::read(&bucket).await?,
+                None => status::report::StatusReport::empty(),
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
             Ok(())
         }
         Command::Mirror {

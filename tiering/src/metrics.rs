@@ -479,9 +479,13 @@ pub fn integrity_failure(tier: &str) {
     counter!(INTEGRITY_FAILURES, "tier" => tier.to_string()).increment(1);
 }
 
-/// A version marked damaged after its copy on `tier` failed and no verified copy was left.
-pub fn damaged(tier: &str) {
+/// Version of `bucket`/`name` marked damaged after its copy on `tier` failed its `what` check
+/// and no verified copy was left: counted, and one of the role's recent failures (`status`).
+pub fn damaged(tier: &str, bucket: &str, name: &str, what: &str) {
     counter!(DAMAGED_OBJECTS, "tier" => tier.to_string()).increment(1);
+    crate::status::failed(format_args!(
+        "{bucket}/{name}: copy on {tier} failed its {what} check and no verified copy is left: marked damaged"
+    ));
 }
 
 /// One user delete carried to S3 tier `tier`.

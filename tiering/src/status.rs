@@ -12,7 +12,10 @@
 //!   when it ends. The manager exports them on its endpoint, so `cim_restore_objects_total` and
 //!   `cim_restore_bytes_total` stay visible after the command is gone. No TTL.
 //!
-//! A future `status` command reads the same keys.
+//! - [`summary::SUMMARY_KEY`] (`summary.manager`): the manager's [`summary::ManagerSummary`] of
+//!   its last pass — what each tier holds per bucket, each policy's backlog. No TTL.
+//!
+//! `cim-storage status` ([`report`]) reads these keys: it works from any host that reaches NATS.
 //!
 //! What a heartbeat says about the role's health comes from [`succeeded`] and [`failed`], which
 //! the role's loops call (process-wide, like the metrics facade).
@@ -29,6 +32,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
 
+pub mod report;
+pub mod summary;
+
+pub use summary::{record_summary, Held, ManagerSummary, PolicyBacklog};
+
 /// The KV bucket holding heartbeats and counters.
 pub const STATUS_BUCKET: &str = "cim_status";
 /// How often a long-running role rewrites its heartbeat.
@@ -37,6 +45,8 @@ pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 pub const HEARTBEAT_TTL: Duration = Duration::from_secs(15);
 /// The key of the restore runs' cumulative counters.
 pub const RESTORE_COUNTERS: &str = "counters.restore";
+/// How many of a role's last errors its heartbeat carries.
+pub const RECENT_ERRORS: usize = 5;
 /// Deadline of each request to the status bucket.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
 /// Compare-and-set attempts when adding counters (each loses only to another writer's add).
@@ -67,6 +77,9 @@ pub struct Heartbeat {
     /// The role's last error, if any.
     #[serde(default)]
     pub last_error: Option<LastError>,
+    /// Its last [`RECENT_ERRORS`] errors, oldest first (the last one is `last_error`).
+    #[serde(default)]
+    pub recent_errors: Vec<LastError>,
 }
 
 /// The last error a role met.
@@ -128,18 +141,23 @@ impl Counters {
 struct Record {
     last_success: Option<OffsetDateTime>,
     last_error: Option<LastError>,
+    recent_errors: Vec<LastError>,
     restore: Counters,
+    /// The manager's last summary, and whether the heartbeat task wrote it yet.
+    summary: Option<(ManagerSummary, bool)>,
 }
 
 fn record() -> std::sync::MutexGuard<'static, Record> {
     static RECORD: Mutex<Record> = Mutex::new(Record {
         last_success: None,
         last_error: None,
+        recent_errors: Vec::new(),
         restore: Counters {
             runs: 0,
             objects: BTreeMap::new(),
             bytes: BTreeMap::new(),
         },
+        summary: None,
     });
     // A poisoned lock only means a panic elsewhere while recording; the record is still usable.
     RECORD.lock().unwrap_or_else(|e| e.into_inner())
@@ -153,10 +171,16 @@ pub fn succeeded() {
 /// The role failed at its work just now, for `reason`.
 pub fn failed(reason: impl std::fmt::Display) {
     let reason = reason.to_string();
-    record().last_error = Some(LastError {
+    let error = LastError {
         at: OffsetDateTime::now_utc(),
         reason: reason.split_whitespace().collect::<Vec<_>>().join(" "),
-    });
+    };
+    let mut record = record();
+    if record.recent_errors.len() == RECENT_ERRORS {
+        record.recent_errors.remove(0);
+    }
+    record.recent_errors.push(error.clone());
+    record.last_error = Some(error);
 }
 
 /// A restore in this process ended for one object of `tier` with `outcome`, writing `bytes`;
@@ -228,6 +252,31 @@ impl StatusBucket {
             }
         };
         Ok(StatusBucket { kv, js: js.clone() })
+    }
+
+    /// Opens the status bucket on `js` if it exists: a read-only caller (`status`) creates
+    /// nothing, and tells "no role ever ran here" from a failure.
+    pub async fn open_existing(js: &jetstream::Context) -> Result<Option<StatusBucket>, Error> {
+        use jetstream::context::GetStreamErrorKind;
+        let exists = deadline("open", STATUS_BUCKET, async {
+            match js.get_stream(format!("KV_{STATUS_BUCKET}")).await {
+                Ok(_) => Ok(true),
+                Err(e) => match e.kind() {
+                    GetStreamErrorKind::JetStream(js)
+                        if crate::jetstream::is_stream_not_found(&js) =>
+                    {
+                        Ok(false)
+                    }
+                    _ => Err(e),
+                },
+            }
+        })
+        .await?;
+        if !exists {
+            return Ok(None);
+        }
+        let kv = deadline("open", STATUS_BUCKET, js.get_key_value(STATUS_BUCKET)).await?;
+        Ok(Some(StatusBucket { kv, js: js.clone() }))
     }
 
     /// The heartbeat key of `role`'s `instance`.
@@ -438,6 +487,7 @@ pub fn spawn_heartbeat(
         at: OffsetDateTime::now_utc(),
         last_success: None,
         last_error: None,
+        recent_errors: Vec::new(),
     };
     let key = StatusBucket::heartbeat_key(role, &beat.instance);
     tokio::spawn(async move {
@@ -451,10 +501,16 @@ pub fn spawn_heartbeat(
                 let record = record();
                 beat.last_success = record.last_success;
                 beat.last_error = record.last_error.clone();
+                beat.recent_errors = record.recent_errors.clone();
             }
             beat.at = OffsetDateTime::now_utc();
             if let Err(e) = bucket.beat(&beat).await {
                 tracing::warn!(error = %e, "heartbeat not written");
+            }
+            if let Some(summary) = summary::take_unwritten_summary() {
+                if let Err(e) = bucket.write_summary(&summary).await {
+                    tracing::warn!(error = %e, "manager summary not written");
+                }
             }
         }
         if let Err(e) = bucket.remove(&key).await {
@@ -501,6 +557,10 @@ mod tests {
                 at: OffsetDateTime::UNIX_EPOCH,
                 reason: "s3 down".into(),
             }),
+            recent_errors: vec![LastError {
+                at: OffsetDateTime::UNIX_EPOCH,
+                reason: "s3 down".into(),
+            }],
         };
         let json = serde_json::to_string(&beat).unwrap();
         assert_eq!(serde_json::from_str::<Heartbeat>(&json).unwrap(), beat);

@@ -616,7 +616,7 @@ pub fn bucket_stream_config(
 }
 
 /// Whether the server answered a request naming a stream with "stream not found" (10059).
-fn is_stream_not_found(error: &jetstream::Error) -> bool {
+pub(crate) fn is_stream_not_found(error: &jetstream::Error) -> bool {
     error.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
 }
 

@@ -28,7 +28,7 @@ pub use state::REQUEUE_AFTER;
 use state::{BucketState, Queued, State};
 
 /// What one pass found and queued.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone)]
 pub struct PassReport {
     /// Objects due for a move or copy.
     pub due: usize,
@@ -36,6 +36,8 @@ pub struct PassReport {
     pub queued: usize,
     /// Tiers, buckets or objects passed over because of an error (see [`Manager::pass`]).
     pub skipped: usize,
+    /// Per policy, what is due and not yet done (for `cim-storage status`).
+    pub backlog: Vec<crate::status::PolicyBacklog>,
 }
 
 /// A pass that takes longer is abandoned (logged) and the next one starts after the interval.
@@ -137,41 +139,69 @@ impl Manager {
                 .await?;
         }
         state.forget_untouched();
-        self.report_held(&mut state, catalog.is_ok());
+        let held = self.report_held(&mut state, catalog.is_ok());
         metrics::manager_pass(started.elapsed());
+        crate::status::record_summary(crate::status::ManagerSummary {
+            at: time::OffsetDateTime::now_utc(),
+            host: crate::push::host_name(),
+            pass_seconds: started.elapsed().as_secs_f64(),
+            held,
+            backlog: report.backlog.clone(),
+        });
         Ok(report)
     }
 
     /// Sets what each tier holds: JetStream tiers from the indexes of the buckets the policies
-    /// cover, S3 tiers from the catalog (when it was read this pass).
-    fn report_held(&self, state: &mut State, catalog_read: bool) {
+    /// cover, S3 tiers from the catalog (when it was read this pass). Returns it per bucket.
+    fn report_held(&self, state: &mut State, catalog_read: bool) -> Vec<crate::status::Held> {
+        let mut per_bucket = Vec::new();
         let mut held: std::collections::BTreeMap<&str, (u64, u64)> = Default::default();
-        for ((tier, _), bucket) in state.buckets.iter_mut() {
+        for ((tier, name), bucket) in state.buckets.iter_mut() {
             let (objects, bytes) = bucket.held();
             let sum = held.entry(tier.as_str()).or_default();
             *sum = (sum.0 + objects, sum.1 + bytes);
+            per_bucket.push(crate::status::Held {
+                tier: tier.clone(),
+                bucket: name.clone(),
+                objects,
+                bytes,
+            });
         }
         for (tier, (objects, bytes)) in held {
             metrics::tier_held(tier, objects, bytes);
         }
         if !(catalog_read && self.needs_catalog()) {
-            return;
+            per_bucket.sort_by(|a, b| (&a.tier, &a.bucket).cmp(&(&b.tier, &b.bucket)));
+            return per_bucket;
         }
         let at = (state.catalog.cursor(), state.catalog.len());
         for (name, tier) in &self.system.config.tiers {
             if !matches!(tier, cim_policies::Tier::S3(_)) {
                 continue;
             }
-            let (objects, bytes) = match state.catalog_held.get(name) {
-                Some((counted, held)) if *counted == at => *held,
+            let by_bucket = match state.catalog_held.get(name) {
+                Some((counted, held)) if *counted == at => held.clone(),
                 _ => {
-                    let held = state.catalog.held(name);
-                    state.catalog_held.insert(name.clone(), (at, held));
+                    let held = state.catalog.held_by_bucket(name);
+                    state.catalog_held.insert(name.clone(), (at, held.clone()));
                     held
                 }
             };
+            let (mut objects, mut bytes) = (0, 0);
+            for (bucket, (o, b)) in by_bucket {
+                objects += o;
+                bytes += b;
+                per_bucket.push(crate::status::Held {
+                    tier: name.clone(),
+                    bucket,
+                    objects: o,
+                    bytes: b,
+                });
+            }
             metrics::tier_held(name, objects, bytes);
         }
+        per_bucket.sort_by(|a, b| (&a.tier, &a.bucket).cmp(&(&b.tier, &b.bucket)));
+        per_bucket
     }
 
     /// Sets the JetStream storage used (and its limit, when known) of every JetStream tier, all
@@ -256,6 +286,14 @@ impl Manager {
         }
         report.due += due.objects as usize;
         metrics::backlog(&policy.name, &policy.from, &policy.to, due);
+        report.backlog.push(crate::status::PolicyBacklog {
+            policy: policy.name.clone(),
+            from: policy.from.clone(),
+            to: policy.to.clone(),
+            objects: due.objects,
+            bytes: due.bytes,
+            oldest_due_seconds: due.oldest_due.as_secs(),
+        });
         Ok(())
     }
 

@@ -18,6 +18,9 @@ use crate::work::DUPLICATE_WINDOW;
 /// first.
 pub const REQUEUE_AFTER: Duration = DUPLICATE_WINDOW;
 
+/// Bucket → (objects, bytes).
+pub(super) type HeldByBucket = std::collections::BTreeMap<String, (u64, u64)>;
+
 /// Everything the manager keeps in memory between passes. Nothing of it is persisted: a
 /// restarted manager reads every bucket and the catalog in full once, and queues again what is
 /// due (the work stream refuses what is still pending).
@@ -32,7 +35,7 @@ pub(super) struct State {
     /// (tier, bucket) pairs a pass looked at; the others went away and are forgotten.
     pub touched: HashSet<(String, String)>,
     /// S3 tier → what the catalog places there, and the catalog's state it was counted at.
-    pub catalog_held: HashMap<String, (Counted, (u64, u64))>,
+    pub catalog_held: HashMap<String, (Counted, HeldByBucket)>,
 }
 
 /// The state of an index something was counted at: its cursor and length. Counting again only
