@@ -113,7 +113,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
             metrics_listen,
             once,
         } => {
+            let path = config.display().to_string();
             let config = cli::load_config(&config)?;
+            if let Some(why) = cim_tiering::manager::unsupported(&config) {
+                anyhow::bail!("{path}: {why}");
+            }
             if once {
                 let system = Arc::new(
                     System::connect(config, "cim-storage manager")

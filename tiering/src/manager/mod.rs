@@ -10,7 +10,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cim_policies::{Action, Policy, Route};
+use cim_policies::evaluate::{evaluate_into, Outcome};
+use cim_policies::{Action, Config, Object, Policy, Route};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -55,6 +56,32 @@ struct Pending {
     item: WorkItem,
     name: Arc<str>,
     queued: Queued,
+}
+
+/// Why this version's manager cannot carry out `config`'s policies, if it cannot: an enabled
+/// `expire` policy is validated and evaluated (`plan`, `explain`) but no role deletes yet, and
+/// the manager must not look as if it kept a retention it does not keep.
+pub fn unsupported(config: &Config) -> Option<String> {
+    let expiring: Vec<String> = config
+        .policies
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.enabled && p.action == Action::Expire)
+        .map(|(i, p)| format!("policy[{i}] {:?}", p.name))
+        .collect();
+    (!expiring.is_empty()).then(|| {
+        format!(
+            "{}: action = \"expire\" is not carried out by this version's roles yet; remove it \
+             or set enabled = false (cim-storage plan and explain show what it would do)",
+            expiring.join(", ")
+        )
+    })
+}
+
+/// Whether the manager acts on `policy` in its passes: enabled transfers (`expire` is refused
+/// at start, see [`unsupported`]).
+fn acts(policy: &Policy) -> bool {
+    policy.enabled && policy.action.transfers()
 }
 
 impl Manager {
@@ -124,6 +151,9 @@ impl Manager {
             Ok(())
         };
         for (position, policy) in self.system.config.policies.iter().enumerate() {
+            if !acts(policy) {
+                continue;
+            }
             let span = tracing::info_span!("policy", policy = %policy.name, from = %policy.from, to = %policy.to);
             let context = Context {
                 position,
@@ -195,11 +225,10 @@ impl Manager {
     /// Whether some policy decides on the catalog: cluster → S3 (copies, damage, deletes) and
     /// leaf → cluster `move` (a copy verified beyond the cluster lets the leaf copy go).
     fn needs_catalog(&self) -> bool {
-        self.system
-            .config
-            .policies
-            .iter()
-            .any(|p| self.system.config.route(p) == Route::ClusterToS3 || p.action == Action::Move)
+        self.system.config.policies.iter().any(|p| {
+            acts(p)
+                && (self.system.config.route(p) == Route::ClusterToS3 || p.action == Action::Move)
+        })
     }
 
     /// One policy over every bucket of its source tier.
@@ -293,6 +322,11 @@ impl Manager {
         // The source bucket's index, and for leaf → cluster the cluster's: eviction is queued
         // only once the cluster holds the version.
         let mut source = state.take(tier.name(), bucket);
+        if self.system.config.policies.iter().any(|p| {
+            acts(p) && p.applies_to(tier.name(), bucket) && p.conditions.needs_attributes()
+        }) {
+            source.index.keep_attributes();
+        }
         let followed = follow(tier, bucket, &mut source).await;
         let mut target = None;
         if let (Ok(()), Some(listed)) = (&followed, cluster_buckets) {
@@ -399,6 +433,7 @@ impl Manager {
         let policy = cx.policy;
         let now = Instant::now();
         let mut pending = Vec::new();
+        let mut outcomes = Vec::with_capacity(self.system.config.policies.len());
         for (name, reason) in source.index.unreadable() {
             let e = Error::BadMeta {
                 tier: tier.name().to_string(),
@@ -446,8 +481,24 @@ impl Manager {
                 Kind::Live => {}
                 _ => continue,
             }
-            // Age from when the tier stored it: the writer's clock may say anything.
-            if !policy.is_due(meta.age(cx.now)) {
+            // Age from when the tier stored it: the writer's clock may say anything. Whether
+            // this policy decides is the one evaluation `plan` and `explain` show.
+            let attributes = meta.attributes.as_deref();
+            let object = Object {
+                bucket,
+                name,
+                size: meta.size,
+                age: meta.age(cx.now),
+                metadata: attributes.map(|a| &a.metadata),
+                headers: attributes.map(|a| &a.headers),
+            };
+            evaluate_into(
+                &self.system.config.policies,
+                tier.name(),
+                &object,
+                &mut outcomes,
+            );
+            if outcomes.get(cx.position) != Some(&Outcome::Decides) {
                 continue;
             }
             let Some(digest) = meta.digest else {
@@ -500,6 +551,8 @@ impl Manager {
                     due.add(meta.size, meta.age(cx.now).saturating_sub(policy.after));
                     WorkItem::Upload(job)
                 }
+                // Never evaluated here: see `acts` and `unsupported`.
+                Route::Expire => continue,
             };
             if recently(name, meta.seq) {
                 continue;
@@ -532,6 +585,9 @@ impl Manager {
         let results = self.system.work.publish_all(&items).await;
         for (p, result) in pending.into_iter().zip(results) {
             match result {
+                // Refused because this object's copy (another policy, same step) is still
+                // pending: asked again next pass, so the move follows the copy at once.
+                Ok(false) if self.behind_a_copy(cx, bucket, &p) => {}
                 Ok(queued) => {
                     if queued {
                         report.queued += 1;
@@ -543,6 +599,27 @@ impl Manager {
                 Err(e) => skipped(cx.policy, Skip::QueueUnavailable, &e, report),
             }
         }
+    }
+}
+
+impl Manager {
+    /// Whether `p`, a `move`, was queued for a version that a `copy` on the same tier pair
+    /// queued within [`REQUEUE_AFTER`] (the two share the item's subject).
+    fn behind_a_copy(&self, cx: &Context<'_>, bucket: &BucketState, p: &Pending) -> bool {
+        if cx.policy.action != Action::Move {
+            return false;
+        }
+        let now = Instant::now();
+        let policies = &self.system.config.policies;
+        policies.iter().enumerate().any(|(position, other)| {
+            other.action == Action::Copy
+                && other.from == cx.policy.from
+                && other.to == cx.policy.to
+                && bucket
+                    .queued
+                    .get(&(position, p.name.clone()))
+                    .is_some_and(|q| q.covers(p.queued.seq, now))
+        })
     }
 }
 
