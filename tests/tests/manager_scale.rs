@@ -79,7 +79,7 @@ fn report(due: usize, queued: usize) -> PassReport {
     PassReport {
         due,
         queued,
-        skipped: 0,
+        ..PassReport::default()
     }
 }
 

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cim_policies::evaluate::{evaluate_into, Outcome};
+use cim_policies::evaluate::{describe, evaluate_into, Outcome};
 use cim_policies::{Action, Config, Object, Policy, Route};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -23,6 +23,8 @@ use crate::metrics::{self, Backlog};
 use crate::system::System;
 use crate::work::{ObjectDelete, ObjectMove, WorkItem};
 
+pub mod explain;
+pub mod plan;
 mod state;
 
 pub use state::REQUEUE_AFTER;
@@ -37,6 +39,8 @@ pub struct PassReport {
     pub queued: usize,
     /// Tiers, buckets or objects passed over because of an error (see [`Manager::pass`]).
     pub skipped: usize,
+    /// What a planner's pass would have queued, in order (empty for a manager that queues).
+    pub planned: Vec<plan::Planned>,
 }
 
 /// A pass that takes longer is abandoned (logged) and the next one starts after the interval.
@@ -49,6 +53,9 @@ pub struct Manager {
     system: Arc<System>,
     /// The indexes and what was queued; one pass at a time.
     state: Mutex<State>,
+    /// A planner (`cim-storage plan`): passes decide as always but queue nothing, and report
+    /// what they would have queued.
+    dry: bool,
 }
 
 /// An item to queue and what to remember of it.
@@ -56,6 +63,8 @@ struct Pending {
     item: WorkItem,
     name: Arc<str>,
     queued: Queued,
+    /// Why it is due, for a planner (`None` for a manager that queues: no string per object).
+    why: Option<String>,
 }
 
 /// Why this version's manager cannot carry out `config`'s policies, if it cannot: an enabled
@@ -95,6 +104,17 @@ impl Manager {
         Self {
             system,
             state: Mutex::new(State::default()),
+            dry: false,
+        }
+    }
+
+    /// A planner over the role's connections: its [`Manager::pass`] runs the manager's very
+    /// evaluation against the tiers' current state, queues nothing, and lists in
+    /// [`PassReport::planned`] what it would have queued, with the policy and the reason.
+    pub fn planner(system: Arc<System>) -> Self {
+        Self {
+            dry: true,
+            ..Self::new(system)
         }
     }
 
@@ -402,6 +422,14 @@ impl Manager {
             to: cx.policy.to.clone(),
             bucket: bucket.to_string(),
         };
+        if self.dry {
+            report.planned.push(plan::Planned {
+                item: source,
+                why: "sources the whole bucket to the cluster, continuously".into(),
+            });
+            state.sources.insert(key, now);
+            return Ok(());
+        }
         let role = source.role();
         let queued = self
             .system
@@ -475,6 +503,9 @@ impl Manager {
                             at: now,
                             evicts: false,
                         },
+                        why: self
+                            .dry
+                            .then(|| "deleted by a user: the deletion goes on to S3".into()),
                     });
                     continue;
                 }
@@ -557,6 +588,14 @@ impl Manager {
             if recently(name, meta.seq) {
                 continue;
             }
+            let why = self.dry.then(|| {
+                describe(
+                    &self.system.config.policies,
+                    cx.position,
+                    &Outcome::Decides,
+                    meta.age(cx.now),
+                )
+            });
             pending.push(Pending {
                 item,
                 name: name.clone(),
@@ -565,6 +604,7 @@ impl Manager {
                     at: now,
                     evicts: policy.action == Action::Move,
                 },
+                why,
             });
         }
         pending
@@ -579,6 +619,15 @@ impl Manager {
         report: &mut PassReport,
     ) {
         if pending.is_empty() {
+            return;
+        }
+        if self.dry {
+            for p in pending {
+                report.planned.push(plan::Planned {
+                    item: p.item,
+                    why: p.why.unwrap_or_default(),
+                });
+            }
             return;
         }
         let items: Vec<WorkItem> = pending.iter().map(|p| p.item.clone()).collect();
