@@ -64,6 +64,12 @@ let
         default = null;
         description = "JetStream tiers: replicas of buckets created there (default 1).";
       };
+      role = mkOption {
+        type = types.nullOr (types.enum [ "leaf" "cluster" ]);
+        default = null;
+        example = "leaf";
+        description = "JetStream tiers: `leaf` (an edge leaf node) or `cluster` (the default); a policy that sends data into a leaf is rejected.";
+      };
       endpoint = mkOption {
         type = types.nullOr types.str;
         default = null;
@@ -162,6 +168,47 @@ let
         example = "30d";
         description = "How long after the object was stored the policy applies.";
       };
+      enabled = mkOption {
+        type = types.bool;
+        default = true;
+        description = "`false` keeps the policy validated and shown by `cim-storage plan` and `explain`, but the roles ignore it.";
+      };
+      names = mkOption {
+        type = types.nullOr (types.listOf types.str);
+        default = null;
+        example = [ "*.csv" ];
+        description = "Globs over the whole object name (`*` matches `/` too); default any name.";
+      };
+      prefix = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "reports/";
+        description = "The object name must start with this.";
+      };
+      minSize = mkOption {
+        type = types.nullOr (types.either types.ints.unsigned types.str);
+        default = null;
+        example = "4 KiB";
+        description = "Smallest object size the policy applies to: bytes, or a size such as \"4 KiB\" or \"10 MB\".";
+      };
+      maxSize = mkOption {
+        type = types.nullOr (types.either types.ints.unsigned types.str);
+        default = null;
+        example = "1 GiB";
+        description = "Largest object size the policy applies to (as `minSize`).";
+      };
+      metadata = mkOption {
+        type = types.attrsOf types.str;
+        default = { };
+        example = { class = "cold"; };
+        description = "Object-store metadata the object must carry, key = value.";
+      };
+      headers = mkOption {
+        type = types.attrsOf types.str;
+        default = { };
+        example = { "Content-Type" = "text/csv"; };
+        description = "Object-store headers the object must carry (names case-insensitive).";
+      };
     };
   };
 
@@ -213,7 +260,7 @@ let
         credentials_file = if t.credentialsFile == null then null else secretOf "tier-${name}" t.credentialsFile;
       }
       // (if t.kind == "jetstream" then {
-        inherit (t) url domain replicas;
+        inherit (t) url domain replicas role;
       } else {
         inherit (t) endpoint region bucket prefix flavor retention verify;
         force_path_style = t.forcePathStyle;
@@ -245,7 +292,15 @@ let
           credentials_file = natsCredentials;
         };
         inherit tiers;
-        policy = lib.mapAttrsToList (_: p: { inherit (p) name buckets from to action after; }) cfg.policies;
+        policy = lib.mapAttrsToList
+          (_: p: dropNulls {
+            inherit (p) name buckets from to action after enabled names prefix;
+            min_size = p.minSize;
+            max_size = p.maxSize;
+            metadata = if p.metadata == { } then null else p.metadata;
+            headers = if p.headers == { } then null else p.headers;
+          })
+          cfg.policies;
       })
       (lib.optionalAttrs (role != null) {
         metrics.listen = "127.0.0.1:${toString cfg.roles.${role}.metricsPort}";

@@ -17,17 +17,26 @@
 //!
 //! - [`config`]: the raw serde types (private), defaults ([`config::defaults`]),
 //!   validation and the validated [`Config`] with its sections and [`Tier`]s.
-//! - [`policy`]: [`Policy`], [`Action`], [`Route`] and evaluation
-//!   ([`Policy::matches_bucket`], [`Policy::is_due`], [`due_policies`]).
+//! - [`policy`]: [`Policy`], [`Action`], [`Route`] and the checks of one policy
+//!   ([`Policy::matches_bucket`], [`Policy::is_due`], [`Policy::check`]).
+//! - [`condition`]: the object conditions of a policy ([`Conditions`]) and the
+//!   object they test ([`Object`]).
+//! - [`evaluate`]: the decision for one object, with the precedence between
+//!   policies ([`evaluate::evaluate`]) — shared by the manager, `plan` and
+//!   `explain`.
 //! - [`error`]: [`ConfigError`] and [`Problem`].
 
+pub mod condition;
 pub mod config;
 pub mod error;
+pub mod evaluate;
 pub mod policy;
 
+pub use condition::{Conditions, Miss, Object};
 pub use config::{
-    CatalogConfig, Config, Format, JetStreamTier, ManagerConfig, MetricsConfig, NatsConfig,
-    RestoreConfig, S3Flavor, S3Tier, S3Verify, Tier, UploadConfig, WorkConfig,
+    CatalogConfig, Config, Format, JetStreamRole, JetStreamTier, ManagerConfig, MetricsConfig,
+    NatsConfig, RestoreConfig, S3Flavor, S3Tier, S3Verify, Tier, UploadConfig, WorkConfig,
 };
 pub use error::{ConfigError, Problem};
-pub use policy::{due_policies, Action, Policy, Route};
+pub use evaluate::Outcome;
+pub use policy::{due_policies, Action, Policy, Route, ALL_TIERS};

@@ -1,9 +1,12 @@
 //! Policies and their evaluation: which objects move where, and when.
 //!
 //! A [`Policy`] says: objects in JetStream object-store buckets whose names
-//! match one of `buckets`, stored on tier `from`, go to tier `to` once they are
-//! at least `after` old, either keeping (`copy`) or removing (`move`) the
-//! `from` copy. Evaluation is pure: callers pass the object's age.
+//! match one of `buckets` (and the policy's object [`Conditions`]), stored on
+//! tier `from`, go to tier `to` once they are at least `after` old, either
+//! keeping (`copy`) or removing (`move`) the `from` copy; or, for `expire`,
+//! are deleted from `from` (or from every tier) once that old. Evaluation is
+//! pure: callers pass the object ([`Object`], with its age); which of several
+//! matching policies decides is [`crate::evaluate`]'s.
 
 use std::fmt;
 use std::time::Duration;
@@ -11,10 +14,12 @@ use std::time::Duration;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::{Deserialize, Serialize};
 
+use crate::condition::{Conditions, Miss, Object};
 use crate::error::Problem;
 
-/// What happens to the source copy once an object has reached the
-/// destination tier. TOML: `"copy"` or `"move"`; `Display` is lowercase.
+/// What a policy does to an object: transfer it to the destination tier keeping
+/// (`"copy"`) or removing (`"move"`) the source copy, or delete it (`"expire"`).
+/// `Display` is lowercase.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
 )]
@@ -24,18 +29,27 @@ pub enum Action {
     Copy,
     /// Remove the object from the source tier once the destination has it.
     Move,
+    /// Delete the object from the `from` tier (or every tier: `from = "*"`) once it is `after`
+    /// old: a retention. No destination.
+    Expire,
 }
 
 impl Action {
     /// Every action, in the order they are listed in messages.
-    pub const ALL: [Action; 2] = [Action::Copy, Action::Move];
+    pub const ALL: [Action; 3] = [Action::Copy, Action::Move, Action::Expire];
 
-    /// The TOML spelling: `"copy"` or `"move"`.
+    /// The TOML spelling: `"copy"`, `"move"` or `"expire"`.
     pub fn as_str(self) -> &'static str {
         match self {
             Action::Copy => "copy",
             Action::Move => "move",
+            Action::Expire => "expire",
         }
+    }
+
+    /// Whether the action transfers data to a destination tier (`copy`, `move`).
+    pub fn transfers(self) -> bool {
+        self != Action::Expire
     }
 
     /// Parse the TOML spelling (exact, lowercase).
@@ -62,18 +76,21 @@ pub enum Route {
     LeafToCluster,
     /// JetStream tier → S3 tier: objects are uploaded once older than `after`.
     ClusterToS3,
+    /// An `expire` policy: no transfer, a deletion after a retention.
+    Expire,
 }
 
 impl Route {
     /// Every route.
-    pub const ALL: [Route; 2] = [Route::LeafToCluster, Route::ClusterToS3];
+    pub const ALL: [Route; 3] = [Route::LeafToCluster, Route::ClusterToS3, Route::Expire];
 
-    /// A short kebab-case name: `"leaf-to-cluster"` or `"cluster-to-s3"`
+    /// A short kebab-case name: `"leaf-to-cluster"`, `"cluster-to-s3"` or `"expire"`
     /// (suitable for logs and metric labels).
     pub fn as_str(self) -> &'static str {
         match self {
             Route::LeafToCluster => "leaf-to-cluster",
             Route::ClusterToS3 => "cluster-to-s3",
+            Route::Expire => "expire",
         }
     }
 }
@@ -96,15 +113,27 @@ pub struct Policy {
     /// Glob patterns over JetStream object-store bucket names, as written.
     pub buckets: Vec<String>,
     matcher: GlobSet,
-    /// Name of the source tier.
+    /// Name of the source tier; for `expire`, the tier to delete from, or
+    /// [`ALL_TIERS`] (`"*"`).
     pub from: String,
-    /// Name of the destination tier.
+    /// Name of the destination tier; empty for `expire`.
     pub to: String,
-    /// Copy or move.
+    /// Copy, move or expire.
     pub action: Action,
-    /// Minimum object age before the policy applies (may be zero).
+    /// Minimum object age before the policy applies (may be zero); for
+    /// `expire`, the retention.
     pub after: Duration,
+    /// `false`: validated, shown by `plan` and `explain` as disabled, never
+    /// evaluated. Default `true`.
+    pub enabled: bool,
+    /// What the policy asks of an object besides its bucket and age.
+    pub conditions: Conditions,
+    /// `expire` only: allow a retention below an S3 tier's 90-day minimum.
+    pub force: bool,
 }
+
+/// The `from` of an `expire` policy that deletes from every tier.
+pub const ALL_TIERS: &str = "*";
 
 impl PartialEq for Policy {
     fn eq(&self, other: &Self) -> bool {
@@ -115,6 +144,9 @@ impl PartialEq for Policy {
             && self.to == other.to
             && self.action == other.action
             && self.after == other.after
+            && self.enabled == other.enabled
+            && self.conditions == other.conditions
+            && self.force == other.force
     }
 }
 
@@ -155,12 +187,60 @@ impl Policy {
                 to,
                 action,
                 after,
+                enabled: true,
+                conditions: Conditions::default(),
+                force: false,
             }),
             _ => Err(problems),
         }
     }
 
+    /// An `expire` policy outside a configuration file (e.g. in tests): deletes objects of
+    /// `buckets` from tier `from` (or every tier, [`ALL_TIERS`]) once `after` old.
+    pub fn expire(
+        name: impl Into<String>,
+        buckets: Vec<String>,
+        from: impl Into<String>,
+        after: Duration,
+    ) -> Result<Policy, Vec<Problem>> {
+        let (name, from) = (name.into(), from.into());
+        let mut problems = Vec::new();
+        check_policy_name(&name, "name", &mut problems);
+        let matcher = compile_buckets(&buckets, "buckets", &mut problems);
+        if from.is_empty() {
+            problems.push(Problem::new("from", "must name a tier or \"*\""));
+        }
+        match matcher {
+            Some(matcher) if problems.is_empty() => Ok(Policy {
+                name,
+                buckets,
+                matcher,
+                from,
+                to: String::new(),
+                action: Action::Expire,
+                after,
+                enabled: true,
+                conditions: Conditions::default(),
+                force: false,
+            }),
+            _ => Err(problems),
+        }
+    }
+
+    /// The same policy with these object conditions.
+    pub fn with_conditions(mut self, conditions: Conditions) -> Policy {
+        self.conditions = conditions;
+        self
+    }
+
+    /// The same policy, enabled or not.
+    pub fn with_enabled(mut self, enabled: bool) -> Policy {
+        self.enabled = enabled;
+        self
+    }
+
     /// Assemble from already-validated parts (used by the config validator).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn from_parts(
         name: String,
         buckets: Vec<String>,
@@ -169,6 +249,9 @@ impl Policy {
         to: String,
         action: Action,
         after: Duration,
+        enabled: bool,
+        conditions: Conditions,
+        force: bool,
     ) -> Policy {
         Policy {
             name,
@@ -178,6 +261,9 @@ impl Policy {
             to,
             action,
             after,
+            enabled,
+            conditions,
+            force,
         }
     }
 
@@ -192,15 +278,32 @@ impl Policy {
         age >= self.after
     }
 
+    /// Whether the policy acts on tier `tier`: its `from`, or any tier for an
+    /// `expire` from [`ALL_TIERS`].
+    pub fn acts_on(&self, tier: &str) -> bool {
+        self.from == tier || (self.action == Action::Expire && self.from == ALL_TIERS)
+    }
+
     /// Whether the policy covers objects of `bucket` stored on tier
-    /// `from_tier`, regardless of age.
+    /// `from_tier`, regardless of age and object conditions.
     pub fn applies_to(&self, from_tier: &str, bucket: &str) -> bool {
-        self.from == from_tier && self.matches_bucket(bucket)
+        self.acts_on(from_tier) && self.matches_bucket(bucket)
+    }
+
+    /// Whether `object` meets the bucket globs and the object conditions (not the age):
+    /// the first condition that fails otherwise.
+    pub fn check(&self, object: &Object<'_>) -> Result<(), Miss> {
+        if !self.matches_bucket(object.bucket) {
+            return Err(Miss::Bucket);
+        }
+        self.conditions.check(object)
     }
 }
 
 /// The due policies from tier `from_tier` that match `bucket`, given the
-/// object's age. A Move, if any is due, is listed first.
+/// object's age, ignoring object conditions and `enabled` (see
+/// [`crate::evaluate`] for the decision on one object). A Move, if any is due,
+/// is listed first.
 ///
 /// Precisely: the policies with `from == from_tier`, a glob matching
 /// `bucket` and `after <= age`, moves before copies, otherwise in
@@ -406,6 +509,8 @@ mod tests {
         assert_eq!(Action::from_name("Move"), None);
         assert_eq!(Route::LeafToCluster.to_string(), "leaf-to-cluster");
         assert_eq!(Route::ClusterToS3.to_string(), "cluster-to-s3");
+        assert_eq!(Action::from_name("expire"), Some(Action::Expire));
+        assert_eq!(Route::Expire.to_string(), "expire");
     }
 
     #[test]

@@ -172,6 +172,7 @@ replicas = 3
 kind = "jetstream"
 url = "{leaf_url}"
 domain = "{LEAF_DOMAIN}"
+role = "leaf"
 
 [tiers.hub]
 kind = "jetstream"

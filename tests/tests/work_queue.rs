@@ -11,7 +11,7 @@ use async_nats::jetstream::{self, object_store, stream};
 use cim_tests::{wait_until, RoleProcess, Topology};
 use cim_tiering::digest::Sha256Digest;
 use cim_tiering::work::{ObjectMove, WorkItem, WorkQueue};
-use common::{content, sample, scrape, spawn_role, Roles, Tiers};
+use common::{content, sample, scrape, spawn_role, work_messages, Roles, Tiers};
 
 /// The work stream's name (`[work] stream` default).
 const WORK_STREAM: &str = "CIM_WORK";
@@ -31,25 +31,6 @@ async fn put_hub(hub: &jetstream::Context, bucket: &str, name: &str, data: &[u8]
     };
     let mut reader = data;
     store.put(name, &mut reader).await.unwrap();
-}
-
-/// Every message in the work stream: (subject, decoded JSON payload).
-async fn work_messages(hub: &jetstream::Context) -> Vec<(String, serde_json::Value)> {
-    let mut work = hub.get_stream(WORK_STREAM).await.unwrap();
-    let state = work.info().await.unwrap().state.clone();
-    let mut out = Vec::new();
-    if state.messages == 0 {
-        return out;
-    }
-    for seq in state.first_sequence..=state.last_sequence {
-        // Acked (work-queue) messages are gone; gaps are normal.
-        if let Ok(message) = work.get_raw_message(seq).await {
-            let value = serde_json::from_slice(&message.payload)
-                .unwrap_or_else(|_| serde_json::Value::String("<not json>".into()));
-            out.push((message.subject.to_string(), value));
-        }
-    }
-    out
 }
 
 /// Completed manager passes, from the manager's /metrics (0 while it is not serving yet).

@@ -68,6 +68,31 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show what the manager would queue now, object by object, with the policy and the reason
+    /// (read-only: runs the manager's evaluation against the tiers and queues nothing).
+    Plan {
+        /// The configuration file shared by all roles (.toml or .json).
+        #[arg(long, env = "CIM_CONFIG")]
+        config: PathBuf,
+        /// One JSON array of items instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show where one object's copies are and what every policy makes of it, and why.
+    Explain {
+        /// The configuration file shared by all roles (.toml or .json).
+        #[arg(long, env = "CIM_CONFIG")]
+        config: PathBuf,
+        /// The object-store bucket.
+        #[arg(long)]
+        bucket: String,
+        /// The object's name.
+        #[arg(long)]
+        name: String,
+        /// One JSON object instead of the text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the shell completion script for SHELL to stdout.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -126,7 +151,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
             metrics_listen,
             once,
         } => {
+            let path = config.display().to_string();
             let config = cli::load_config(&config)?;
+            if let Some(why) = cim_tiering::manager::unsupported(&config) {
+                anyhow::bail!("{path}: {why}");
+            }
             if once {
                 let system = Arc::new(
                     System::connect(config, "cim-storage manager")
@@ -174,6 +203,52 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print!("{}", report.render());
+            }
+            Ok(())
+        }
+        Command::Plan { config, json } => {
+            let config = cli::load_config(&config)?;
+            let system = Arc::new(
+                System::connect(config, "cim-storage plan")
+                    .await
+                    .context("connecting")?,
+            );
+            let planner = Manager::planner(system);
+            let report = tokio::time::timeout(PASS_DEADLINE, planner.pass())
+                .await
+                .map_err(|_| {
+                    anyhow::anyhow!("the pass exceeded its deadline ({PASS_DEADLINE:?})")
+                })??;
+            let rows = cim_tiering::manager::plan::rows(&report.planned);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", cim_tiering::manager::plan::table(&rows));
+            }
+            if report.skipped > 0 {
+                eprintln!(
+                    "warning: {} tiers, buckets or objects could not be evaluated (see the log)",
+                    report.skipped
+                );
+            }
+            Ok(())
+        }
+        Command::Explain {
+            config,
+            bucket,
+            name,
+            json,
+        } => {
+            let config = cli::load_config(&config)?;
+            let system = System::connect(config, "cim-storage explain")
+                .await
+                .context("connecting")?;
+            let explanation =
+                cim_tiering::manager::explain::explain(&system, &bucket, &name).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&explanation)?);
+            } else {
+                print!("{}", explanation.text());
             }
             Ok(())
         }

@@ -29,6 +29,8 @@ use crate::policy::{Policy, Route};
 pub mod defaults;
 mod duration;
 mod format;
+#[cfg(test)]
+mod policy_tests;
 mod raw;
 mod sections;
 #[cfg(test)]
@@ -40,7 +42,7 @@ pub use sections::{
     CatalogConfig, ManagerConfig, MetricsConfig, NatsConfig, RestoreConfig, UploadConfig,
     WorkConfig,
 };
-pub use tiers::{JetStreamTier, S3Flavor, S3Tier, S3Verify, Tier};
+pub use tiers::{JetStreamRole, JetStreamTier, S3Flavor, S3Tier, S3Verify, Tier};
 
 pub use format::Format;
 
@@ -121,10 +123,13 @@ impl Config {
 
     /// The route a (validated) policy takes, from the kinds of its tiers.
     ///
-    /// For a policy that did not come from this configuration: an S3 `to`
-    /// tier gives [`Route::ClusterToS3`], anything else
-    /// [`Route::LeafToCluster`].
+    /// An `expire` policy gives [`Route::Expire`]. For a policy that did not
+    /// come from this configuration: an S3 `to` tier gives
+    /// [`Route::ClusterToS3`], anything else [`Route::LeafToCluster`].
     pub fn route(&self, policy: &Policy) -> Route {
+        if policy.action == crate::Action::Expire {
+            return Route::Expire;
+        }
         match self.tier(&policy.to) {
             Some(Tier::S3(_)) => Route::ClusterToS3,
             _ => Route::LeafToCluster,

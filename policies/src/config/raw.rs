@@ -49,6 +49,7 @@ pub(super) struct Tier {
     pub url: Option<String>,
     pub domain: Option<String>,
     pub replicas: Option<i64>,
+    pub role: Option<String>,
     // s3
     pub endpoint: Option<String>,
     pub region: Option<String>,
@@ -66,9 +67,25 @@ pub(super) struct Policy {
     pub name: String,
     pub buckets: Vec<String>,
     pub from: String,
-    pub to: String,
+    pub to: Option<String>,
     pub action: String,
     pub after: String,
+    pub enabled: Option<bool>,
+    pub names: Option<Vec<String>>,
+    pub prefix: Option<String>,
+    pub min_size: Option<Size>,
+    pub max_size: Option<Size>,
+    pub metadata: Option<BTreeMap<String, String>>,
+    pub headers: Option<BTreeMap<String, String>>,
+    pub force: Option<bool>,
+}
+
+/// A size: a whole number of bytes, or a string with a unit (`"4 KiB"`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum Size {
+    Bytes(i64),
+    Text(String),
 }
 
 #[derive(Deserialize, Default)]

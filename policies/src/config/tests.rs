@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use super::{
-    defaults, CatalogConfig, Config, ManagerConfig, MetricsConfig, RestoreConfig, S3Flavor,
-    UploadConfig, WorkConfig,
+    defaults, CatalogConfig, Config, JetStreamRole, ManagerConfig, MetricsConfig, RestoreConfig,
+    S3Flavor, UploadConfig, WorkConfig,
 };
 use crate::error::{ConfigError, Problem};
 use crate::policy::{Action, Route};
@@ -50,6 +50,7 @@ fn example_parses_and_validates() {
     assert_eq!(leaf.url.as_deref(), Some("nats://127.0.0.1:4333"));
     assert_eq!(leaf.domain, "leaf");
     assert_eq!(leaf.replicas, 1);
+    assert_eq!(leaf.role, JetStreamRole::Leaf);
     let hub = config.tier("hub").unwrap().as_jetstream().unwrap();
     assert_eq!(hub.url, None);
     assert_eq!(hub.effective_url(&config.nats), "nats://127.0.0.1:4222");
@@ -197,8 +198,8 @@ fn three_mistakes_three_problems() {
     assert_eq!(
         err.to_string(),
         r#"test.toml: 3 problems
-  policy[0].to: no tier named "hubb" (tiers: hub, leaf, wasabi)
-  policy[1].action: "mvoe" is not an action (use "copy" or "move")
+  policy[0].to: policy "edge-to-cluster": no tier named "hubb" (tiers: hub, leaf, wasabi)
+  policy[1].action: "mvoe" is not an action (use "copy", "move", "expire")
   policy[1].after: "3x" is not a duration (examples: "10m", "30d", "0s")"#
     );
 }
@@ -390,7 +391,7 @@ fn every_problem_is_reported() {
     for expected in [
         r#"policy[0].from: tier "s3" is an s3 tier; data leaves S3 only through `cim-gateway restore`"#,
         r#"policy[2].name: duplicate policy name "dup" (also used by policy[1])"#,
-        r#"policy[2].from: no tier named "nowhere" (tiers: bad name, leaf, s3, s3b, tape)"#,
+        r#"policy[2].from: policy "dup": no tier named "nowhere" (tiers: bad name, leaf, s3, s3b, tape)"#,
         r#"tiers.tape.kind: unknown tier kind "tape" (kinds: jetstream, s3)"#,
         r#"tiers.leaf.url: "localhost:2" is not a NATS server URL"#,
         r#"policy[1].after: "10" is not a duration (examples: "10m", "30d", "0s")"#,
@@ -564,8 +565,8 @@ fn json_problems_are_the_toml_problems() {
             .unwrap_err()
             .to_string(),
         r#"test.json: 3 problems
-  policy[0].to: no tier named "hubb" (tiers: hub, leaf, wasabi)
-  policy[1].action: "mvoe" is not an action (use "copy" or "move")
+  policy[0].to: policy "edge-to-cluster": no tier named "hubb" (tiers: hub, leaf, wasabi)
+  policy[1].action: "mvoe" is not an action (use "copy", "move", "expire")
   policy[1].after: "3x" is not a duration (examples: "10m", "30d", "0s")"#
     );
 }

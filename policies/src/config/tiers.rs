@@ -54,6 +54,37 @@ pub struct JetStreamTier {
     /// NATS credentials file for this tier; `None` = use `[nats]
     /// credentials_file` (if any).
     pub credentials_file: Option<PathBuf>,
+    /// Edge leaf or hub cluster. Default [`JetStreamRole::Cluster`]; marking the leaves lets
+    /// validation refuse a policy that sends data into a leaf.
+    pub role: JetStreamRole,
+}
+
+/// What a JetStream tier is in the topology. TOML: `role = "leaf"` or `"cluster"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum JetStreamRole {
+    /// An edge leaf node: data only leaves it (sourced to the cluster).
+    Leaf,
+    /// The hub cluster (the default).
+    #[default]
+    Cluster,
+}
+
+impl JetStreamRole {
+    /// Every role.
+    pub const ALL: [JetStreamRole; 2] = [JetStreamRole::Leaf, JetStreamRole::Cluster];
+
+    /// The TOML spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JetStreamRole::Leaf => "leaf",
+            JetStreamRole::Cluster => "cluster",
+        }
+    }
+
+    /// Parse the TOML spelling (exact, lowercase).
+    pub fn from_name(name: &str) -> Option<JetStreamRole> {
+        JetStreamRole::ALL.into_iter().find(|r| r.as_str() == name)
+    }
 }
 
 impl JetStreamTier {

@@ -8,14 +8,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{
-    defaults, duration, raw, CatalogConfig, Config, ManagerConfig, MetricsConfig, NatsConfig,
-    RestoreConfig, UploadConfig, WorkConfig, MIB,
+    defaults, duration, raw, CatalogConfig, Config, JetStreamRole, ManagerConfig, MetricsConfig,
+    NatsConfig, RestoreConfig, UploadConfig, WorkConfig, MIB,
 };
 use crate::error::Problem;
-use crate::policy::{
-    check_policy_name, compile_buckets, is_simple_name, same_tier_problem, Action, Policy,
-};
+use crate::policy::{is_simple_name, Policy};
 
+mod policy;
 mod tier;
 
 /// Collects problems while converting raw values.
@@ -177,101 +176,11 @@ impl Checker {
             replicas: replicas?,
         })
     }
-
-    /// `kinds`: every tier name in the file, with its kind if that was
-    /// recognised.
-    fn policy(
-        &mut self,
-        index: usize,
-        raw: raw::Policy,
-        kinds: &BTreeMap<String, Option<TierKind>>,
-        seen_names: &mut HashMap<String, usize>,
-    ) -> Option<Policy> {
-        let at = |field: &str| format!("policy[{index}].{field}");
-        let before = self.problems.len();
-
-        check_policy_name(&raw.name, &at("name"), &mut self.problems);
-        if !raw.name.is_empty() {
-            if let Some(first) = seen_names.get(&raw.name) {
-                self.problem(
-                    &at("name"),
-                    format!(
-                        "duplicate policy name {:?} (also used by policy[{first}])",
-                        raw.name
-                    ),
-                );
-            } else {
-                seen_names.insert(raw.name.clone(), index);
-            }
-        }
-
-        let matcher = compile_buckets(&raw.buckets, &at("buckets"), &mut self.problems);
-
-        let tier_list = if kinds.is_empty() {
-            "no tiers are defined".to_owned()
-        } else {
-            let names: Vec<&str> = kinds.keys().map(String::as_str).collect();
-            format!("tiers: {}", names.join(", "))
-        };
-        let mut lookup = |field: &str, tier: &str| -> Option<Option<TierKind>> {
-            let kind = kinds.get(tier).copied();
-            if kind.is_none() {
-                self.problem(&at(field), format!("no tier named {tier:?} ({tier_list})"));
-            }
-            kind
-        };
-        let from_kind = lookup("from", &raw.from);
-        lookup("to", &raw.to);
-
-        if from_kind == Some(Some(TierKind::S3)) {
-            self.problem(
-                &at("from"),
-                format!(
-                    "tier {:?} is an s3 tier; data leaves S3 only through `cim-gateway restore`",
-                    raw.from
-                ),
-            );
-        }
-        if from_kind.is_some() && raw.from == raw.to {
-            self.problems.push(same_tier_problem(&at("to"), &raw.to));
-        }
-
-        let action = Action::from_name(&raw.action);
-        if action.is_none() {
-            let names: Vec<String> = Action::ALL
-                .iter()
-                .map(|a| format!("{:?}", a.as_str()))
-                .collect();
-            self.problem(
-                &at("action"),
-                format!(
-                    "{:?} is not an action (use {})",
-                    raw.action,
-                    names.join(" or ")
-                ),
-            );
-        }
-
-        let after = self.duration(&at("after"), &raw.after, AFTER_EXAMPLES);
-
-        if self.problems.len() != before {
-            return None;
-        }
-        Some(Policy::from_parts(
-            raw.name,
-            raw.buckets,
-            matcher?,
-            raw.from,
-            raw.to,
-            action?,
-            after?,
-        ))
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TierKind {
-    JetStream,
+    JetStream(JetStreamRole),
     S3,
 }
 
@@ -292,7 +201,12 @@ pub(super) fn validate(raw: raw::Config) -> Result<Config, Vec<Problem>> {
         .iter()
         .map(|(name, t)| {
             let kind = match t.kind.as_str() {
-                "jetstream" => Some(TierKind::JetStream),
+                "jetstream" => Some(TierKind::JetStream(
+                    t.role
+                        .as_deref()
+                        .and_then(JetStreamRole::from_name)
+                        .unwrap_or_default(),
+                )),
                 "s3" => Some(TierKind::S3),
                 _ => None,
             };
@@ -310,9 +224,11 @@ pub(super) fn validate(raw: raw::Config) -> Result<Config, Vec<Problem>> {
     let mut seen_names = HashMap::new();
     for (index, rp) in raw.policy.into_iter().enumerate() {
         if let Some(p) = c.policy(index, rp, &kinds, &mut seen_names) {
-            policies.push(p);
+            policies.push((index, p));
         }
     }
+    c.policy_set(&policies);
+    let policies: Vec<Policy> = policies.into_iter().map(|(_, p)| p).collect();
 
     let listen = match raw.metrics.listen {
         None => Some(defaults::METRICS_LISTEN),

@@ -430,3 +430,22 @@ pub async fn s3_store(topology: &Topology, prefix: &str) -> cim_gateway::s3::S3S
     };
     cim_gateway::s3::S3Store::connect(&tier).await.unwrap()
 }
+
+/// Every message in the work stream: (subject, decoded JSON payload).
+pub async fn work_messages(hub: &jetstream::Context) -> Vec<(String, serde_json::Value)> {
+    let mut work = hub.get_stream("CIM_WORK").await.unwrap();
+    let state = work.info().await.unwrap().state.clone();
+    let mut out = Vec::new();
+    if state.messages == 0 {
+        return out;
+    }
+    for seq in state.first_sequence..=state.last_sequence {
+        // Acked (work-queue) messages are gone; gaps are normal.
+        if let Ok(message) = work.get_raw_message(seq).await {
+            let value = serde_json::from_slice(&message.payload)
+                .unwrap_or_else(|_| serde_json::Value::String("<not json>".into()));
+            out.push((message.subject.to_string(), value));
+        }
+    }
+    out
+}

@@ -39,7 +39,7 @@ use crate::error::Error;
 /// Most subjects named in one `multi_last` request (nats-server 2.15 refuses more than 1,024).
 const RECHECK_BATCH: usize = 1000;
 
-/// What the index keeps of one object's current meta message: 80 bytes, plus the name and the
+/// What the index keeps of one object's current meta message: 88 bytes, plus the name and the
 /// nuid on the heap (a million objects: 283 MiB peak RSS of the manager in the bench).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Meta {
@@ -55,8 +55,21 @@ pub struct Meta {
     pub digest: Option<Sha256Digest>,
     /// Live object, user delete marker, or something the system does not move (a link).
     pub kind: Kind,
+    /// The object's metadata and headers, kept only by an index asked to
+    /// ([`MetaIndex::keep_attributes`]: a policy of the bucket tests them); 8 bytes when not.
+    pub attributes: Option<Box<Attributes>>,
     /// Set by the walk of a [`MetaIndex::rescan`]; entries it leaves unset are gone.
     seen: bool,
+}
+
+/// An object's object-store `metadata` and `headers` (each header's first value), for the
+/// policies' metadata and header conditions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Attributes {
+    /// `metadata`: key → value.
+    pub metadata: std::collections::BTreeMap<String, String>,
+    /// `headers`: name → first value.
+    pub headers: std::collections::BTreeMap<String, String>,
 }
 
 /// What an object's current meta message says.
@@ -87,6 +100,8 @@ pub struct MetaIndex {
     unreadable: HashMap<Arc<str>, String>,
     /// Whether the first walk is done.
     scanned: bool,
+    /// Whether to keep each object's [`Attributes`].
+    attributes: bool,
 }
 
 /// What one [`MetaIndex::follow`] found.
@@ -103,6 +118,15 @@ impl MetaIndex {
     /// An empty index: the first [`MetaIndex::follow`] walks the bucket from sequence 1.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Keeps each object's metadata and headers from now on. An index that did not keep them
+    /// walks its bucket again from the start at its next follow, to take them in.
+    pub fn keep_attributes(&mut self) {
+        if !self.attributes {
+            self.attributes = true;
+            self.cursor = 0;
+        }
     }
 
     /// The last stream sequence the index has taken in.
@@ -250,7 +274,26 @@ impl MetaIndex {
         } else {
             Kind::Other
         };
+        let attributes = self.attributes.then(|| {
+            let headers = info.headers.as_ref().map(|h| {
+                h.iter()
+                    .filter_map(|(name, values)| {
+                        let name: &str = name.as_ref();
+                        Some((name.to_owned(), values.first()?.as_str().to_owned()))
+                    })
+                    .collect()
+            });
+            Box::new(Attributes {
+                metadata: info
+                    .metadata
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                headers: headers.unwrap_or_default(),
+            })
+        });
         let meta = Meta {
+            attributes,
             seq: message.seq,
             stored_ms: (message.time.unix_timestamp_nanos() / 1_000_000) as i64,
             size: info.size as u64,

@@ -10,7 +10,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cim_policies::{Action, Policy, Route};
+use cim_policies::evaluate::{describe, evaluate_into, Outcome};
+use cim_policies::{Action, Config, Object, Policy, Route};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -22,6 +23,8 @@ use crate::metrics::{self, Backlog};
 use crate::system::System;
 use crate::work::{ObjectDelete, ObjectMove, WorkItem};
 
+pub mod explain;
+pub mod plan;
 mod state;
 
 pub use state::REQUEUE_AFTER;
@@ -38,6 +41,8 @@ pub struct PassReport {
     pub skipped: usize,
     /// Per policy, what is due and not yet done (for `cim-storage status`).
     pub backlog: Vec<crate::status::PolicyBacklog>,
+    /// What a planner's pass would have queued, in order (empty for a manager that queues).
+    pub planned: Vec<plan::Planned>,
 }
 
 /// A pass that takes longer is abandoned (logged) and the next one starts after the interval.
@@ -50,6 +55,9 @@ pub struct Manager {
     system: Arc<System>,
     /// The indexes and what was queued; one pass at a time.
     state: Mutex<State>,
+    /// A planner (`cim-storage plan`): passes decide as always but queue nothing, and report
+    /// what they would have queued.
+    dry: bool,
 }
 
 /// An item to queue and what to remember of it.
@@ -57,6 +65,34 @@ struct Pending {
     item: WorkItem,
     name: Arc<str>,
     queued: Queued,
+    /// Why it is due, for a planner (`None` for a manager that queues: no string per object).
+    why: Option<String>,
+}
+
+/// Why this version's manager cannot carry out `config`'s policies, if it cannot: an enabled
+/// `expire` policy is validated and evaluated (`plan`, `explain`) but no role deletes yet, and
+/// the manager must not look as if it kept a retention it does not keep.
+pub fn unsupported(config: &Config) -> Option<String> {
+    let expiring: Vec<String> = config
+        .policies
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.enabled && p.action == Action::Expire)
+        .map(|(i, p)| format!("policy[{i}] {:?}", p.name))
+        .collect();
+    (!expiring.is_empty()).then(|| {
+        format!(
+            "{}: action = \"expire\" is not carried out by this version's roles yet; remove it \
+             or set enabled = false (cim-storage plan and explain show what it would do)",
+            expiring.join(", ")
+        )
+    })
+}
+
+/// Whether the manager acts on `policy` in its passes: enabled transfers (`expire` is refused
+/// at start, see [`unsupported`]).
+fn acts(policy: &Policy) -> bool {
+    policy.enabled && policy.action.transfers()
 }
 
 impl Manager {
@@ -70,6 +106,17 @@ impl Manager {
         Self {
             system,
             state: Mutex::new(State::default()),
+            dry: false,
+        }
+    }
+
+    /// A planner over the role's connections: its [`Manager::pass`] runs the manager's very
+    /// evaluation against the tiers' current state, queues nothing, and lists in
+    /// [`PassReport::planned`] what it would have queued, with the policy and the reason.
+    pub fn planner(system: Arc<System>) -> Self {
+        Self {
+            dry: true,
+            ..Self::new(system)
         }
     }
 
@@ -126,6 +173,9 @@ impl Manager {
             Ok(())
         };
         for (position, policy) in self.system.config.policies.iter().enumerate() {
+            if !acts(policy) {
+                continue;
+            }
             let span = tracing::info_span!("policy", policy = %policy.name, from = %policy.from, to = %policy.to);
             let context = Context {
                 position,
@@ -225,11 +275,10 @@ impl Manager {
     /// Whether some policy decides on the catalog: cluster → S3 (copies, damage, deletes) and
     /// leaf → cluster `move` (a copy verified beyond the cluster lets the leaf copy go).
     fn needs_catalog(&self) -> bool {
-        self.system
-            .config
-            .policies
-            .iter()
-            .any(|p| self.system.config.route(p) == Route::ClusterToS3 || p.action == Action::Move)
+        self.system.config.policies.iter().any(|p| {
+            acts(p)
+                && (self.system.config.route(p) == Route::ClusterToS3 || p.action == Action::Move)
+        })
     }
 
     /// One policy over every bucket of its source tier.
@@ -331,6 +380,11 @@ impl Manager {
         // The source bucket's index, and for leaf → cluster the cluster's: eviction is queued
         // only once the cluster holds the version.
         let mut source = state.take(tier.name(), bucket);
+        if self.system.config.policies.iter().any(|p| {
+            acts(p) && p.applies_to(tier.name(), bucket) && p.conditions.needs_attributes()
+        }) {
+            source.index.keep_attributes();
+        }
         let followed = follow(tier, bucket, &mut source).await;
         let mut target = None;
         if let (Ok(()), Some(listed)) = (&followed, cluster_buckets) {
@@ -406,6 +460,14 @@ impl Manager {
             to: cx.policy.to.clone(),
             bucket: bucket.to_string(),
         };
+        if self.dry {
+            report.planned.push(plan::Planned {
+                item: source,
+                why: "sources the whole bucket to the cluster, continuously".into(),
+            });
+            state.sources.insert(key, now);
+            return Ok(());
+        }
         let role = source.role();
         let queued = self
             .system
@@ -437,6 +499,7 @@ impl Manager {
         let policy = cx.policy;
         let now = Instant::now();
         let mut pending = Vec::new();
+        let mut outcomes = Vec::with_capacity(self.system.config.policies.len());
         for (name, reason) in source.index.unreadable() {
             let e = Error::BadMeta {
                 tier: tier.name().to_string(),
@@ -478,14 +541,33 @@ impl Manager {
                             at: now,
                             evicts: false,
                         },
+                        why: self
+                            .dry
+                            .then(|| "deleted by a user: the deletion goes on to S3".into()),
                     });
                     continue;
                 }
                 Kind::Live => {}
                 _ => continue,
             }
-            // Age from when the tier stored it: the writer's clock may say anything.
-            if !policy.is_due(meta.age(cx.now)) {
+            // Age from when the tier stored it: the writer's clock may say anything. Whether
+            // this policy decides is the one evaluation `plan` and `explain` show.
+            let attributes = meta.attributes.as_deref();
+            let object = Object {
+                bucket,
+                name,
+                size: meta.size,
+                age: meta.age(cx.now),
+                metadata: attributes.map(|a| &a.metadata),
+                headers: attributes.map(|a| &a.headers),
+            };
+            evaluate_into(
+                &self.system.config.policies,
+                tier.name(),
+                &object,
+                &mut outcomes,
+            );
+            if outcomes.get(cx.position) != Some(&Outcome::Decides) {
                 continue;
             }
             let Some(digest) = meta.digest else {
@@ -538,10 +620,20 @@ impl Manager {
                     due.add(meta.size, meta.age(cx.now).saturating_sub(policy.after));
                     WorkItem::Upload(job)
                 }
+                // Never evaluated here: see `acts` and `unsupported`.
+                Route::Expire => continue,
             };
             if recently(name, meta.seq) {
                 continue;
             }
+            let why = self.dry.then(|| {
+                describe(
+                    &self.system.config.policies,
+                    cx.position,
+                    &Outcome::Decides,
+                    meta.age(cx.now),
+                )
+            });
             pending.push(Pending {
                 item,
                 name: name.clone(),
@@ -550,6 +642,7 @@ impl Manager {
                     at: now,
                     evicts: policy.action == Action::Move,
                 },
+                why,
             });
         }
         pending
@@ -566,10 +659,22 @@ impl Manager {
         if pending.is_empty() {
             return;
         }
+        if self.dry {
+            for p in pending {
+                report.planned.push(plan::Planned {
+                    item: p.item,
+                    why: p.why.unwrap_or_default(),
+                });
+            }
+            return;
+        }
         let items: Vec<WorkItem> = pending.iter().map(|p| p.item.clone()).collect();
         let results = self.system.work.publish_all(&items).await;
         for (p, result) in pending.into_iter().zip(results) {
             match result {
+                // Refused because this object's copy (another policy, same step) is still
+                // pending: asked again next pass, so the move follows the copy at once.
+                Ok(false) if self.behind_a_copy(cx, bucket, &p) => {}
                 Ok(queued) => {
                     if queued {
                         report.queued += 1;
@@ -581,6 +686,27 @@ impl Manager {
                 Err(e) => skipped(cx.policy, Skip::QueueUnavailable, &e, report),
             }
         }
+    }
+}
+
+impl Manager {
+    /// Whether `p`, a `move`, was queued for a version that a `copy` on the same tier pair
+    /// queued within [`REQUEUE_AFTER`] (the two share the item's subject).
+    fn behind_a_copy(&self, cx: &Context<'_>, bucket: &BucketState, p: &Pending) -> bool {
+        if cx.policy.action != Action::Move {
+            return false;
+        }
+        let now = Instant::now();
+        let policies = &self.system.config.policies;
+        policies.iter().enumerate().any(|(position, other)| {
+            other.action == Action::Copy
+                && other.from == cx.policy.from
+                && other.to == cx.policy.to
+                && bucket
+                    .queued
+                    .get(&(position, p.name.clone()))
+                    .is_some_and(|q| q.covers(p.queued.seq, now))
+        })
     }
 }
 

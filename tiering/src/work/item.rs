@@ -183,14 +183,21 @@ impl WorkItem {
             } => {
                 format!("ensure-source:{from}:{to}:{bucket}")
             }
+            // A move is other work than a copy of the same version (it also evicts): with
+            // one id, the move that follows a copy within the duplicate window was dropped.
             WorkItem::LeafEvict(m) | WorkItem::Upload(m) => format!(
-                "{}:{}:{}:{}:{}:{}",
+                "{}:{}:{}:{}:{}:{}{}",
                 self.role(),
                 m.from,
                 m.to,
                 m.bucket,
                 URL_SAFE_NO_PAD.encode(&m.name),
-                m.nuid
+                m.nuid,
+                if m.action == Action::Move {
+                    ":move"
+                } else {
+                    ""
+                }
             ),
             WorkItem::Delete(d) => format!(
                 "delete:{}:{}:{}:{}:{}",
@@ -337,6 +344,13 @@ mod tests {
         );
         assert_ne!(a1, WorkItem::Upload(job("b", "N1")).id());
         assert_ne!(a1, WorkItem::LeafEvict(job("a", "N1")).id());
+        let mut copy = job("a", "N1");
+        copy.action = Action::Copy;
+        assert_ne!(
+            a1,
+            WorkItem::Upload(copy).id(),
+            "a move after a copy of the same version is new work"
+        );
         // Names with dots, spaces or slashes never leak into the id's structure.
         assert!(!WorkItem::Upload(job("x.y z/w", "N")).id().contains(' '));
     }

@@ -1,12 +1,14 @@
 //! `[tiers.<name>]`: the checks of one tier, by kind.
 
 use super::Checker;
-use crate::config::{defaults, raw, JetStreamTier, S3Flavor, S3Tier, S3Verify, Tier};
+use crate::config::{
+    defaults, raw, JetStreamRole, JetStreamTier, S3Flavor, S3Tier, S3Verify, Tier,
+};
 use crate::policy::is_simple_name;
 
 const RETENTION_EXAMPLES: &str = r#""90d", "180d", "1y""#;
 const TIER_KINDS: &str = "jetstream, s3";
-const JETSTREAM_KEYS: &str = "kind, url, domain, replicas, credentials_file";
+const JETSTREAM_KEYS: &str = "kind, url, domain, replicas, credentials_file, role";
 const S3_KEYS: &str = "kind, endpoint, region, bucket, prefix, credentials_file, flavor, \
                        force_path_style, retention, verify";
 
@@ -58,11 +60,25 @@ impl Checker {
                     None => Some(defaults::JETSTREAM_REPLICAS),
                     Some(r) => self.usize_in(&at("replicas"), r, defaults::REPLICAS_RANGE),
                 };
+                let role = match raw.role {
+                    None => Some(JetStreamRole::default()),
+                    Some(r) => {
+                        let role = JetStreamRole::from_name(&r);
+                        if role.is_none() {
+                            self.problem(
+                                &at("role"),
+                                format!("{r:?} is not a role (use \"leaf\" or \"cluster\")"),
+                            );
+                        }
+                        role
+                    }
+                };
                 Some(Tier::JetStream(JetStreamTier {
                     url: url?,
                     domain: domain?,
                     replicas: replicas?,
                     credentials_file: credentials_file?,
+                    role: role?,
                 }))
             }
             "s3" => {
@@ -70,6 +86,7 @@ impl Checker {
                     ("url", raw.url.is_some()),
                     ("domain", raw.domain.is_some()),
                     ("replicas", raw.replicas.is_some()),
+                    ("role", raw.role.is_some()),
                 ] {
                     if present {
                         self.problem(

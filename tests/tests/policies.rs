@@ -1,0 +1,183 @@
+//! The policy language on the real topology (issue 10 item 1): object conditions decide what
+//! the roles move, and a `copy` plus a `move` on the same tier pair (the backup-and-tier
+//! pattern) upload once, then evict.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::process::Command;
+use std::time::Duration;
+
+use async_nats::jetstream::object_store::ObjectMetadata;
+use cim_tests::{cim_bin, wait_until, Topology};
+use common::{content, describe, put_hub, work_messages, Roles, Tiers};
+
+const CONDITIONS: &str = r#"
+[[policy]]
+name = "csv-mid-size"
+buckets = ["pol"]
+names = ["*.csv"]
+min_size = "2 KiB"
+max_size = "8 KiB"
+from = "hub"
+to = "s3"
+action = "copy"
+after = "0s"
+
+[[policy]]
+name = "cold"
+buckets = ["pol"]
+prefix = "cold/"
+metadata = { class = "cold" }
+from = "hub"
+to = "s3"
+action = "copy"
+after = "0s"
+
+[[policy]]
+name = "switched-off"
+buckets = ["*"]
+from = "hub"
+to = "s3"
+action = "move"
+after = "0s"
+enabled = false
+"#;
+
+async fn put_with_metadata(tiers: &Tiers, bucket: &str, name: &str, class: &str, data: &[u8]) {
+    let store = tiers.hub_tier.ensure_bucket(bucket).await.unwrap();
+    let meta = ObjectMetadata {
+        name: name.to_string(),
+        metadata: HashMap::from([("class".to_string(), class.to_string())]),
+        ..Default::default()
+    };
+    store.put(meta, &mut &data[..]).await.unwrap();
+}
+
+/// Objects on both sides of every condition (name glob, size range, prefix, metadata) and a
+/// disabled policy that would move everything: one manager pass queues exactly the matching
+/// objects (read from the work stream before any role runs), and the roles then copy exactly
+/// those to S3 and leave every object on the hub.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_roles_move_exactly_the_objects_the_conditions_match() {
+    let topology = Topology::start().await.unwrap();
+    let config = topology.write_config(CONDITIONS);
+    let tiers = Tiers::connect(&topology).await;
+    let bucket = "pol";
+    for (name, len) in [
+        ("a.csv", 4096),      // matches csv-mid-size
+        ("small.csv", 1000),  // below min_size
+        ("large.csv", 16384), // above max_size
+        ("a.txt", 4096),      // name glob does not match
+    ] {
+        put_hub(&tiers, bucket, name, &content(len as u64, len)).await;
+    }
+    put_with_metadata(&tiers, bucket, "cold/x", "cold", &content(1, 100)).await; // matches cold
+    put_with_metadata(&tiers, bucket, "cold/y", "hot", &content(2, 100)).await; // metadata differs
+    put_with_metadata(&tiers, bucket, "warm/z", "cold", &content(3, 100)).await; // prefix differs
+    let expected: BTreeSet<String> = ["a.csv", "cold/x"].map(String::from).into();
+
+    // One pass, before any role runs: what it queued is what the policies decided.
+    let once = Command::new(cim_bin("cim-storage"))
+        .args(["run", "--once", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(once.status.success(), "{}", describe(&once));
+    let queued: BTreeSet<String> = work_messages(&tiers.hub)
+        .await
+        .into_iter()
+        .map(|(_, item)| item["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(queued, expected, "{}", describe(&once));
+
+    let roles = Roles::start(&topology, &config);
+    let copied = wait_until(
+        "the matching objects copied to s3",
+        Duration::from_secs(120),
+        || async {
+            let catalog = tiers.catalog_locations(bucket).await;
+            expected.iter().all(|n| {
+                catalog
+                    .get(n)
+                    .is_some_and(|l| l.contains(&"s3".to_string()))
+            })
+        },
+    )
+    .await;
+    copied.unwrap_or_else(|e| panic!("{e:#}\n{}", roles.logs()));
+    let in_s3: BTreeSet<String> = tiers
+        .catalog_locations(bucket)
+        .await
+        .into_iter()
+        .filter(|(_, l)| l.contains(&"s3".to_string()))
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(in_s3, expected);
+    // `copy` keeps the hub copies; the disabled `move` evicted nothing.
+    assert_eq!(Tiers::names(&tiers.hub_tier, bucket).await.len(), 7);
+}
+
+/// The backup-and-tier pattern: `copy` hub → S3 at once plus `move` hub → S3 after a few
+/// seconds on the same pair. The copy uploads; the move then evicts the hub copy within
+/// seconds — before, its work item had the copy's id and was dropped as a duplicate for the
+/// stream's 10-minute window, so the eviction came 10 minutes late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn backup_then_tier_on_the_same_pair_uploads_then_evicts() {
+    let topology = Topology::start().await.unwrap();
+    let config = topology.write_config(
+        r#"
+[[policy]]
+name = "backup"
+buckets = ["tiered"]
+from = "hub"
+to = "s3"
+action = "copy"
+after = "0s"
+
+[[policy]]
+name = "tier"
+buckets = ["tiered"]
+from = "hub"
+to = "s3"
+action = "move"
+after = "6s"
+"#,
+    );
+    let tiers = Tiers::connect(&topology).await;
+    let bucket = "tiered";
+    let names = ["t1", "t2", "t3"];
+    for (i, name) in names.iter().enumerate() {
+        put_hub(&tiers, bucket, name, &content(10 + i as u64, 3000)).await;
+    }
+    let roles = Roles::start(&topology, &config);
+    // First the backup: in S3, still on the hub.
+    let backed_up = wait_until(
+        "backed up, still on the hub",
+        Duration::from_secs(60),
+        || async {
+            let catalog = tiers.catalog_locations(bucket).await;
+            names.iter().all(|n| {
+                catalog
+                    .get(*n)
+                    .is_some_and(|l| l.contains(&"s3".to_string()))
+            })
+        },
+    )
+    .await;
+    backed_up.unwrap_or_else(|e| panic!("{e:#}\n{}", roles.logs()));
+    // Then the move: only in S3, well within the duplicate window.
+    let moved = wait_until("moved off the hub", Duration::from_secs(90), || async {
+        let catalog = tiers.catalog_locations(bucket).await;
+        names.iter().all(|n| {
+            catalog
+                .get(*n)
+                .is_some_and(|l| l == &vec!["s3".to_string()])
+        }) && Tiers::names(&tiers.hub_tier, bucket).await.is_empty()
+    })
+    .await;
+    if let Err(e) = moved {
+        let catalog = tiers.catalog_locations(bucket).await;
+        panic!("{e:#}\ncatalog: {catalog:?}\n{}", roles.logs());
+    }
+}

@@ -1,0 +1,200 @@
+//! `cim-storage explain`: for one object, where its copies are (each JetStream tier, read from
+//! its stream leader, and the catalog) and what every policy makes of it on each tier holding
+//! it — the manager's own evaluation ([`cim_policies::evaluate`]), with the reason.
+
+use std::collections::BTreeMap;
+
+use cim_policies::evaluate::{describe, evaluate, format_duration};
+use cim_policies::{Object, Tier};
+use serde::Serialize;
+
+use crate::error::Error;
+use crate::system::System;
+
+/// Everything `explain` shows (also its JSON).
+#[derive(Debug, Clone, Serialize)]
+pub struct Explanation {
+    /// Object-store bucket.
+    pub bucket: String,
+    /// Object name.
+    pub name: String,
+    /// One entry per JetStream tier, in tier order.
+    pub copies: Vec<Copy>,
+    /// The catalog's entry: tiers holding a verified copy, and when each was verified.
+    pub catalog: Option<BTreeMap<String, String>>,
+    /// Every policy on every tier that holds the object, in file order per tier.
+    pub policies: Vec<Considered>,
+}
+
+/// What one JetStream tier holds of the object.
+#[derive(Debug, Clone, Serialize)]
+pub struct Copy {
+    /// Tier name.
+    pub tier: String,
+    /// `live`, `deleted` (a user delete marker), `absent`, or `unreadable: <why>`.
+    pub state: String,
+    /// Stream sequence of its meta message.
+    pub seq: Option<u64>,
+    /// Size recorded at ingest.
+    pub size: Option<u64>,
+    /// Seconds since the tier stored this version (what `after` is compared with).
+    pub age_secs: Option<u64>,
+}
+
+/// One policy's verdict on the object on one tier.
+#[derive(Debug, Clone, Serialize)]
+pub struct Considered {
+    /// The tier holding the copy evaluated.
+    pub tier: String,
+    /// Policy name.
+    pub policy: String,
+    /// `copy`, `move` or `expire`.
+    pub action: String,
+    /// `decides`, `overruled`, `not-yet`, `no-match`, `other-tier` or `disabled`.
+    pub outcome: &'static str,
+    /// Why, for people.
+    pub reason: String,
+}
+
+/// Reads the object's copies and evaluates every policy on each tier that holds it live.
+pub async fn explain(system: &System, bucket: &str, name: &str) -> Result<Explanation, Error> {
+    let now = time::OffsetDateTime::now_utc();
+    let config = &system.config;
+    let mut copies = Vec::new();
+    let mut policies = Vec::new();
+    for (tier_name, tier) in &config.tiers {
+        if !matches!(tier, Tier::JetStream(_)) {
+            continue;
+        }
+        let js = system.jetstream_tier(tier_name)?;
+        let latest = match js.latest(bucket, name).await {
+            Ok(latest) => latest,
+            Err(e) => {
+                copies.push(Copy {
+                    tier: tier_name.clone(),
+                    state: format!("unreadable: {e}"),
+                    seq: None,
+                    size: None,
+                    age_secs: None,
+                });
+                continue;
+            }
+        };
+        let Some(stored) = latest else {
+            copies.push(Copy {
+                tier: tier_name.clone(),
+                state: "absent".into(),
+                seq: None,
+                size: None,
+                age_secs: None,
+            });
+            continue;
+        };
+        let age = stored.age(now);
+        let live = !stored.info.deleted;
+        copies.push(Copy {
+            tier: tier_name.clone(),
+            state: if live { "live" } else { "deleted" }.into(),
+            seq: Some(stored.seq),
+            size: Some(stored.info.size as u64),
+            age_secs: Some(age.as_secs()),
+        });
+        if !live {
+            continue;
+        }
+        let metadata: BTreeMap<String, String> = stored
+            .info
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let headers: BTreeMap<String, String> = stored
+            .info
+            .headers
+            .as_ref()
+            .map(|h| {
+                h.iter()
+                    .filter_map(|(k, v)| {
+                        let k: &str = k.as_ref();
+                        Some((k.to_owned(), v.first()?.as_str().to_owned()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let object = Object {
+            bucket,
+            name,
+            size: stored.info.size as u64,
+            age,
+            metadata: Some(&metadata),
+            headers: Some(&headers),
+        };
+        let outcomes = evaluate(&config.policies, tier_name, &object);
+        for (i, outcome) in outcomes.iter().enumerate() {
+            let policy = &config.policies[i];
+            policies.push(Considered {
+                tier: tier_name.clone(),
+                policy: policy.name.clone(),
+                action: policy.action.to_string(),
+                outcome: outcome.as_str(),
+                reason: describe(&config.policies, i, outcome, age),
+            });
+        }
+    }
+    let catalog = system.catalog.get(bucket, name).await?.map(|entry| {
+        entry
+            .locations
+            .into_iter()
+            .map(|(tier, location)| (tier, location.verified_at))
+            .collect()
+    });
+    Ok(Explanation {
+        bucket: bucket.to_string(),
+        name: name.to_string(),
+        copies,
+        catalog,
+        policies,
+    })
+}
+
+impl Explanation {
+    /// The text for people: the copies, the catalog, then one line per policy and tier.
+    pub fn text(&self) -> String {
+        let mut out = format!("{}/{}\n\ncopies:\n", self.bucket, self.name);
+        for c in &self.copies {
+            out.push_str(&format!("  {:<10} {}", c.tier, c.state));
+            if let (Some(seq), Some(size), Some(age)) = (c.seq, c.size, c.age_secs) {
+                out.push_str(&format!(
+                    " (seq {seq}, {size} bytes, stored {} ago)",
+                    format_duration(std::time::Duration::from_secs(age))
+                ));
+            }
+            out.push('\n');
+        }
+        match &self.catalog {
+            None => out.push_str("  catalog    no entry\n"),
+            Some(locations) => {
+                for (tier, verified) in locations {
+                    out.push_str(&format!("  catalog    {tier}: verified {verified}\n"));
+                }
+            }
+        }
+        out.push_str("\npolicies:\n");
+        if self.policies.is_empty() {
+            out.push_str("  (no tier holds a live copy)\n");
+        }
+        let width = self
+            .policies
+            .iter()
+            .map(|p| p.policy.len())
+            .max()
+            .unwrap_or(0);
+        for p in &self.policies {
+            out.push_str(&format!(
+                "  on {:<8} {:<width$}  {:<6}  {:<10}  {}\n",
+                p.tier, p.policy, p.action, p.outcome, p.reason
+            ));
+        }
+        out
+    }
+}
