@@ -131,6 +131,19 @@ pub fn manifest_prefix(prefix: &str, bucket: Option<&str>) -> String {
     }
 }
 
+/// The longest key prefix every [`manifest_key`] of `bucket` whose name starts with
+/// `name_prefix` shares: base64 maps each whole 3-byte group of the name to the same 4
+/// characters whatever follows, so the encoding of `name_prefix`'s whole groups is a prefix of
+/// every such key (the rest of `name_prefix` must be checked on the decoded names).
+pub fn manifest_key_prefix(prefix: &str, bucket: &str, name_prefix: &str) -> String {
+    let whole = name_prefix.len() / 3 * 3;
+    format!(
+        "{}{}",
+        manifest_prefix(prefix, Some(bucket)),
+        URL_SAFE_NO_PAD.encode(&name_prefix.as_bytes()[..whole])
+    )
+}
+
 /// Recovers `(bucket, name)` from a manifest key, or `None` if `key` is not one.
 ///
 /// The inverse of [`manifest_key`]: used when listing, so stray keys (a README someone dropped in,
@@ -452,6 +465,32 @@ mod tests {
             }
         }
         assert_eq!(manifest_key("t/", "b", "hello"), "t/objects/b/aGVsbG8.json");
+    }
+
+    #[test]
+    fn a_name_prefix_narrows_the_manifest_listing_without_losing_a_name() {
+        let names = [
+            "dir/a",
+            "dir/abc",
+            "dir/",
+            "di",
+            "dir/ünï 🚀",
+            "other/dir/a",
+            "",
+        ];
+        for name_prefix in ["", "d", "di", "dir", "dir/", "dir/a", "dir/ü", "dir/ünï"] {
+            let key_prefix = manifest_key_prefix("t/", "b", name_prefix);
+            assert!(key_prefix.starts_with(&manifest_prefix("t/", Some("b"))));
+            for name in names {
+                if name.starts_with(name_prefix) {
+                    assert!(
+                        manifest_key("t/", "b", name).starts_with(&key_prefix),
+                        "{name:?} under {name_prefix:?} is not listed by {key_prefix:?}"
+                    );
+                }
+            }
+        }
+        assert_eq!(manifest_key_prefix("t/", "b", "hello"), "t/objects/b/aGVs");
     }
 
     #[test]

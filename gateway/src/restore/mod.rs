@@ -16,9 +16,20 @@
 //! # Layout
 //!
 //! * this file — [`Restorer`]: the decisions (deleted? present? newer version? catalog
-//!   disagrees?), the per-object pipeline, `--all` as a concurrent pipeline over the listing.
+//!   disagrees?), the per-object pipeline, a selection (`--all`, `--prefix`, `--match`) as a
+//!   concurrent pipeline over the listing, and the dry run that stops after the decisions.
+//! * `select.rs` — [`Selection`]: which names a run takes (prefix, rclone-style globs).
 //! * `target.rs` — what is looked up once per target bucket, and the room reservation.
 //! * `room.rs` — how much a target stream can still store (pure).
+//!
+//! # Dry run
+//!
+//! [`Restorer::dry_run`] makes every decision a restore makes — deleted, present, another
+//! version held, replaceable, catalog agreement, room (reserved across the run as if written) —
+//! from the manifests, the catalog and the target's metas, and stops there: it reports
+//! [`Restored::WouldRestore`] and writes nothing (no journal record, no writer lease, no bucket
+//! created, no catalog update, no chunk). It does not read the blobs, so a damaged blob shows
+//! only in a real run (or in `scrub`).
 //!
 //! # Restore never replaces a newer version
 //!
@@ -57,16 +68,19 @@ use cim_tiering::jetstream::write::{Recovered, WriteJournal, ACK_WINDOW, CHUNK_S
 use cim_tiering::jetstream::{ingest_digest, is_live, JetStreamTier, StoredObject};
 use cim_tiering::lease::Leases;
 use cim_tiering::metrics::{self, RestoreOutcome};
+use cim_tiering::progress::Progress;
 use cim_tiering::System;
 use futures::StreamExt;
 use tracing::Instrument;
 
-use crate::format::{decode_manifest_key, manifest_key, manifest_prefix, Manifest};
+use crate::format::{decode_manifest_key, manifest_key, manifest_key_prefix, Manifest};
 use crate::s3::{MemoryBudget, S3Store};
 use crate::Error;
 
 mod room;
+mod select;
 mod target;
+pub use select::{globs, Selection};
 use target::TargetBucket;
 
 /// What happened to one object.
@@ -80,6 +94,8 @@ pub enum Restored {
     Skipped(Skip),
     /// Deleted by a user: not restored (see the module docs); says when and by whom, if known.
     Deleted(String),
+    /// A dry run ([`Restorer::dry_run`]): it would be written; nothing was.
+    WouldRestore,
 }
 
 /// Why an object was not restored although nothing failed.
@@ -142,7 +158,8 @@ pub struct Restorer {
     system: Arc<System>,
     store: S3Store,
     target: JetStreamTier,
-    journal: WriteJournal,
+    /// `None` in a dry run, which writes nothing (not even its writer lease).
+    journal: Option<WriteJournal>,
     overwrite: bool,
     include_deleted: bool,
     concurrency: usize,
@@ -150,6 +167,8 @@ pub struct Restorer {
     memory: MemoryBudget,
     /// What does not change per object, looked up once per bucket (see [`TargetBucket`]).
     buckets: tokio::sync::Mutex<HashMap<String, Arc<TargetBucket>>>,
+    /// Content bytes restored so far (decompressed, verified as they go), for progress displays.
+    progress: Progress,
 }
 
 /// Bytes the pipe between the S3 read and the chunk publisher holds: two chunks, so the reader
@@ -174,7 +193,8 @@ impl Restorer {
     /// (and this process's writer lease); call [`Restorer::recover`] to clean up after restores
     /// that were killed.
     pub async fn new(system: Arc<System>, store: S3Store, target: &str) -> Result<Self, Error> {
-        let target = system.jetstream_tier(target)?.clone();
+        let mut restorer = Self::dry_run(system, store, target)?;
+        let system = &restorer.system;
         if let Some(dir) = &system.config.restore.staging_dir {
             tracing::warn!(
                 staging_dir = %dir.display(),
@@ -190,18 +210,39 @@ impl Restorer {
             &format!("cim-gateway restore (pid {})", std::process::id()),
         )
         .await?;
+        restorer.journal = Some(journal);
+        Ok(restorer)
+    }
+
+    /// A restorer that only decides (see "Dry run" in the module docs): every object it would
+    /// write is reported [`Restored::WouldRestore`]; it writes nothing anywhere.
+    pub fn dry_run(system: Arc<System>, store: S3Store, target: &str) -> Result<Self, Error> {
+        let target = system.jetstream_tier(target)?.clone();
         let concurrency = system.config.restore.concurrency.max(1);
         Ok(Self {
             system,
             store,
             target,
-            journal,
+            journal: None,
             overwrite: false,
             include_deleted: false,
             concurrency,
             memory: MemoryBudget::new(MEMORY_BUDGET),
             buckets: Default::default(),
+            progress: Progress::new(),
         })
+    }
+
+    /// Whether this is a dry run ([`Restorer::dry_run`]).
+    pub fn is_dry_run(&self) -> bool {
+        self.journal.is_none()
+    }
+
+    /// Counts the content bytes restored into `progress` as they are published (see
+    /// [`Progress::bytes`]), for a progress display.
+    pub fn progress(mut self, progress: Progress) -> Self {
+        self.progress = progress;
+        self
     }
 
     /// Whether a target version different from the S3 copy may be replaced (`--overwrite`);
@@ -233,17 +274,22 @@ impl Restorer {
     /// Cleans up after restores that were killed: purges the chunks their journal records name
     /// when their writer is dead (see `cim_tiering::jetstream::write`); restores running in
     /// other processes are left alone.
+    /// A dry run recovers nothing.
     pub async fn recover(&self) -> Result<Recovered, Error> {
+        let Some(journal) = &self.journal else {
+            return Ok(Recovered::default());
+        };
         let system = self.system.clone();
-        Ok(self
-            .journal
+        Ok(journal
             .recover(|tier| system.jetstream_tier(tier).ok().cloned())
             .await?)
     }
 
     /// Releases this process's writer lease at once (it would expire by itself otherwise).
     pub async fn close(self) {
-        self.journal.close().await;
+        if let Some(journal) = self.journal {
+            journal.close().await;
+        }
     }
 
     /// Restores one object by bucket and name.
@@ -270,9 +316,13 @@ impl Restorer {
 
     /// Counts an outcome in `cim_restore_objects_total`, except a restore just written: that
     /// one is counted where it is written, with its bytes.
+    /// A dry run counts nothing.
     fn count(&self, outcome: &Result<Restored, Error>) {
+        if self.is_dry_run() {
+            return;
+        }
         let counted = match outcome {
-            Ok(Restored::Written) => return,
+            Ok(Restored::Written | Restored::WouldRestore) => return,
             Ok(Restored::AlreadyPresent) => RestoreOutcome::Restored,
             Ok(Restored::Skipped(_) | Restored::Deleted(_)) => RestoreOutcome::Skipped,
             Err(_) => RestoreOutcome::Failed,
@@ -280,30 +330,54 @@ impl Restorer {
         metrics::restored(self.target.name(), counted, 0);
     }
 
-    /// Restores every object of a bucket, [`Restorer::concurrency`] at a time, calling `report`
-    /// with each object's outcome as it finishes; failures do not stop the rest. Returns how
-    /// many objects were reported.
-    ///
-    /// A pipeline: the manifest keys are listed, then each object's manifest is fetched and the
-    /// object restored by the same task, so restoring starts with the first manifest, not after
-    /// the last. A manifest of a format this version cannot read is skipped
-    /// ([`Skip::UnsupportedFormat`]); one deleted since the listing is left out.
+    /// Restores every object of a bucket (see [`Restorer::restore_names`]); returns how many
+    /// objects were reported.
     pub async fn restore_bucket(
         &self,
         bucket: &str,
-        mut report: impl FnMut(&str, Result<Restored, Error>),
+        report: impl FnMut(&str, Result<Restored, Error>),
     ) -> Result<usize, Error> {
-        let prefix = manifest_prefix(self.store.prefix(), Some(bucket));
+        let names = self.select(bucket, &Selection::all()).await?;
+        Ok(self.restore_names(bucket, names, report).await)
+    }
+
+    /// The names of the objects of `bucket` the S3 tier holds a manifest for (tombstones
+    /// included: restoring decides about them) that `selection` takes, in key order.
+    ///
+    /// The listing is narrowed to the selection's prefix where the key layout allows it (see
+    /// [`manifest_key_prefix`]); keys that are not manifests are logged and left out.
+    pub async fn select(&self, bucket: &str, selection: &Selection) -> Result<Vec<String>, Error> {
+        let prefix = manifest_key_prefix(self.store.prefix(), bucket, selection.prefix());
         let keys = self.store.list_keys(&prefix).await?;
-        let names = keys.into_iter().filter_map(|listed| {
-            match decode_manifest_key(self.store.prefix(), &listed.key) {
-                Some((b, name)) if b == bucket => Some(name),
-                _ => {
-                    tracing::warn!(key = %listed.key, "skipping key that is not a manifest");
-                    None
-                }
-            }
-        });
+        Ok(keys
+            .into_iter()
+            .filter_map(
+                |listed| match decode_manifest_key(self.store.prefix(), &listed.key) {
+                    Some((b, name)) if b == bucket => Some(name),
+                    _ => {
+                        tracing::warn!(key = %listed.key, "skipping key that is not a manifest");
+                        None
+                    }
+                },
+            )
+            .filter(|name| selection.matches(name))
+            .collect())
+    }
+
+    /// Restores the objects `names` of `bucket`, [`Restorer::concurrency`] at a time, calling
+    /// `report` with each object's outcome as it finishes; failures do not stop the rest.
+    /// Returns how many objects were reported.
+    ///
+    /// A pipeline: each object's manifest is fetched and the object restored by the same task,
+    /// so restoring starts with the first manifest, not after the last. A manifest of a format
+    /// this version cannot read is skipped ([`Skip::UnsupportedFormat`]); one deleted since the
+    /// listing is left out.
+    pub async fn restore_names(
+        &self,
+        bucket: &str,
+        names: Vec<String>,
+        mut report: impl FnMut(&str, Result<Restored, Error>),
+    ) -> usize {
         let mut outcomes = futures::stream::iter(names)
             .map(|name| async move {
                 let outcome = match self.store.get_manifest(bucket, &name).await {
@@ -328,7 +402,7 @@ impl Restorer {
                 reported += 1;
             }
         }
-        Ok(reported)
+        reported
     }
 
     /// Restores the object a manifest describes.
@@ -381,15 +455,22 @@ impl Restorer {
             self.check_replaceable(bucket, name, &held, entry.as_ref())?;
         }
         let reservation = target.reserve(m)?;
+        let Some(journal) = &self.journal else {
+            // A dry run: the room stays reserved, as the write would fill it.
+            reservation.keep();
+            tracing::info!("would restore (dry run)");
+            return Ok(Restored::WouldRestore);
+        };
         let _memory = self.memory.charge(in_flight_cost(m.size)).await;
 
         // S3 → decompress → verify, piped into chunk publishes; the meta (visibility) only once
         // the content hashed to the manifest's digest and every chunk was acknowledged.
         let writer = target.writer().await?;
         let mut write = writer
-            .begin(&self.journal, name, latest.as_ref().map_or(0, |l| l.seq))
+            .begin(journal, name, latest.as_ref().map_or(0, |l| l.seq))
             .await?;
-        let (mut pipe_in, mut pipe_out) = tokio::io::duplex(PIPE_BUF);
+        let (pipe_in, mut pipe_out) = tokio::io::duplex(PIPE_BUF);
+        let mut pipe_in = self.progress.writer(pipe_in);
         // Both sides run to their end (no early return on the first error): each drops its end
         // of the pipe when done, so the other finishes too, and no chunk publish is still in
         // flight when a failed write purges its chunks.
@@ -406,7 +487,7 @@ impl Restorer {
         };
         let (read, published) = tokio::join!(read, publish);
         if let Err(e) = read.and(published.map_err(Error::from)) {
-            write.abort(&self.journal).await;
+            write.abort(journal).await;
             return Err(e);
         }
         let meta = ObjectMetadata {
@@ -417,13 +498,7 @@ impl Restorer {
             headers: m.headers.clone(),
         };
         let committed = write
-            .commit(
-                &self.journal,
-                meta,
-                m.size,
-                &m.digest,
-                existing.map(|e| &e.info),
-            )
+            .commit(journal, meta, m.size, &m.digest, existing.map(|e| &e.info))
             .await?;
         reservation.keep();
 
