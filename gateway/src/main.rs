@@ -20,8 +20,10 @@ use clap::{Args, Parser, Subcommand};
 
 mod commands {
     //! The commands whose code outgrew this file.
+    pub(crate) mod list;
     pub(crate) mod restore;
 }
+use commands::list as cli_list;
 use commands::restore as cli_restore;
 
 /// S3 tier of the NATS JetStream storage gateway.
@@ -92,26 +94,13 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// List what an S3 tier holds, from its manifests alone (no NATS needed).
-    ///
-    /// One line per object on stdout: bucket, size, digest, name (tab-separated). Deleted
-    /// objects (tombstones) are left out unless --include-deleted, which lists them with
-    /// `deleted` as a fifth field. A manifest that cannot be read, or has a format this
-    /// version cannot read, is reported on stderr.
-    #[command(after_help = LIST_EXIT_STATUS_HELP)]
-    List {
-        #[command(flatten)]
-        config: ConfigArg,
-        /// Only this bucket.
-        #[arg(long)]
-        bucket: Option<String>,
-        /// S3 tier to read from (default: the only S3 tier).
-        #[arg(long)]
-        from: Option<String>,
-        /// List deleted objects too.
-        #[arg(long)]
-        include_deleted: bool,
-    },
+    /// List what an S3 tier holds, from its manifests alone (no NATS needed): a table (bucket,
+    /// name, size, stored size, times, SHA-256) and a totals line, or `--json` for scripts.
+    /// Deleted objects (tombstones) are left out unless --include-deleted. A manifest that
+    /// cannot be read, or has a format this version cannot read, is reported on stderr (in
+    /// `problems` with --json) and the listing goes on.
+    #[command(after_help = cli_list::EXIT_STATUS_HELP)]
+    List(cli_list::ListArgs),
     /// Read back and verify what an S3 tier stores, from S3 alone (no NATS needed): for every
     /// current manifest, or a random sample, the blob's length, zstd decoding, size and SHA-256
     /// against the manifest's digest. Only reads; each bad object is named on stderr (and in an
@@ -141,11 +130,6 @@ enum Command {
         subcommand: Option<String>,
     },
 }
-
-/// Exit status of `list`, in the same scheme as `restore`'s.
-const LIST_EXIT_STATUS_HELP: &str = "Exit status: 0 every manifest listed; 1 at least one \
-manifest could not be read (or the listing failed); 3 none failed, but at least one manifest has \
-a format this version cannot read (skipped, named on stderr; left for a newer cim-gateway).";
 
 /// Exit status of `scrub`, in the same scheme as `list`'s.
 const SCRUB_EXIT_STATUS_HELP: &str = "Exit status: 0 every object checked is intact; 1 at least \
@@ -351,51 +335,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::List {
-            config,
-            bucket,
-            from,
-            include_deleted,
-        } => {
-            let config = cli::load_config(&config.config)?;
-            let s3_name = s3_tier_name(&config, from)?;
-            let Some(Tier::S3(s3_config)) = config.tier(&s3_name) else {
-                bail!("{s3_name:?} is not an s3 tier");
-            };
-            let store = connect_s3(&s3_name, s3_config).await?;
-            let listing = || format!("listing s3 tier {s3_name:?} at {}", store.endpoint());
-            let buckets = match bucket {
-                Some(b) => vec![b],
-                None => store.list_buckets().await.with_context(listing)?,
-            };
-            // One unreadable manifest never hides the others: each is reported on stderr, the
-            // listing (stdout) goes on.
-            let (mut failed, mut skipped) = (0, 0);
-            for b in buckets {
-                for listed in store.scan_manifests(&b).await.with_context(listing)? {
-                    match listed.manifest {
-                        Ok(m) if m.is_deleted() => {
-                            if include_deleted {
-                                println!(
-                                    "{}\t{}\t{}\t{}\tdeleted",
-                                    m.bucket, m.size, m.digest, m.name
-                                )
-                            }
-                        }
-                        Ok(m) => println!("{}\t{}\t{}\t{}", m.bucket, m.size, m.digest, m.name),
-                        Err(e @ cim_gateway::Error::UnsupportedFormat { .. }) => {
-                            skipped += 1;
-                            eprintln!("skipped  {b}/{}: {e}", listed.name);
-                        }
-                        Err(e) => {
-                            failed += 1;
-                            eprintln!("FAILED   {b}/{}: {e}", listed.name);
-                        }
-                    }
-                }
-            }
-            Ok(exit_status(failed, skipped))
-        }
+        Command::List(args) => cli_list::run(args).await,
         Command::Scrub {
             config,
             bucket,

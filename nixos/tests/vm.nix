@@ -222,7 +222,7 @@ pkgs.testers.runNixOSTest {
         )
         # The host wrapper already points at the operator configuration.
         hub1.wait_until_succeeds(
-            "cim-gateway list --bucket ${bucket} | cut -f4 | grep -qxF '${object}'", timeout=300
+            "cim-gateway list --bucket ${bucket} --json | ${pkgs.jq}/bin/jq -e '.objects[] | select(.name == \"${object}\")'", timeout=300
         )
         # Both policies move: neither JetStream tier keeps a copy.
         leaf.wait_until_fails(

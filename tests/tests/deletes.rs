@@ -297,11 +297,11 @@ after = "0s"
             "{name}"
         );
     }
-    let out = gateway(&config, &["list", "--bucket", "arch"]);
+    let out = gateway(&config, &["list", "--bucket", "arch", "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-    let mut listed: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.rsplit('\t').next().map(str::to_string))
+    let mut listed: Vec<String> = common::listed(&out)
+        .into_iter()
+        .map(|(_, name, _)| name)
         .collect();
     listed.sort();
     assert_eq!(listed, ["twin", "z"], "{}", describe(&out));

@@ -84,19 +84,44 @@ async fn objects_move_through_every_tier_and_restore_identically() {
             config.to_str().unwrap(),
             "--bucket",
             BUCKET,
+            "--json",
         ])
         .output()
         .unwrap();
     assert!(listing.status.success(), "{listing:?}");
-    let listing = String::from_utf8(listing.stdout).unwrap();
+    let listed = common::listed(&listing);
     for (name, digest) in &digests {
         assert!(
-            listing
-                .lines()
-                .any(|l| l.ends_with(&format!("\t{name}")) && l.contains(digest.as_str())),
-            "{name} missing from s3 listing:\n{listing}"
+            listed
+                .iter()
+                .any(|(b, n, d)| b == BUCKET && n == name && d == digest),
+            "{name} missing from s3 listing:\n{listed:?}"
         );
     }
+    // For people: a header, one row per object, the totals; an unknown bucket is an error
+    // that names it and what the tier holds.
+    let out = common::gateway(&config, &["list", "--bucket", BUCKET]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", common::describe(&out));
+    let total: usize = samples.iter().map(|(_, data)| data.len()).sum();
+    assert!(
+        text.lines()
+            .next()
+            .is_some_and(|l| l.contains("NAME") && l.contains("SHA-256"))
+            && text.contains(&format!(
+                "{} objects in 1 bucket on s3 tier s3: {}",
+                names.len(),
+                cim_tiering::cli::human_bytes(total as u64)
+            )),
+        "{text}"
+    );
+    let out = common::gateway(&config, &["list", "--bucket", "no-such-bucket"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{}", common::describe(&out));
+    assert!(
+        stderr.contains("\"no-such-bucket\"") && stderr.contains(BUCKET),
+        "{stderr}"
+    );
 
     // Every role exported its transfers per tier pair and its backlog.
     let total: u64 = samples.iter().map(|(_, d)| d.len() as u64).sum();

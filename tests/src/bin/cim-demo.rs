@@ -62,7 +62,7 @@ fn s3_listing(config: &std::path::Path) -> anyhow::Result<Vec<String>> {
     let out = Command::new(cim_bin("cim-gateway"))
         .args(["list", "--config"])
         .arg(config)
-        .args(["--bucket", BUCKET])
+        .args(["--bucket", BUCKET, "--json"])
         .output()?;
     if !out.status.success() {
         bail!(
@@ -70,9 +70,12 @@ fn s3_listing(config: &std::path::Path) -> anyhow::Result<Vec<String>> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.rsplit('\t').next().map(str::to_string))
+    let listing: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    Ok(listing["objects"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o["name"].as_str().map(str::to_string))
         .collect())
 }
 

@@ -348,6 +348,21 @@ pub fn gateway(config: &Path, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// The (bucket, name, digest) of every object `cim-gateway list --json` printed.
+pub fn listed(out: &std::process::Output) -> Vec<(String, String, String)> {
+    let listing: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("list --json: {e}\n{}", describe(out)));
+    listing["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            let field = |k: &str| o[k].as_str().unwrap().to_string();
+            (field("bucket"), field("name"), field("digest"))
+        })
+        .collect()
+}
+
 /// A finished command's status and output, for assertion messages.
 pub fn describe(out: &std::process::Output) -> String {
     format!(
