@@ -48,45 +48,88 @@ impl Outcome {
 
 /// Every policy's [`Outcome`] for `object` stored on `tier`, in file order (see the module docs
 /// for the precedence). `out` is cleared and filled (a buffer the caller reuses: the manager
-/// evaluates every object every pass).
+/// evaluates every object every pass). For many objects of one bucket, [`BucketEvaluator`] does
+/// the same with the per-bucket work done once.
 pub fn evaluate_into(policies: &[Policy], tier: &str, object: &Object<'_>, out: &mut Vec<Outcome>) {
-    out.clear();
-    for policy in policies {
-        let outcome = if !policy.enabled {
-            Outcome::Disabled
-        } else if !policy.acts_on(tier) {
-            Outcome::OtherTier
-        } else if let Err(miss) = policy.check(object) {
-            Outcome::Miss(miss)
-        } else if object.age < policy.after {
-            Outcome::NotYet(policy.after - object.age)
-        } else {
-            Outcome::Decides
-        };
-        out.push(outcome);
+    BucketEvaluator::new(policies, tier, object.bucket).evaluate_into(object, out);
+}
+
+/// [`evaluate_into`] for the objects of one bucket on one tier: what depends only on the
+/// policy, the tier and the bucket (enabled, the tier, the bucket globs) is decided once, so
+/// an object costs only its own conditions and age (a pass evaluates every object of a
+/// million-object bucket).
+#[derive(Debug, Clone)]
+pub struct BucketEvaluator<'a> {
+    policies: &'a [Policy],
+    bucket: String,
+    /// Per policy: its outcome whatever the object, or `None` when the object decides.
+    fixed: Vec<Option<Outcome>>,
+}
+
+impl<'a> BucketEvaluator<'a> {
+    /// The evaluator of `bucket`'s objects stored on `tier`.
+    pub fn new(policies: &'a [Policy], tier: &str, bucket: &str) -> Self {
+        let fixed = policies
+            .iter()
+            .map(|policy| {
+                if !policy.enabled {
+                    Some(Outcome::Disabled)
+                } else if !policy.acts_on(tier) {
+                    Some(Outcome::OtherTier)
+                } else if !policy.matches_bucket(bucket) {
+                    Some(Outcome::Miss(Miss::Bucket))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        BucketEvaluator {
+            policies,
+            bucket: bucket.to_owned(),
+            fixed,
+        }
     }
-    // An expire wins over everything else.
-    let expire =
-        (0..policies.len()).find(|&i| out[i].decides() && policies[i].action == Action::Expire);
-    if let Some(winner) = expire {
-        for (i, outcome) in out.iter_mut().enumerate() {
-            if i != winner && outcome.decides() {
-                *outcome = Outcome::Overruled(winner);
+
+    /// Every policy's [`Outcome`] for `object` (of this evaluator's bucket and tier) into `out`.
+    pub fn evaluate_into(&self, object: &Object<'_>, out: &mut Vec<Outcome>) {
+        debug_assert_eq!(object.bucket, self.bucket);
+        let policies = self.policies;
+        out.clear();
+        for (policy, fixed) in policies.iter().zip(&self.fixed) {
+            let outcome = if let Some(fixed) = fixed {
+                fixed.clone()
+            } else if let Err(miss) = policy.conditions.check(object) {
+                Outcome::Miss(miss)
+            } else if object.age < policy.after {
+                Outcome::NotYet(policy.after - object.age)
+            } else {
+                Outcome::Decides
+            };
+            out.push(outcome);
+        }
+        // An expire wins over everything else.
+        let expire =
+            (0..policies.len()).find(|&i| out[i].decides() && policies[i].action == Action::Expire);
+        if let Some(winner) = expire {
+            for (i, outcome) in out.iter_mut().enumerate() {
+                if i != winner && outcome.decides() {
+                    *outcome = Outcome::Overruled(winner);
+                }
             }
+            return;
         }
-        return;
-    }
-    // One decision per destination: a move over a copy, then the first in the file.
-    for i in 0..policies.len() {
-        if !out[i].decides() {
-            continue;
-        }
-        let winner = (0..policies.len())
-            .filter(|&j| out[j].decides() && policies[j].to == policies[i].to)
-            .min_by_key(|&j| (policies[j].action != Action::Move, j))
-            .unwrap_or(i);
-        if winner != i {
-            out[i] = Outcome::Overruled(winner);
+        // One decision per destination: a move over a copy, then the first in the file.
+        for i in 0..policies.len() {
+            if !out[i].decides() {
+                continue;
+            }
+            let winner = (0..policies.len())
+                .filter(|&j| out[j].decides() && policies[j].to == policies[i].to)
+                .min_by_key(|&j| (policies[j].action != Action::Move, j))
+                .unwrap_or(i);
+            if winner != i {
+                out[i] = Outcome::Overruled(winner);
+            }
         }
     }
 }

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cim_policies::evaluate::{describe, evaluate_into, Outcome};
+use cim_policies::evaluate::{describe, BucketEvaluator, Outcome};
 use cim_policies::{Action, Config, Object, Policy, Route};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -500,6 +500,7 @@ impl Manager {
         let now = Instant::now();
         let mut pending = Vec::new();
         let mut outcomes = Vec::with_capacity(self.system.config.policies.len());
+        let evaluator = BucketEvaluator::new(&self.system.config.policies, tier.name(), bucket);
         for (name, reason) in source.index.unreadable() {
             let e = Error::BadMeta {
                 tier: tier.name().to_string(),
@@ -561,12 +562,7 @@ impl Manager {
                 metadata: attributes.map(|a| &a.metadata),
                 headers: attributes.map(|a| &a.headers),
             };
-            evaluate_into(
-                &self.system.config.policies,
-                tier.name(),
-                &object,
-                &mut outcomes,
-            );
+            evaluator.evaluate_into(&object, &mut outcomes);
             if outcomes.get(cx.position) != Some(&Outcome::Decides) {
                 continue;
             }
