@@ -62,6 +62,12 @@ pub const TRANSFER_FAILURE_REASONS: &[&str] = &[
 pub const TRANSFER_BYTES: &str = "cim_transfer_bytes_total";
 /// Seconds one successful transfer took, from its start to its verification, by tier pair.
 pub const TRANSFER_DURATION: &str = "cim_transfer_duration_seconds";
+/// Cluster copies the mirror role verified as they arrived (its follower hashed them while
+/// they were sourced), by the tier holding the copy.
+pub const MIRROR_VERIFIED_ON_ARRIVAL: &str = "cim_mirror_verified_on_arrival_total";
+/// Cluster copies the mirror role read back in full to verify them (the follower had no
+/// verdict), by the tier holding the copy.
+pub const MIRROR_READ_BACKS: &str = "cim_mirror_read_backs_total";
 /// Objects dropped from a tier after verified replication, by tier.
 pub const EVICTIONS: &str = "cim_evictions_total";
 /// Objects due for a move or copy and not yet moved, per policy (and its tier pair).
@@ -332,6 +338,11 @@ pub fn role_started(role: Role, config: &Config) {
                 if policy.action == Action::Move {
                     counter!(EVICTIONS, "tier" => from.to_string()).increment(0);
                 }
+                if role == Role::Mirror {
+                    for name in [MIRROR_VERIFIED_ON_ARRIVAL, MIRROR_READ_BACKS] {
+                        counter!(name, "tier" => to.to_string()).increment(0);
+                    }
+                }
                 if role == Role::Upload && is_s3(to) {
                     counter!(DAMAGED_OBJECTS, "tier" => from.to_string()).increment(0);
                     for name in [
@@ -389,6 +400,14 @@ fn describe() {
     describe_counter!(
         EVICTIONS,
         "objects dropped from a tier after verified replication"
+    );
+    describe_counter!(
+        MIRROR_VERIFIED_ON_ARRIVAL,
+        "cluster copies verified as they arrived (hashed while sourced)"
+    );
+    describe_counter!(
+        MIRROR_READ_BACKS,
+        "cluster copies read back in full to verify them"
     );
     describe_gauge!(BACKLOG_OBJECTS, "objects due and not yet moved, per policy");
     describe_gauge!(
@@ -472,6 +491,16 @@ pub fn transfer_failed(from: &str, to: &str, reason: &'static str) {
 /// One object evicted from `tier`.
 pub fn evicted(tier: &str) {
     counter!(EVICTIONS, "tier" => tier.to_string()).increment(1);
+}
+
+/// A cluster copy on `tier` verified as it arrived.
+pub fn mirror_followed(tier: &str) {
+    counter!(MIRROR_VERIFIED_ON_ARRIVAL, "tier" => tier.to_string()).increment(1);
+}
+
+/// A cluster copy on `tier` read back in full to verify it.
+pub fn mirror_read_back(tier: &str) {
+    counter!(MIRROR_READ_BACKS, "tier" => tier.to_string()).increment(1);
 }
 
 /// One integrity failure on `tier`.

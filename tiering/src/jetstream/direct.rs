@@ -73,6 +73,8 @@ struct Request<'a> {
     up_to_seq: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     batch: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_bytes: Option<usize>,
 }
 
 impl DirectGet {
@@ -117,6 +119,26 @@ impl DirectGet {
             seq: Some(from_seq.max(1)),
             next_by_subj: Some(subject),
             batch: Some(batch.clamp(1, MAX_BATCH)),
+            ..Request::default()
+        })
+        .await
+    }
+
+    /// Like [`Self::next_by_subject`], but the server stops the batch once it has sent about
+    /// `max_bytes` of payload (at least one message): a bound on what one reply holds when the
+    /// subject mixes small and large messages (a bucket's metas and chunks).
+    pub async fn next_by_subject_max_bytes(
+        &self,
+        subject: &str,
+        from_seq: u64,
+        batch: usize,
+        max_bytes: usize,
+    ) -> Result<Batch, Error> {
+        self.send(&Request {
+            seq: Some(from_seq.max(1)),
+            next_by_subj: Some(subject),
+            batch: Some(batch.clamp(1, MAX_BATCH)),
+            max_bytes: Some(max_bytes.max(1)),
             ..Request::default()
         })
         .await

@@ -2,7 +2,8 @@
 //!
 //! Replication itself is JetStream stream sourcing (see [`crate::jetstream`]); this role sets it
 //! up on request and, for `move` policies, evicts a leaf copy once the cluster copy is verified
-//! byte for byte and recorded in the catalog.
+//! byte for byte and recorded in the catalog. A cluster copy is verified once: as it arrives,
+//! by the [`follow`]er, or else read back in full before the eviction.
 
 use std::sync::Arc;
 
@@ -17,15 +18,22 @@ use crate::metrics;
 use crate::system::System;
 use crate::work::{Handler, ObjectMove, Progress, WorkItem};
 
+pub mod follow;
+
+use follow::{Follower, Verdict};
+
 /// Handles [`WorkItem::EnsureSource`] and [`WorkItem::LeafEvict`].
 pub struct MirrorHandler {
     system: Arc<System>,
+    follower: Follower,
 }
 
 impl MirrorHandler {
-    /// A handler over the role's connections.
+    /// A handler over the role's connections. Must be created inside a Tokio runtime: the
+    /// follower's tasks (stopped when the handler is dropped) start as buckets are set up.
     pub fn new(system: Arc<System>) -> Self {
-        Self { system }
+        let follower = Follower::new(system.catalog.clone());
+        Self { system, follower }
     }
 
     async fn ensure_source(&self, from: &str, to: &str, bucket: &str) -> Result<(), Error> {
@@ -34,7 +42,46 @@ impl MirrorHandler {
         if !leaf.stream_exists(bucket).await? {
             return Ok(()); // the bucket went away; nothing to source
         }
-        hub.ensure_sourced_from(bucket, leaf).await
+        let existed = self.follower.follows(hub, bucket) || hub.stream_exists(bucket).await?;
+        hub.ensure_sourced_from(bucket, leaf).await?;
+        // A bucket created now is followed from its first message, so every object sourced into
+        // it is verified as it arrives; one that existed, from its end (no rehashing).
+        if !existed {
+            self.follower.follow(hub, bucket, 1);
+        } else if let Err(e) = self.follower.follow_from_now(hub, bucket).await {
+            // Only an optimisation: the evictions read the copies back meanwhile.
+            tracing::debug!(error = %e, "cannot follow the bucket yet");
+        }
+        Ok(())
+    }
+
+    /// Whether the follower verified the cluster copy `hub_version` (recorded in the catalog as
+    /// verified, for this sequence and `digest`); fails with its integrity failure when it found
+    /// the copy bad. Starts following a bucket not followed yet, for the objects sourced next.
+    async fn followed(
+        &self,
+        hub: &crate::jetstream::JetStreamTier,
+        bucket: &str,
+        name: &str,
+        hub_seq: u64,
+        digest: &Sha256Digest,
+    ) -> Result<bool, Error> {
+        if !self.follower.follows(hub, bucket) {
+            if let Err(e) = self.follower.follow_from_now(hub, bucket).await {
+                tracing::debug!(error = %e, "cannot follow the bucket yet");
+            }
+            return Ok(false);
+        }
+        match self.follower.verdict(hub.name(), bucket, hub_seq).await {
+            Verdict::Mismatch(failure) => Err(failure.into()),
+            Verdict::Unknown => Ok(false),
+            Verdict::Passed => Ok(self
+                .system
+                .catalog
+                .get(bucket, name)
+                .await?
+                .is_some_and(|entry| entry.seq == hub_seq && entry.has(hub.name(), digest))),
+        }
     }
 
     async fn leaf_evict(&self, job: &ObjectMove, progress: &Progress) -> Result<(), Error> {
@@ -73,10 +120,17 @@ impl MirrorHandler {
                 // digest — once: when the catalog already records this very version (same hub
                 // sequence, same digest) as verified on the cluster, a redelivered or re-queued
                 // item goes straight to eviction instead of reading the copy again.
-                let verified = catalog.get(bucket, name).await?.is_some_and(|entry| {
+                let same_version = hub_version.info.nuid == leaf_info.nuid;
+                let mut verified = catalog.get(bucket, name).await?.is_some_and(|entry| {
                     entry.seq == hub_version.seq && entry.has(hub.name(), &digest)
                 });
-                if verified && hub_version.info.nuid == leaf_info.nuid {
+                // Not yet: the follower may be about to verify it (or have found it bad).
+                if !verified && same_version {
+                    verified = self
+                        .followed(hub, bucket, name, hub_version.seq, &digest)
+                        .await?;
+                }
+                if verified && same_version {
                     tracing::debug!("cluster copy already verified; eviction only");
                 } else {
                     self.verify_cluster_copy(job, &leaf_info, &hub_version.info, &digest, progress)
@@ -169,6 +223,8 @@ impl MirrorHandler {
         }
         // The same nuid is the same meta message; what counts is the content, read back in
         // full and checked against the leaf's ingest size and digest.
+        metrics::mirror_read_back(hub.name());
+        tracing::debug!("reading the cluster copy back");
         let size = leaf_info.size as u64;
         hub.read_verified(
             bucket,
