@@ -1,6 +1,7 @@
 # A hub node (hub1 of three): a NATS cluster node in JetStream domain "hub" with a leafnode
-# listener, and, in their own containers, the storage manager (exactly one per deployment:
-# enable it on one hub node only) and the S3 upload role. Prometheus on the host scrapes both.
+# listener, and, in their own containers, the storage manager (one per host; enable it on one
+# or more hub nodes: one leads, the others stand by) and the S3 upload role. Prometheus on the
+# host scrapes both.
 _:
 
 {

@@ -1,6 +1,7 @@
 //! Leases: at most one worker does a piece of work at a time, across tasks and processes.
 //!
-//! Used for S3 blobs (`cim-gateway`'s upload): blobs are content-addressed, so two objects with the same content (or two deliveries of one
+//! Used for S3 blobs (`cim-gateway`'s upload) and for the manager's leadership
+//! ([`crate::manager::leader`], its own bucket with a shorter TTL). Blobs are content-addressed, so two objects with the same content (or two deliveries of one
 //! object) upload to the same key. Without coordination the second uploader would abort the
 //! first one's multipart upload (taking it for a dead uploader's leftover) and both would fail.
 //! Instead, whoever holds the blob's lease uploads; the others wait until it is released and then
@@ -12,10 +13,14 @@
 //!
 //! * A lease is a key in the KV bucket [`LEASE_BUCKET`] on the control plane, created with
 //!   compare-and-set (`create` fails while the key exists), so at most one holder at a time.
-//! * The bucket's `max_age` is [`LEASE_TTL`]: a key not renewed for that long disappears, measured
-//!   by the server's clock (never the holders' clocks, which may differ). The holder renews every
-//!   [`LEASE_RENEW_EVERY`] (compare-and-set on the revision it wrote), so a lease lives as long as
-//!   its holder does, and a holder that dies (SIGKILL) frees its blobs within [`LEASE_TTL`].
+//! * The bucket's `max_age` is its TTL ([`LEASE_TTL`] for [`LEASE_BUCKET`]): a key not renewed for
+//!   that long disappears, measured by the server's clock (never the holders' clocks, which may
+//!   differ). The holder renews every third of the TTL ([`LEASE_RENEW_EVERY`] for blobs;
+//!   compare-and-set on the revision it wrote), so a lease lives as long as its holder does, and
+//!   a holder that dies (SIGKILL) frees it within the TTL.
+//! * A holder knows how long its lease is surely still its own ([`Lease::held_until`]): the TTL
+//!   from when it *sent* its last successful write, less [`HELD_MARGIN`] — the server's expiry
+//!   counts from when it stored that write, which is later.
 //! * Releasing deletes the key (compare-and-set); dropping a [`Lease`] releases it in the
 //!   background.
 //! * Correctness never depends on the lease: uploads are verified and idempotent, and an upload
@@ -42,11 +47,15 @@ pub const LEASE_RENEW_EVERY: Duration = Duration::from_secs(10);
 pub const READY_WAIT: Duration = Duration::from_secs(10);
 /// How often a waiter checks whether a lease was released.
 pub const LEASE_POLL: Duration = Duration::from_millis(500);
+/// Taken off a lease's TTL when its holder counts how long it surely holds it: clocks run at
+/// slightly different rates, and a holder must stop before the server could expire its key.
+pub const HELD_MARGIN: Duration = Duration::from_secs(1);
 
-/// The lease bucket. Keys are KV keys chosen by the caller (e.g. `blob.<tier>.<hex>`).
+/// A lease bucket. Keys are KV keys chosen by the caller (e.g. `blob.<tier>.<hex>`).
 #[derive(Clone)]
 pub struct Leases {
     kv: kv::Store,
+    ttl: Duration,
 }
 
 fn lease_error(op: &'static str, key: &str, source: impl std::fmt::Display) -> Error {
@@ -63,30 +72,45 @@ impl Leases {
     /// replicated stream may still answer "no stream found", and the first lease taken would
     /// fail for no reason but timing (seen under load in CI).
     pub async fn open(js: &jetstream::Context, replicas: usize) -> Result<Leases, Error> {
-        let kv = match js.get_key_value(LEASE_BUCKET).await {
-            Ok(kv) => return Ok(Leases { kv }),
+        Self::open_bucket(
+            js,
+            LEASE_BUCKET,
+            "cim leases: one uploader per blob",
+            LEASE_TTL,
+            replicas,
+        )
+        .await
+    }
+
+    /// Opens the lease bucket `bucket` whose leases live `ttl` unless renewed (its `max_age`),
+    /// creating it if needed, as [`Leases::open`] does.
+    pub async fn open_bucket(
+        js: &jetstream::Context,
+        bucket: &str,
+        description: &str,
+        ttl: Duration,
+        replicas: usize,
+    ) -> Result<Leases, Error> {
+        let kv = match js.get_key_value(bucket).await {
+            Ok(kv) => return Ok(Leases { kv, ttl }),
             Err(_) => js
                 .create_key_value(kv::Config {
-                    bucket: LEASE_BUCKET.to_string(),
-                    description: "cim leases: one uploader per blob".into(),
+                    bucket: bucket.to_string(),
+                    description: description.to_string(),
                     history: 1,
-                    max_age: LEASE_TTL,
+                    max_age: ttl,
                     num_replicas: replicas,
                     ..Default::default()
                 })
                 .await
-                .map_err(|e| lease_error("open", LEASE_BUCKET, e))?,
+                .map_err(|e| lease_error("open", bucket, e))?,
         };
         let deadline = tokio::time::Instant::now() + READY_WAIT;
         loop {
             match kv.entry("ready-probe").await {
-                Ok(_) => return Ok(Leases { kv }),
+                Ok(_) => return Ok(Leases { kv, ttl }),
                 Err(e) if tokio::time::Instant::now() >= deadline => {
-                    return Err(lease_error(
-                        "open (waiting until it answers)",
-                        LEASE_BUCKET,
-                        e,
-                    ))
+                    return Err(lease_error("open (waiting until it answers)", bucket, e))
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
@@ -96,8 +120,18 @@ impl Leases {
     /// Takes the lease `key` for `holder` if nobody holds it; `None` when someone does.
     pub async fn try_acquire(&self, key: &str, holder: &str) -> Result<Option<Lease>, Error> {
         let value = Bytes::from(holder.to_string());
+        let sent = tokio::time::Instant::now();
         match self.kv.create(key, value.clone()).await {
-            Ok(revision) => Ok(Some(Lease::start(self.kv.clone(), key, value, revision))),
+            Ok(revision) => Ok(Some(Lease::start(
+                self.kv.clone(),
+                key,
+                value,
+                revision,
+                Held {
+                    ttl: self.ttl,
+                    sent,
+                },
+            ))),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
             Err(e) => {
                 // The key may have been written, expired or deleted between create's two steps:
@@ -141,32 +175,66 @@ impl Leases {
     }
 }
 
+/// When a lease's last successful write was sent, and its TTL.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    ttl: Duration,
+    sent: tokio::time::Instant,
+}
+
+impl Held {
+    /// Until when the lease is surely ours (see the module docs).
+    fn until(&self) -> tokio::time::Instant {
+        self.sent + self.ttl.saturating_sub(HELD_MARGIN)
+    }
+}
+
 /// A held lease, renewed in the background until released or dropped.
 pub struct Lease {
     kv: kv::Store,
     key: String,
     /// The revision we last wrote; `None` once the lease was lost to someone else.
     revision: Arc<Mutex<Option<u64>>>,
+    /// When the last successful write was sent.
+    held: Arc<Mutex<Held>>,
     renewer: JoinHandle<()>,
 }
 
 impl Lease {
-    fn start(kv: kv::Store, key: &str, value: Bytes, revision: u64) -> Lease {
+    fn start(kv: kv::Store, key: &str, value: Bytes, revision: u64, held: Held) -> Lease {
         let shared = Arc::new(Mutex::new(Some(revision)));
+        let held = Arc::new(Mutex::new(held));
+        let renew_every = held.lock().expect("lock").ttl / 3;
         let renewer = tokio::spawn({
-            let (kv, key, shared) = (kv.clone(), key.to_string(), shared.clone());
+            let (kv, key, shared, held) =
+                (kv.clone(), key.to_string(), shared.clone(), held.clone());
             async move {
                 loop {
-                    tokio::time::sleep(LEASE_RENEW_EVERY).await;
+                    tokio::time::sleep(renew_every).await;
                     let Some(current) = *shared.lock().expect("lock") else {
                         return;
                     };
-                    match kv.update(&key, value.clone(), current).await {
-                        Ok(next) => *shared.lock().expect("lock") = Some(next),
+                    let sent = tokio::time::Instant::now();
+                    // A renewal that does not answer within a renewal period counts as failed.
+                    let renewed =
+                        tokio::time::timeout(renew_every, kv.update(&key, value.clone(), current))
+                            .await;
+                    let renewed = match renewed {
+                        Ok(result) => result,
+                        Err(_) => {
+                            tracing::warn!(key, "could not renew lease: no answer");
+                            continue;
+                        }
+                    };
+                    match renewed {
+                        Ok(next) => {
+                            *shared.lock().expect("lock") = Some(next);
+                            held.lock().expect("lock").sent = sent;
+                        }
                         Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
                             // Expired and taken over: the new holder may abort our multipart
                             // upload, which then fails transiently and is retried.
-                            tracing::warn!(key, "lease lost to another uploader");
+                            tracing::warn!(key, "lease lost to another holder");
                             *shared.lock().expect("lock") = None;
                             return;
                         }
@@ -180,8 +248,17 @@ impl Lease {
             kv,
             key: key.to_string(),
             revision: shared,
+            held,
             renewer,
         }
+    }
+
+    /// Until when this lease is surely still ours: the TTL from when its last successful write
+    /// was sent, less [`HELD_MARGIN`]; `None` once it was lost to someone else. Past that
+    /// instant the server may have expired it and another holder may have it.
+    pub fn held_until(&self) -> Option<tokio::time::Instant> {
+        self.revision.lock().expect("lock").as_ref()?;
+        Some(self.held.lock().expect("lock").until())
     }
 
     /// The lease's key.

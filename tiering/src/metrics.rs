@@ -92,6 +92,8 @@ pub const GC_REMOVED_MANIFESTS: &str = "cim_gc_removed_manifests_total";
 pub const MANAGER_DISPATCHED: &str = "cim_manager_dispatched_total";
 /// Tiers, buckets or objects the manager passed over because of an error, by policy and reason.
 pub const MANAGER_SKIPPED: &str = "cim_manager_skipped_total";
+/// 1 while this manager leads (plans), 0 while it stands by for another.
+pub const MANAGER_LEADER: &str = "cim_manager_leader";
 /// Completed manager evaluation passes.
 pub const MANAGER_PASSES: &str = "cim_manager_passes_total";
 /// How long the manager's last completed pass took, in seconds.
@@ -293,6 +295,7 @@ pub fn role_started(role: Role, config: &Config) {
     let is_s3 = |name: &str| matches!(config.tier(name), Some(Tier::S3(_)));
     match role {
         Role::Manager => {
+            gauge!(MANAGER_LEADER).set(0.0);
             counter!(MANAGER_PASSES).increment(0);
             for work in [WorkRole::Mirror, WorkRole::Upload] {
                 counter!(MANAGER_DISPATCHED, "role" => work.as_str()).increment(0);
@@ -449,6 +452,10 @@ fn describe() {
     );
     describe_counter!(MANAGER_PASSES, "completed manager evaluation passes");
     describe_gauge!(
+        MANAGER_LEADER,
+        "1 while this manager leads (plans), 0 while it stands by"
+    );
+    describe_gauge!(
         MANAGER_LAST_PASS_DURATION,
         Unit::Seconds,
         "seconds the last completed manager pass took"
@@ -491,6 +498,11 @@ pub fn transfer_failed(from: &str, to: &str, reason: &'static str) {
 /// One object evicted from `tier`.
 pub fn evicted(tier: &str) {
     counter!(EVICTIONS, "tier" => tier.to_string()).increment(1);
+}
+
+/// This manager leads (`true`) or stands by.
+pub fn manager_leader(leading: bool) {
+    gauge!(MANAGER_LEADER).set(if leading { 1.0 } else { 0.0 });
 }
 
 /// A cluster copy on `tier` verified as it arrived.

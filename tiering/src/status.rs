@@ -80,6 +80,10 @@ pub struct Heartbeat {
     /// Its last [`RECENT_ERRORS`] errors, oldest first (the last one is `last_error`).
     #[serde(default)]
     pub recent_errors: Vec<LastError>,
+    /// Managers only: whether this one leads (plans) now, or stands by (see
+    /// [`crate::manager::leader`]). Absent for the other roles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<bool>,
 }
 
 /// The last error a role met.
@@ -142,6 +146,7 @@ struct Record {
     last_success: Option<OffsetDateTime>,
     last_error: Option<LastError>,
     recent_errors: Vec<LastError>,
+    leader: Option<bool>,
     restore: Counters,
     /// The manager's last summary, and whether the heartbeat task wrote it yet.
     summary: Option<(ManagerSummary, bool)>,
@@ -152,6 +157,7 @@ fn record() -> std::sync::MutexGuard<'static, Record> {
         last_success: None,
         last_error: None,
         recent_errors: Vec::new(),
+        leader: None,
         restore: Counters {
             runs: 0,
             objects: BTreeMap::new(),
@@ -181,6 +187,11 @@ pub fn failed(reason: impl std::fmt::Display) {
     }
     record.recent_errors.push(error.clone());
     record.last_error = Some(error);
+}
+
+/// This manager leads now (`true`) or stands by (`false`); said in its heartbeat.
+pub fn leading(leader: bool) {
+    record().leader = Some(leader);
 }
 
 /// A restore in this process ended for one object of `tier` with `outcome`, writing `bytes`;
@@ -488,6 +499,7 @@ pub fn spawn_heartbeat(
         last_success: None,
         last_error: None,
         recent_errors: Vec::new(),
+        leader: None,
     };
     let key = StatusBucket::heartbeat_key(role, &beat.instance);
     tokio::spawn(async move {
@@ -502,6 +514,7 @@ pub fn spawn_heartbeat(
                 beat.last_success = record.last_success;
                 beat.last_error = record.last_error.clone();
                 beat.recent_errors = record.recent_errors.clone();
+                beat.leader = record.leader;
             }
             beat.at = OffsetDateTime::now_utc();
             if let Err(e) = bucket.beat(&beat).await {
@@ -561,6 +574,7 @@ mod tests {
                 at: OffsetDateTime::UNIX_EPOCH,
                 reason: "s3 down".into(),
             }],
+            leader: Some(true),
         };
         let json = serde_json::to_string(&beat).unwrap();
         assert_eq!(serde_json::from_str::<Heartbeat>(&json).unwrap(), beat);

@@ -24,6 +24,7 @@ use crate::system::System;
 use crate::work::{ObjectDelete, ObjectMove, WorkItem};
 
 pub mod explain;
+pub mod leader;
 pub mod plan;
 mod state;
 
@@ -120,9 +121,54 @@ impl Manager {
         }
     }
 
+    /// Plans while this manager leads, until `shutdown`; stands by while another manager
+    /// leads (see [`leader`]). Losing the lease, or no longer being sure of it, stops planning
+    /// at once — a pass under way is dropped — and this manager stands by again.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        let Some(leadership) = self.open_leadership(&shutdown).await else {
+            return;
+        };
+        loop {
+            leader::set_leading(false);
+            let Some(lease) = leadership.acquire(&shutdown).await else {
+                return;
+            };
+            leader::set_leading(true);
+            tracing::info!(holder = leadership.holder(), "leading: this manager plans");
+            tokio::select! {
+                _ = self.plan_while_leading(&shutdown) => {
+                    leader::set_leading(false);
+                    lease.release().await;
+                    return;
+                }
+                _ = leader::lost(&lease) => {
+                    tracing::warn!("leadership lost (taken over, or not renewed in time); planning stopped, standing by");
+                }
+            }
+        }
+    }
+
+    /// The leadership bucket, retried until it opens or `shutdown`.
+    async fn open_leadership(&self, shutdown: &CancellationToken) -> Option<leader::Leadership> {
+        loop {
+            let opened = tokio::select! {
+                opened = crate::retry::retry("open leadership bucket", crate::retry::Backoff::STARTUP, || {
+                    leader::Leadership::open(&self.system)
+                }) => opened,
+                _ = shutdown.cancelled() => return None,
+            };
+            match opened {
+                Ok(leadership) => return Some(leadership),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot open the leadership bucket; trying again")
+                }
+            }
+        }
+    }
+
     /// Runs passes every interval until `shutdown`, which also cancels a pass under way:
     /// dropping a pass is safe, it only queues items and queueing is idempotent.
-    pub async fn run(&self, shutdown: CancellationToken) {
+    async fn plan_while_leading(&self, shutdown: &CancellationToken) {
         let interval = self.system.config.manager.interval;
         loop {
             let pass = tokio::select! {

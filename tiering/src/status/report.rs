@@ -194,6 +194,7 @@ mod tests {
             last_success: Some(at(-1)),
             recent_errors: last_error.iter().cloned().collect(),
             last_error,
+            leader: None,
         };
         let failure = LastError {
             at: at(-40),
