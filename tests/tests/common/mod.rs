@@ -287,7 +287,20 @@ impl Tiers {
         name: &str,
     ) -> (Vec<u8>, object_store::ObjectInfo) {
         let store = js.get_object_store(bucket).await.unwrap();
-        let mut object = store.get(name).await.unwrap();
+        // The object store reads with direct gets, which any replica answers: one that has not
+        // applied a write acknowledged by the others a moment ago answers "not found" for a
+        // little while (JetStream's read-after-write on R3 streams). Ask again briefly.
+        let mut attempts = 0;
+        let mut object = loop {
+            match store.get(name).await {
+                Ok(object) => break object,
+                Err(e) if e.kind() == object_store::GetErrorKind::NotFound && attempts < 50 => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("read {bucket}/{name}: {e}"),
+            }
+        };
         let mut data = Vec::new();
         object.read_to_end(&mut data).await.unwrap();
         (data, object.info().clone())
