@@ -49,6 +49,7 @@ mod keys;
 mod manifests;
 mod multipart;
 pub mod observe;
+mod parts;
 mod read;
 
 pub use blob_upload::{BlobUpload, UploadOptions, MAX_PARTS, MAX_PART_SIZE, MIN_PART_SIZE};
