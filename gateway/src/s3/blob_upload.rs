@@ -13,7 +13,7 @@ use cim_tiering::digest::Sha256Digest;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tracing::Instrument;
 
-use super::budget::MemoryBudget;
+use super::budget::{Buffer, MemoryBudget};
 use super::checksums::BodyChecksum;
 use super::deadlines;
 use super::hashing::HashingReader;
@@ -61,12 +61,13 @@ impl From<&UploadConfig> for UploadOptions {
     /// Options for the role: one budget of `memory_budget` bytes for all its uploads.
     fn from(config: &UploadConfig) -> Self {
         let half = (config.memory_budget / 2).max(MIN_PART_SIZE);
+        let part_size = config.part_size.min(half);
         UploadOptions {
-            part_size: config.part_size.min(half),
+            part_size,
             multipart_threshold: config.multipart_threshold.min(half),
             zstd_level: config.zstd_level,
             reuse_existing: true,
-            budget: MemoryBudget::new(config.memory_budget),
+            budget: MemoryBudget::new(config.memory_budget).with_part_buffers(part_size),
         }
     }
 }
@@ -173,6 +174,9 @@ impl S3Store {
             expected_size,
             origin,
         };
+        // Taken before any buffer (see `super::budget`): bounds the encoders and hub readers
+        // of all uploads; given back as soon as the content hit EOF.
+        let slot = opts.budget.codec().await;
         let hashing = HashingReader::new(content, expected_size);
         // zstd's frame checksum (XXH64 of the content, 4 bytes at the end) lets any reader —
         // `zstd -d` by hand included — detect a damaged blob without our manifest.
@@ -185,28 +189,42 @@ impl S3Store {
         let part_size = usize_of(opts.effective_part_size(expected_size));
         // Sized for this object rather than the threshold: small objects are the common case.
         let capacity = threshold.min(usize_of(compress_bound(expected_size)));
-        // An object that may need a multipart upload is charged a whole part up front, so that
-        // growing this buffer to a part never waits for room while holding some.
+        // An object that may need a multipart upload gets room for a whole part up front, so
+        // that growing this buffer to a part never waits for room while holding some.
         let may_be_multipart = compress_bound(expected_size) > threshold as u64;
-        let charged = if may_be_multipart {
+        let room = if may_be_multipart {
             capacity.max(part_size)
         } else {
             capacity
         };
-        let mut charge = opts.budget.charge(charged as u64).await;
-        let mut first = BytesMut::with_capacity(capacity);
+        let Buffer {
+            bytes: mut first,
+            mut charge,
+            reusable,
+        } = opts.budget.buffer(room).await;
         let eof = fill(&mut encoder, &mut first, threshold)
             .await
             .map_err(|e| upload.read_error(&encoder, e))?;
 
         let (stored_size, checksums, part_size) = if eof {
             upload.check(hashing_result(&encoder))?;
-            let (stored_size, checksum) = upload.put_single(first.freeze()).await?;
-            drop(charge);
+            // The encoder's state and the reader's read-ahead are not needed for sending.
+            drop((encoder, slot));
+            let blob = first.freeze();
+            let (stored_size, checksum) = upload.put_single(blob.clone()).await?;
+            if reusable {
+                opts.budget.recycle(blob, charge);
+            }
             (stored_size, checksum.into_iter().collect(), None)
         } else {
             let (stored_size, checksums) = upload
-                .multipart(encoder, first, &mut charge, &opts.budget, part_size)
+                .multipart(
+                    (encoder, slot),
+                    (first, reusable),
+                    &mut charge,
+                    &opts.budget,
+                    part_size,
+                )
                 .await?;
             (stored_size, checksums, Some(part_size as u64))
         };
@@ -261,7 +279,7 @@ pub(super) struct BlobWrite<'a> {
     pub(super) key: &'a str,
     hex: &'a str,
     expected: &'a Sha256Digest,
-    expected_size: u64,
+    pub(super) expected_size: u64,
     origin: &'a Origin<'a>,
 }
 
@@ -426,11 +444,11 @@ pub(super) async fn fill<R: AsyncRead + Unpin>(
 
 /// An upper bound of the zstd-compressed size of `size` bytes (zstd's own bound,
 /// `ZSTD_compressBound`, is about size/256 plus a few hundred bytes).
-fn compress_bound(size: u64) -> u64 {
+pub(super) fn compress_bound(size: u64) -> u64 {
     size.saturating_add(size / 128).saturating_add(64 * 1024)
 }
 
-fn usize_of(n: u64) -> usize {
+pub(super) fn usize_of(n: u64) -> usize {
     usize::try_from(n).unwrap_or(usize::MAX)
 }
 

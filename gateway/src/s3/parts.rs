@@ -11,8 +11,10 @@ use cim_policies::S3Verify;
 use tokio::io::AsyncRead;
 use tokio::task::JoinSet;
 
-use super::blob_upload::{confirm, fill, hashing_result, BlobWrite, Encoder, MAX_PARTS};
-use super::budget::{Charge, MemoryBudget};
+use super::blob_upload::{
+    compress_bound, confirm, fill, hashing_result, usize_of, BlobWrite, Encoder, MAX_PARTS,
+};
+use super::budget::{Charge, CodecSlot, MemoryBudget};
 use super::checksums::BodyChecksum;
 use super::deadlines;
 use crate::Error;
@@ -26,8 +28,8 @@ impl BlobWrite<'_> {
     /// the stored size and the confirmed checksum of each part, in order (none for read-back).
     pub(super) async fn multipart<R: AsyncRead + Unpin + Send>(
         &self,
-        mut encoder: Encoder<R>,
-        first: BytesMut,
+        compressing: (Encoder<R>, CodecSlot),
+        first: (BytesMut, bool),
         charge: &mut Charge,
         budget: &MemoryBudget,
         part_size: usize,
@@ -63,7 +65,7 @@ impl BlobWrite<'_> {
         let mut tasks = JoinSet::new();
         let result = match self
             .stream_parts(
-                &mut encoder,
+                compressing,
                 first,
                 (charge, budget),
                 part_size,
@@ -93,39 +95,50 @@ impl BlobWrite<'_> {
     /// Cuts the compressed stream into parts and uploads them, at most
     /// [`MAX_PARTS_IN_FLIGHT`] at a time and within the memory budget (`held` is what the
     /// buffer being filled is charged; each part takes its share along); checks the content at
-    /// EOF. Returns the parts in order.
+    /// EOF, and then drops the encoder and its codec slot before the last parts are sent.
+    /// Returns the parts in order.
     async fn stream_parts<R: AsyncRead + Unpin + Send>(
         &self,
-        encoder: &mut Encoder<R>,
-        mut pending: BytesMut,
+        compressing: (Encoder<R>, CodecSlot),
+        (mut pending, mut reusable): (BytesMut, bool),
         (held, budget): (&mut Charge, &MemoryBudget),
         part_size: usize,
         upload_id: &str,
         tasks: &mut JoinSet<Result<UploadedPart, Error>>,
     ) -> Result<Vec<UploadedPart>, Error> {
+        let mut compressing = Some(compressing);
         let mut done = Vec::new();
         let mut part_number: u64 = 0;
+        // Compressed bytes cut into parts so far: what is left to come is at most the
+        // object's bound minus this, so a short last part is charged only what it may hold.
+        let mut cut: u64 = 0;
         let mut eof = false;
         loop {
-            if !eof && pending.len() < part_size {
-                if held.bytes() < part_size as u64 {
-                    // Waits while other uploads' parts hold the budget; this one holds no
-                    // unsent bytes meanwhile (a partly filled buffer was charged a whole part).
-                    held.merge(budget.charge(part_size as u64 - held.bytes()).await);
+            if let Some((encoder, _)) = compressing.as_mut() {
+                if pending.len() < part_size {
+                    let left = usize_of(compress_bound(self.expected_size).saturating_sub(cut));
+                    let room = part_size.min(left.max(1));
+                    if pending.is_empty() {
+                        // The previous buffer went out with the parts cut from it. Waits while
+                        // other uploads' parts hold the budget; this one holds no unsent bytes.
+                        drop(std::mem::take(held));
+                        let buffer = budget.buffer(room).await;
+                        (pending, *held, reusable) = (buffer.bytes, buffer.charge, buffer.reusable);
+                    } else if held.bytes() < room as u64 {
+                        // Never reached with the first buffer (charged a whole part up front).
+                        held.merge(budget.charge(room as u64 - held.bytes()).await);
+                        pending.reserve(room - pending.len());
+                    }
+                    eof = fill(encoder, &mut pending, part_size)
+                        .await
+                        .map_err(|e| self.read_error(encoder, e))?;
                 }
-                if pending.is_empty() {
-                    // The previous buffer is owned by in-flight parts; start a fresh one.
-                    pending = BytesMut::with_capacity(part_size);
-                } else {
-                    pending.reserve(part_size - pending.len());
+                if eof {
+                    // Verify before the last part goes out; a bad source never completes.
+                    self.check(hashing_result(encoder))?;
+                    // Frees the encoder's state and the reader's read-ahead, and the slot.
+                    compressing = None;
                 }
-                eof = fill(encoder, &mut pending, part_size)
-                    .await
-                    .map_err(|e| self.read_error(encoder, e))?;
-            }
-            if eof {
-                // Verify before the last part goes out; a bad source never completes.
-                self.check(hashing_result(encoder))?;
             }
             while pending.len() >= part_size || (eof && (!pending.is_empty() || part_number == 0)) {
                 let body = if pending.len() >= part_size {
@@ -133,6 +146,7 @@ impl BlobWrite<'_> {
                 } else {
                     pending.split().freeze()
                 };
+                cut += body.len() as u64;
                 part_number += 1;
                 if part_number > MAX_PARTS {
                     return Err(Error::config(format!(
@@ -143,14 +157,21 @@ impl BlobWrite<'_> {
                 while tasks.len() >= MAX_PARTS_IN_FLIGHT {
                     done.push(self.part_sent(join_part(tasks).await?));
                 }
-                let charge = held.split(body.len() as u64);
+                // The last part takes all that is left, so that its buffer can be reused.
+                let charge = if eof && pending.is_empty() {
+                    std::mem::take(held)
+                } else {
+                    held.split(body.len() as u64)
+                };
+                // Only a part cut from the start of a reusable buffer goes back to the pool.
+                let recycle = std::mem::take(&mut reusable).then(|| budget.clone());
                 tasks.spawn(upload_part(
                     self.store.client.clone(),
                     self.store.bucket.clone(),
                     self.key.to_string(),
                     upload_id.to_string(),
                     part_number as i32,
-                    (body, charge),
+                    (body, charge, recycle),
                     self.store.verify,
                 ));
             }
@@ -236,7 +257,7 @@ async fn upload_part(
     key: String,
     upload_id: String,
     part_number: i32,
-    (body, _charge): (Bytes, Charge),
+    (body, charge, recycle): (Bytes, Charge, Option<MemoryBudget>),
     verify: S3Verify,
 ) -> Result<UploadedPart, Error> {
     let len = body.len() as u64;
@@ -248,7 +269,7 @@ async fn upload_part(
         .upload_id(upload_id)
         .part_number(part_number)
         .content_length(len as i64)
-        .body(ByteStream::from(body));
+        .body(ByteStream::from(body.clone()));
     match &checksum {
         Some(BodyChecksum::Md5 { base64, .. }) => request = request.content_md5(base64),
         Some(BodyChecksum::Crc32c { base64 }) => request = request.checksum_crc32_c(base64),
@@ -266,6 +287,9 @@ async fn upload_part(
         .await
         .map_err(|e| Error::s3("upload_part", &key, e))?;
     tracing::trace!(part_number, len, "part uploaded");
+    if let Some(budget) = recycle {
+        budget.recycle(body, charge);
+    }
     if let Some(checksum) = &checksum {
         confirm(
             checksum,
