@@ -202,10 +202,13 @@ impl UploadHandler {
             if manifest.verified.is_some() {
                 return Ok((manifest, blob));
             }
-            match store
+            // A read-back holds a decoder: one of the codec slots, like a compressing upload.
+            let slot = options.budget.codec().await;
+            let read_back = store
                 .read_verified(&manifest, &mut progress.writer(tokio::io::sink()))
-                .await
-            {
+                .await;
+            drop(slot);
+            match read_back {
                 Ok(_) => {
                     manifest.verified = Some(Verification {
                         mode: S3Verify::ReadBack,

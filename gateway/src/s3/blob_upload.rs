@@ -7,16 +7,13 @@ use async_compression::tokio::bufread::ZstdEncoder;
 use async_compression::zstd::CParameter;
 use async_compression::Level;
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
-use aws_sdk_s3::Client;
 use bytes::{BufMut, Bytes, BytesMut};
 use cim_policies::{S3Verify, UploadConfig};
 use cim_tiering::digest::Sha256Digest;
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use super::budget::{Charge, MemoryBudget};
+use super::budget::{Buffer, MemoryBudget};
 use super::checksums::BodyChecksum;
 use super::deadlines;
 use super::hashing::HashingReader;
@@ -32,9 +29,6 @@ pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
 pub const MAX_PART_SIZE: u64 = 5 * 1024 * 1024 * 1024;
 /// Most parts one multipart upload may have.
 pub const MAX_PARTS: u64 = 10_000;
-/// Most parts of one object uploading at once while the next one is compressed; the memory of
-/// all of them, across all uploads, is bounded by [`UploadOptions::budget`].
-const MAX_PARTS_IN_FLIGHT: usize = 4;
 
 /// How blobs are cut and compressed.
 ///
@@ -67,12 +61,13 @@ impl From<&UploadConfig> for UploadOptions {
     /// Options for the role: one budget of `memory_budget` bytes for all its uploads.
     fn from(config: &UploadConfig) -> Self {
         let half = (config.memory_budget / 2).max(MIN_PART_SIZE);
+        let part_size = config.part_size.min(half);
         UploadOptions {
-            part_size: config.part_size.min(half),
+            part_size,
             multipart_threshold: config.multipart_threshold.min(half),
             zstd_level: config.zstd_level,
             reuse_existing: true,
-            budget: MemoryBudget::new(config.memory_budget),
+            budget: MemoryBudget::new(config.memory_budget).with_part_buffers(part_size),
         }
     }
 }
@@ -179,6 +174,9 @@ impl S3Store {
             expected_size,
             origin,
         };
+        // Taken before any buffer (see `super::budget`): bounds the encoders and hub readers
+        // of all uploads; given back as soon as the content hit EOF.
+        let slot = opts.budget.codec().await;
         let hashing = HashingReader::new(content, expected_size);
         // zstd's frame checksum (XXH64 of the content, 4 bytes at the end) lets any reader —
         // `zstd -d` by hand included — detect a damaged blob without our manifest.
@@ -191,28 +189,42 @@ impl S3Store {
         let part_size = usize_of(opts.effective_part_size(expected_size));
         // Sized for this object rather than the threshold: small objects are the common case.
         let capacity = threshold.min(usize_of(compress_bound(expected_size)));
-        // An object that may need a multipart upload is charged a whole part up front, so that
-        // growing this buffer to a part never waits for room while holding some.
+        // An object that may need a multipart upload gets room for a whole part up front, so
+        // that growing this buffer to a part never waits for room while holding some.
         let may_be_multipart = compress_bound(expected_size) > threshold as u64;
-        let charged = if may_be_multipart {
+        let room = if may_be_multipart {
             capacity.max(part_size)
         } else {
             capacity
         };
-        let mut charge = opts.budget.charge(charged as u64).await;
-        let mut first = BytesMut::with_capacity(capacity);
+        let Buffer {
+            bytes: mut first,
+            mut charge,
+            reusable,
+        } = opts.budget.buffer(room).await;
         let eof = fill(&mut encoder, &mut first, threshold)
             .await
             .map_err(|e| upload.read_error(&encoder, e))?;
 
         let (stored_size, checksums, part_size) = if eof {
             upload.check(hashing_result(&encoder))?;
-            let (stored_size, checksum) = upload.put_single(first.freeze()).await?;
-            drop(charge);
+            // The encoder's state and the reader's read-ahead are not needed for sending.
+            drop((encoder, slot));
+            let blob = first.freeze();
+            let (stored_size, checksum) = upload.put_single(blob.clone()).await?;
+            if reusable {
+                opts.budget.recycle(blob, charge);
+            }
             (stored_size, checksum.into_iter().collect(), None)
         } else {
             let (stored_size, checksums) = upload
-                .multipart(encoder, first, &mut charge, &opts.budget, part_size)
+                .multipart(
+                    (encoder, slot),
+                    (first, reusable),
+                    &mut charge,
+                    &opts.budget,
+                    part_size,
+                )
                 .await?;
             (stored_size, checksums, Some(part_size as u64))
         };
@@ -262,18 +274,18 @@ impl S3Store {
 }
 
 /// One blob being written: what it must contain and whom to blame otherwise.
-struct BlobWrite<'a> {
-    store: &'a S3Store,
-    key: &'a str,
+pub(super) struct BlobWrite<'a> {
+    pub(super) store: &'a S3Store,
+    pub(super) key: &'a str,
     hex: &'a str,
     expected: &'a Sha256Digest,
-    expected_size: u64,
+    pub(super) expected_size: u64,
     origin: &'a Origin<'a>,
 }
 
-type Encoder<R> = ZstdEncoder<tokio::io::BufReader<HashingReader<R>>>;
+pub(super) type Encoder<R> = ZstdEncoder<tokio::io::BufReader<HashingReader<R>>>;
 
-fn hashing_result<R: AsyncRead + Unpin>(encoder: &Encoder<R>) -> (Sha256Digest, u64) {
+pub(super) fn hashing_result<R: AsyncRead + Unpin>(encoder: &Encoder<R>) -> (Sha256Digest, u64) {
     encoder.get_ref().get_ref().result()
 }
 
@@ -284,7 +296,11 @@ impl BlobWrite<'_> {
     /// error; an error of the cluster's reader ([`cim_tiering::jetstream::ObjectReader`]: a
     /// lagging replica is `NotReady`) is passed on as it is; anything else is the source's I/O
     /// error.
-    fn read_error<R: AsyncRead + Unpin>(&self, encoder: &Encoder<R>, e: io::Error) -> Error {
+    pub(super) fn read_error<R: AsyncRead + Unpin>(
+        &self,
+        encoder: &Encoder<R>,
+        e: io::Error,
+    ) -> Error {
         let e = match cim_tiering::jetstream::read::tiering_error(e) {
             Ok(tiering) => return tiering.into(),
             Err(e) => e,
@@ -316,7 +332,7 @@ impl BlobWrite<'_> {
         }
     }
 
-    fn check(&self, got: (Sha256Digest, u64)) -> Result<(), Error> {
+    pub(super) fn check(&self, got: (Sha256Digest, u64)) -> Result<(), Error> {
         check_content(
             self.origin,
             self.key,
@@ -326,7 +342,7 @@ impl BlobWrite<'_> {
         )
     }
 
-    fn metadata(&self) -> [(&'static str, String); 3] {
+    pub(super) fn metadata(&self) -> [(&'static str, String); 3] {
         [
             (META_SHA256, self.hex.to_string()),
             (META_SIZE, self.expected_size.to_string()),
@@ -382,203 +398,12 @@ impl BlobWrite<'_> {
         }
         Ok((len, checksum.map(|c| c.value().to_string())))
     }
-
-    /// Multipart upload of the compressed stream, `first` being what was read so far; returns
-    /// the stored size and the confirmed checksum of each part, in order (none for read-back).
-    async fn multipart<R: AsyncRead + Unpin + Send>(
-        &self,
-        mut encoder: Encoder<R>,
-        first: BytesMut,
-        charge: &mut Charge,
-        budget: &MemoryBudget,
-        part_size: usize,
-    ) -> Result<(u64, Vec<String>), Error> {
-        let (client, bucket, key) = (&self.store.client, &self.store.bucket, self.key);
-        self.store.abort_uploads_for(key).await?;
-        let mut create = client
-            .create_multipart_upload()
-            .bucket(bucket)
-            .key(key)
-            .content_type("application/zstd");
-        for (k, v) in self.metadata() {
-            create = create.metadata(k, v);
-        }
-        if self.store.verify == S3Verify::Crc32c {
-            // AWS requires the algorithm of the parts' checksums to be declared up front.
-            create = create.checksum_algorithm(ChecksumAlgorithm::Crc32C);
-        }
-        let upload_id = create
-            .send()
-            .await
-            .map_err(|e| Error::s3("create_multipart_upload", key, e))?
-            .upload_id()
-            .map(str::to_string)
-            .ok_or_else(|| Error::S3 {
-                op: "create_multipart_upload",
-                key: key.to_string(),
-                object: None,
-                cause: "response has no upload id".into(),
-            })?;
-        tracing::debug!(upload_id, part_size, "multipart upload started");
-
-        let mut tasks = JoinSet::new();
-        let result = match self
-            .stream_parts(
-                &mut encoder,
-                first,
-                (charge, budget),
-                part_size,
-                &upload_id,
-                &mut tasks,
-            )
-            .await
-        {
-            Ok(parts) => self.complete(&upload_id, parts).await,
-            Err(e) => Err(e),
-        };
-        if result.is_err() {
-            // Stop parts still uploading before aborting, so none lands after the abort.
-            tasks.shutdown().await;
-            match self.store.abort_upload(key, &upload_id).await {
-                Ok(_) => tracing::info!(upload_id, "multipart upload aborted"),
-                Err(e) => tracing::warn!(
-                    upload_id,
-                    error = %e,
-                    "could not abort multipart upload; the next upload of this blob retries"
-                ),
-            }
-        }
-        result
-    }
-
-    /// Cuts the compressed stream into parts and uploads them, at most
-    /// [`MAX_PARTS_IN_FLIGHT`] at a time and within the memory budget (`held` is what the
-    /// buffer being filled is charged; each part takes its share along); checks the content at
-    /// EOF. Returns the parts in order.
-    async fn stream_parts<R: AsyncRead + Unpin + Send>(
-        &self,
-        encoder: &mut Encoder<R>,
-        mut pending: BytesMut,
-        (held, budget): (&mut Charge, &MemoryBudget),
-        part_size: usize,
-        upload_id: &str,
-        tasks: &mut JoinSet<Result<UploadedPart, Error>>,
-    ) -> Result<Vec<UploadedPart>, Error> {
-        let mut done = Vec::new();
-        let mut part_number: u64 = 0;
-        let mut eof = false;
-        loop {
-            if !eof && pending.len() < part_size {
-                if held.bytes() < part_size as u64 {
-                    // Waits while other uploads' parts hold the budget; this one holds no
-                    // unsent bytes meanwhile (a partly filled buffer was charged a whole part).
-                    held.merge(budget.charge(part_size as u64 - held.bytes()).await);
-                }
-                if pending.is_empty() {
-                    // The previous buffer is owned by in-flight parts; start a fresh one.
-                    pending = BytesMut::with_capacity(part_size);
-                } else {
-                    pending.reserve(part_size - pending.len());
-                }
-                eof = fill(encoder, &mut pending, part_size)
-                    .await
-                    .map_err(|e| self.read_error(encoder, e))?;
-            }
-            if eof {
-                // Verify before the last part goes out; a bad source never completes.
-                self.check(hashing_result(encoder))?;
-            }
-            while pending.len() >= part_size || (eof && (!pending.is_empty() || part_number == 0)) {
-                let body = if pending.len() >= part_size {
-                    pending.split_to(part_size).freeze()
-                } else {
-                    pending.split().freeze()
-                };
-                part_number += 1;
-                if part_number > MAX_PARTS {
-                    return Err(Error::config(format!(
-                        "blob {} needs more than {MAX_PARTS} parts of {part_size} bytes",
-                        self.key
-                    )));
-                }
-                while tasks.len() >= MAX_PARTS_IN_FLIGHT {
-                    done.push(self.part_sent(join_part(tasks).await?));
-                }
-                let charge = held.split(body.len() as u64);
-                tasks.spawn(upload_part(
-                    self.store.client.clone(),
-                    self.store.bucket.clone(),
-                    self.key.to_string(),
-                    upload_id.to_string(),
-                    part_number as i32,
-                    (body, charge),
-                    self.store.verify,
-                ));
-            }
-            if eof {
-                break;
-            }
-        }
-        while !tasks.is_empty() {
-            done.push(self.part_sent(join_part(tasks).await?));
-        }
-        done.sort_by_key(|p| p.part.part_number());
-        Ok(done)
-    }
-
-    /// Counts a part the service took.
-    fn part_sent(&self, part: UploadedPart) -> UploadedPart {
-        cim_tiering::metrics::s3_sent(&self.store.tier_name, part.len, true);
-        part
-    }
-
-    async fn complete(
-        &self,
-        upload_id: &str,
-        parts: Vec<UploadedPart>,
-    ) -> Result<(u64, Vec<String>), Error> {
-        let stored: u64 = parts.iter().map(|p| p.len).sum();
-        let count = parts.len();
-        let checksums = parts.iter().filter_map(|p| p.checksum.clone()).collect();
-        let parts = parts.into_iter().map(|p| p.part).collect();
-        self.store
-            .client
-            .complete_multipart_upload()
-            .bucket(&self.store.bucket)
-            .key(self.key)
-            .upload_id(upload_id)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(parts))
-                    .build(),
-            )
-            .customize()
-            .config_override(deadlines::with_timeouts(deadlines::complete_timeouts()))
-            .send()
-            .await
-            .map_err(|e| Error::s3("complete_multipart_upload", self.key, e))?;
-        tracing::debug!(
-            upload_id,
-            parts = count,
-            stored,
-            "multipart upload completed"
-        );
-        Ok((stored, checksums))
-    }
-}
-
-/// One uploaded part: what CompleteMultipartUpload lists, its length, and the checksum the
-/// service confirmed (none for read-back).
-struct UploadedPart {
-    part: CompletedPart,
-    len: u64,
-    checksum: Option<String>,
 }
 
 /// Checks the service's answer against the checksum a request carried (see
 /// [`super::checksums`]); an answer that does not confirm it fails the upload, naming the mode
 /// to use instead.
-fn confirm(
+pub(super) fn confirm(
     checksum: &BodyChecksum,
     mode: S3Verify,
     op: &'static str,
@@ -596,89 +421,11 @@ fn confirm(
         })
 }
 
-async fn join_part(
-    tasks: &mut JoinSet<Result<UploadedPart, Error>>,
-) -> Result<UploadedPart, Error> {
-    match tasks.join_next().await {
-        Some(Ok(result)) => result,
-        Some(Err(join)) => Err(Error::io(
-            "multipart part upload task",
-            io::Error::other(join.to_string()),
-        )),
-        None => Err(Error::io(
-            "multipart part upload task",
-            io::Error::other("no part in flight"),
-        )),
-    }
-}
-
-async fn upload_part(
-    client: Client,
-    bucket: String,
-    key: String,
-    upload_id: String,
-    part_number: i32,
-    (body, _charge): (Bytes, Charge),
-    verify: S3Verify,
-) -> Result<UploadedPart, Error> {
-    let len = body.len() as u64;
-    let checksum = BodyChecksum::of_body(verify, &body).await;
-    let mut request = client
-        .upload_part()
-        .bucket(bucket)
-        .key(&key)
-        .upload_id(upload_id)
-        .part_number(part_number)
-        .content_length(len as i64)
-        .body(ByteStream::from(body));
-    match &checksum {
-        Some(BodyChecksum::Md5 { base64, .. }) => request = request.content_md5(base64),
-        Some(BodyChecksum::Crc32c { base64 }) => request = request.checksum_crc32_c(base64),
-        None => {}
-    }
-    let mut request = request
-        .customize()
-        .config_override(deadlines::with_timeouts(deadlines::upload_timeouts(len)));
-    if checksum.is_some() {
-        // As for PutObject: the service checks our checksum, so no SHA-256 of the payload.
-        request = request.disable_payload_signing();
-    }
-    let output = request
-        .send()
-        .await
-        .map_err(|e| Error::s3("upload_part", &key, e))?;
-    tracing::trace!(part_number, len, "part uploaded");
-    if let Some(checksum) = &checksum {
-        confirm(
-            checksum,
-            verify,
-            "upload_part",
-            &key,
-            output.e_tag(),
-            output.checksum_crc32_c(),
-        )?;
-    }
-    let crc32c = match &checksum {
-        Some(BodyChecksum::Crc32c { base64 }) => Some(base64.clone()),
-        _ => None,
-    };
-    let part = CompletedPart::builder()
-        .part_number(part_number)
-        .set_e_tag(output.e_tag().map(str::to_string))
-        .set_checksum_crc32_c(crc32c)
-        .build();
-    Ok(UploadedPart {
-        part,
-        len,
-        checksum: checksum.map(|c| c.value().to_string()),
-    })
-}
-
 /// Reads from `reader` into `buf` until it holds `cap` bytes (returns `false`) or EOF (`true`).
 ///
 /// Uses `buf`'s spare capacity first and grows it in small steps only when full, so a buffer
 /// sized for the expected content is not inflated to `cap`.
-async fn fill<R: AsyncRead + Unpin>(
+pub(super) async fn fill<R: AsyncRead + Unpin>(
     reader: &mut R,
     buf: &mut BytesMut,
     cap: usize,
@@ -697,11 +444,11 @@ async fn fill<R: AsyncRead + Unpin>(
 
 /// An upper bound of the zstd-compressed size of `size` bytes (zstd's own bound,
 /// `ZSTD_compressBound`, is about size/256 plus a few hundred bytes).
-fn compress_bound(size: u64) -> u64 {
+pub(super) fn compress_bound(size: u64) -> u64 {
     size.saturating_add(size / 128).saturating_add(64 * 1024)
 }
 
-fn usize_of(n: u64) -> usize {
+pub(super) fn usize_of(n: u64) -> usize {
     usize::try_from(n).unwrap_or(usize::MAX)
 }
 

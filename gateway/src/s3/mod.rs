@@ -49,10 +49,11 @@ mod keys;
 mod manifests;
 mod multipart;
 pub mod observe;
+mod parts;
 mod read;
 
 pub use blob_upload::{BlobUpload, UploadOptions, MAX_PARTS, MAX_PART_SIZE, MIN_PART_SIZE};
-pub use budget::{Charge, MemoryBudget};
+pub use budget::{Buffer, Charge, CodecSlot, MemoryBudget, CODEC_SLOTS};
 pub use checksums::recorded_checksum;
 pub use keys::ListedKey;
 pub use manifests::ListedManifest;
