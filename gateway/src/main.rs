@@ -20,9 +20,11 @@ use clap::{Args, Parser, Subcommand};
 
 mod commands {
     //! The commands whose code outgrew this file.
+    pub(crate) mod get;
     pub(crate) mod list;
     pub(crate) mod restore;
 }
+use commands::get as cli_get;
 use commands::list as cli_list;
 use commands::restore as cli_restore;
 
@@ -62,6 +64,18 @@ enum Command {
     /// verified copy of it on another tier (otherwise the object fails, named).
     #[command(after_help = cli_restore::EXIT_STATUS_HELP)]
     Restore(cli_restore::RestoreArgs),
+    /// Read one object to a file (-o) or stdout, from the nearest tier that holds its current
+    /// version (the leaves, then the cluster, then S3), verifying size and SHA-256 against the
+    /// ingest digest as it reads.
+    ///
+    /// With -o FILE the object is written to a temporary file beside FILE and renamed over it
+    /// only once verified; a copy that fails is named on stderr and removed, and the next tier
+    /// holding the same version is tried (never with --from). To stdout the bytes stream out
+    /// before the check at the end: if it fails, stdout holds bad bytes, a message says so and
+    /// the exit status is 1. One line for people on stderr at the end; nothing on stdout but
+    /// the object.
+    #[command(after_help = cli_get::EXIT_STATUS_HELP)]
+    Get(cli_get::GetArgs),
     /// Delete an object that lives only in S3 (a tombstone manifest; the catalog records it).
     ///
     /// Refused, naming the tier, when a JetStream tier still holds the object: delete it there
@@ -275,6 +289,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Restore(args) => cli_restore::run(args).await,
+        Command::Get(args) => cli_get::run(args).await,
         Command::Delete {
             config,
             bucket,

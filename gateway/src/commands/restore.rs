@@ -95,7 +95,7 @@ A --dry-run exits the same way for what a restore would do (1: some would fail).
 
 /// Exit status of a run that found no object to restore: not a failure of anything, but a
 /// script that asked for something must notice it got nothing.
-const EXIT_NOTHING_MATCHED: u8 = 4;
+pub(crate) const EXIT_NOTHING_MATCHED: u8 = 4;
 
 /// Seconds between two plain progress lines when stderr is not a terminal.
 const PLAIN_PROGRESS_EVERY: Duration = Duration::from_secs(10);
