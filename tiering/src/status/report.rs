@@ -65,7 +65,11 @@ impl StatusReport {
         } else {
             let rows = self.roles.iter().map(|r| {
                 vec![
-                    r.role.clone(),
+                    match (r.role.as_str(), r.leader) {
+                        ("manager", Some(true)) => "manager (leader)".into(),
+                        ("manager", Some(false)) => "manager (standby)".into(),
+                        _ => r.role.clone(),
+                    },
                     r.host.clone(),
                     r.pid.to_string(),
                     r.version.clone(),
@@ -90,8 +94,13 @@ impl StatusReport {
                 rows,
             ));
         }
-        if !self.roles.iter().any(|r| r.role == "manager") {
+        let managers: Vec<_> = self.roles.iter().filter(|r| r.role == "manager").collect();
+        if managers.is_empty() {
             out.push_str("  warning: no manager is running: nothing is being planned\n");
+        } else if !managers.iter().any(|r| r.leader != Some(false)) {
+            out.push_str(
+                "  warning: no manager leads: nothing is being planned until one takes the lease\n",
+            );
         }
 
         match &self.manager {
@@ -194,7 +203,7 @@ mod tests {
             last_success: Some(at(-1)),
             recent_errors: last_error.iter().cloned().collect(),
             last_error,
-            leader: None,
+            leader: (role == "manager").then_some(true),
         };
         let failure = LastError {
             at: at(-40),
@@ -245,7 +254,7 @@ mod tests {
         let text = example().render();
         for expected in [
             "Roles (3 running)",
-            "manager  hub-1  811",
+            "manager (leader)  hub-1  811",
             "1h 2m 3s",
             "Tiers (manager pass 1s ago on hub-1, took 0.01 s)",
             "wasabi  sensors  1204     5.0 GiB",
@@ -256,6 +265,15 @@ mod tests {
             assert!(text.contains(expected), "{expected:?} not in\n{text}");
         }
         assert!(!text.contains("no manager is running"), "{text}");
+    }
+
+    #[test]
+    fn standbys_are_told_from_the_leader() {
+        let mut report = example();
+        report.roles[0].leader = Some(false);
+        let text = report.render();
+        assert!(text.contains("manager (standby)"), "{text}");
+        assert!(text.contains("no manager leads"), "{text}");
     }
 
     #[test]
