@@ -62,7 +62,9 @@ fn s3_listing(config: &std::path::Path) -> anyhow::Result<Vec<String>> {
     let out = Command::new(cim_bin("cim-gateway"))
         .args(["list", "--config"])
         .arg(config)
-        .args(["--bucket", BUCKET, "--json"])
+        // Every bucket (before the first upload the tier holds none, and `--bucket` would be an
+        // error), filtered here.
+        .arg("--json")
         .output()?;
     if !out.status.success() {
         bail!(
@@ -75,6 +77,7 @@ fn s3_listing(config: &std::path::Path) -> anyhow::Result<Vec<String>> {
         .as_array()
         .into_iter()
         .flatten()
+        .filter(|o| o["bucket"] == BUCKET)
         .filter_map(|o| o["name"].as_str().map(str::to_string))
         .collect())
 }
