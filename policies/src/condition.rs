@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use globset::GlobSet;
 
 use crate::error::Problem;
 
@@ -260,46 +260,9 @@ impl Conditions {
     }
 }
 
-/// Compiles object-name globs (any character; `*` also matches `/`).
+/// Compiles object-name globs (any character; `*` also matches `/`; `\` escapes).
 fn compile_names(names: &[String], path: &str, problems: &mut Vec<Problem>) -> Option<GlobSet> {
-    let mut set = GlobSetBuilder::new();
-    let mut ok = true;
-    for (j, pattern) in names.iter().enumerate() {
-        if pattern.is_empty() {
-            problems.push(Problem::new(format!("{path}[{j}]"), "must not be empty"));
-            ok = false;
-            continue;
-        }
-        match GlobBuilder::new(pattern)
-            .literal_separator(false)
-            .backslash_escape(true)
-            .build()
-        {
-            Ok(glob) => {
-                set.add(glob);
-            }
-            Err(err) => {
-                problems.push(Problem::new(
-                    format!("{path}[{j}]"),
-                    format!("{pattern:?} is not a valid glob: {}", err.kind()),
-                ));
-                ok = false;
-            }
-        }
-    }
-    if !ok {
-        return None;
-    }
-    match set.build() {
-        Ok(set) => Some(set),
-        Err(err) => {
-            problems.push(Problem::new(
-                path,
-                format!("cannot compile the globs: {}", err.kind()),
-            ));
-            None
-        }
-    }
+    crate::policy::compile_globs(names, path, true, |_| None, problems)
 }
 
 /// Parses a size: a whole number of bytes, or a number (fractions allowed) and a unit, with or

@@ -366,31 +366,46 @@ pub(crate) fn compile_buckets(
         ));
         return None;
     }
+    let refuse = |pattern: &str| {
+        let bad = pattern.chars().find(|&c| {
+            !(c.is_ascii_alphanumeric() || c == '_' || c == '-' || GLOB_META.contains(c))
+        })?;
+        Some(format!(
+            "{pattern:?} contains {bad:?}, which cannot occur in a NATS bucket name \
+             (allowed: A-Z a-z 0-9 _ - and the glob characters * ? [ ] {{ }} , !)"
+        ))
+    };
+    compile_globs(buckets, path, false, refuse, problems)
+}
+
+/// Compiles `patterns` (the list at `path`) into one set, `*` matching `/` too: each empty
+/// pattern, each one `refuse` has a reason against, and each that is no glob is a problem at
+/// `{path}[{j}]`. `backslash_escape`: whether `\` escapes a glob character. `None` if there was
+/// any problem. The one glob compiler of bucket and object-name globs.
+pub(crate) fn compile_globs(
+    patterns: &[String],
+    path: &str,
+    backslash_escape: bool,
+    refuse: impl Fn(&str) -> Option<String>,
+    problems: &mut Vec<Problem>,
+) -> Option<GlobSet> {
     let mut set = GlobSetBuilder::new();
     let mut ok = true;
-    for (j, pattern) in buckets.iter().enumerate() {
+    for (j, pattern) in patterns.iter().enumerate() {
         let item_path = format!("{path}[{j}]");
         if pattern.is_empty() {
             problems.push(Problem::new(item_path, "must not be empty"));
             ok = false;
             continue;
         }
-        if let Some(bad) = pattern.chars().find(|&c| {
-            !(c.is_ascii_alphanumeric() || c == '_' || c == '-' || GLOB_META.contains(c))
-        }) {
-            problems.push(Problem::new(
-                item_path,
-                format!(
-                    "{pattern:?} contains {bad:?}, which cannot occur in a NATS bucket name \
-                     (allowed: A-Z a-z 0-9 _ - and the glob characters * ? [ ] {{ }} , !)"
-                ),
-            ));
+        if let Some(reason) = refuse(pattern) {
+            problems.push(Problem::new(item_path, reason));
             ok = false;
             continue;
         }
         match GlobBuilder::new(pattern)
             .literal_separator(false)
-            .backslash_escape(false)
+            .backslash_escape(backslash_escape)
             .build()
         {
             Ok(glob) => {
