@@ -12,16 +12,6 @@ use common::{content, put_hub, sample, spawn_role, try_scrape, Tiers, PREFIX};
 
 const BUCKET: &str = "ha";
 
-const HUB_TO_S3: &str = r#"
-[[policy]]
-name = "cluster-to-s3"
-buckets = ["*"]
-from = "hub"
-to = "s3"
-action = "move"
-after = "0s"
-"#;
-
 /// The `cim_manager_leader` gauge of the manager serving metrics on `port`, once it answers.
 async fn leader_gauge(port: u16) -> Option<f64> {
     sample(&try_scrape(port).await, "cim_manager_leader", &[])
@@ -61,7 +51,7 @@ async fn wait_in_s3(tiers: &Tiers, names: &[String], logs: &[&RoleProcess]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_standby_takes_over_when_the_leader_is_killed_and_nothing_moves_twice() {
     let topology = Topology::start().await.unwrap();
-    let config = topology.write_config(HUB_TO_S3);
+    let config = topology.write_config(common::HUB_TO_S3);
     let tiers = Tiers::connect(&topology).await;
     let dir = topology.dir().to_path_buf();
 

@@ -261,17 +261,6 @@ async fn json_logs_follow_one_object_through_every_role_and_its_s3_requests_are_
     assert_eq!(Tiers::read(&tiers.hub, BUCKET, NAME).await.0, data);
 }
 
-/// Cluster → S3 under `move`, immediately.
-const HUB_TO_S3: &str = r#"
-[[policy]]
-name = "cluster-to-s3"
-buckets = ["*"]
-from = "hub"
-to = "s3"
-action = "move"
-after = "0s"
-"#;
-
 /// The heartbeat keys of `role` now in the status bucket.
 async fn heartbeats_of(status: &StatusBucket, role: &str) -> Vec<String> {
     let prefix = format!("hb.{role}.");
@@ -288,7 +277,7 @@ async fn heartbeats_of(status: &StatusBucket, role: &str) -> Vec<String> {
 async fn heartbeats_go_with_their_role_and_restore_counters_outlive_the_command() {
     const BUCKET: &str = "counted";
     let topology = Topology::start().await.unwrap();
-    let config = topology.write_config(HUB_TO_S3);
+    let config = topology.write_config(common::HUB_TO_S3);
     let mut roles = Roles::start(&topology, &config);
     let tiers = Tiers::connect(&topology).await;
     let status = StatusBucket::open(&tiers.hub, 3).await.unwrap();

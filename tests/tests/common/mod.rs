@@ -44,6 +44,17 @@ action = "move"
 after = "0s"
 "#;
 
+/// Cluster → S3 under `move`, immediately.
+pub const HUB_TO_S3: &str = r#"
+[[policy]]
+name = "cluster-to-s3"
+buckets = ["*"]
+from = "hub"
+to = "s3"
+action = "move"
+after = "0s"
+"#;
+
 /// Waits until every named object of `bucket` is only in S3: absent from leaf and hub, the
 /// catalog says "s3" only. Panics with the roles' logs after `timeout`.
 pub async fn wait_only_in_s3(
