@@ -391,7 +391,7 @@ impl UploadHandler {
             }
             // A current manifest written by a newer version of this software is left for it:
             // never overwritten by a format this role writes.
-            if let Err(e @ Error::UnsupportedFormat { .. }) = store.current_head(bucket, name).await
+            if let Err(e @ Error::UnsupportedFormat { .. }) = store.get_manifest(bucket, name).await
             {
                 return Err(e);
             }

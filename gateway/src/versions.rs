@@ -60,8 +60,7 @@ pub async fn publish_current(
     let Some(seq) = format::version_seq_of_key(prefix, bucket, name, &key) else {
         return Ok(());
     };
-    // A HEAD: this runs after every commit, and usually finds the manifest up to date.
-    let current = store.current_head(bucket, name).await?;
+    let current = store.get_manifest(bucket, name).await?;
     if current.as_ref().is_some_and(|c| c.source_seq >= seq) {
         return Ok(());
     }

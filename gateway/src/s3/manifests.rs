@@ -5,24 +5,12 @@ use aws_sdk_s3::primitives::ByteStream;
 use futures::StreamExt;
 
 use super::deadlines::BODY_IDLE_TIMEOUT;
-use super::{S3Store, META_FORMAT, META_SEQ};
-use crate::format::{self, manifest_key, manifest_prefix, Manifest, READABLE_FORMATS};
+use super::S3Store;
+use crate::format::{self, manifest_key, manifest_prefix, Manifest};
 use crate::Error;
 
 /// Concurrent manifest fetches when listing a bucket.
 const MANIFEST_FETCH_CONCURRENCY: usize = 8;
-
-/// What a writer needs to know of an object's current manifest: which version it describes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CurrentHead {
-    /// The manifest's `format` (one this version reads: a newer one is an error).
-    pub format: u32,
-    /// The manifest's `source_seq`.
-    pub source_seq: u64,
-    /// Whether it is a tombstone; `None` when only the HEAD was read (metadata carries no
-    /// such flag: writers that need it read the manifest).
-    pub deleted: Option<bool>,
-}
 
 /// One manifest key found by [`S3Store::scan_manifests`], and what reading it gave.
 #[derive(Debug)]
@@ -77,8 +65,6 @@ impl S3Store {
             .bucket(&self.bucket)
             .key(key)
             .content_type("application/json")
-            .metadata(META_FORMAT, m.format.to_string())
-            .metadata(META_SEQ, m.source_seq.to_string())
             .body(ByteStream::from(json))
             .send()
             .await
@@ -96,59 +82,6 @@ impl S3Store {
         self.get_manifest_at(&key, bucket, name)
             .await
             .map_err(|e| e.for_object(bucket, name))
-    }
-
-    /// Which version the current manifest of `bucket`/`name` describes, or `None` if the
-    /// object is not on S3; [`Error::UnsupportedFormat`] for a manifest of a newer format,
-    /// which no writer of this version may replace.
-    ///
-    /// One HEAD when the manifest carries [`META_FORMAT`] and [`META_SEQ`] (every manifest
-    /// written since they were introduced): an upload asks this twice per object, and on
-    /// S3-compatible servers a GET of a few-KiB body can cost ten times a HEAD (Garage: ~44 ms
-    /// against ~4 ms on loopback). Without them (older manifests) the manifest is read.
-    pub async fn current_head(
-        &self,
-        bucket: &str,
-        name: &str,
-    ) -> Result<Option<CurrentHead>, Error> {
-        let key = manifest_key(&self.prefix, bucket, name);
-        let head = match self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(&key)
-            .send()
-            .await
-        {
-            Ok(head) => head,
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => return Ok(None),
-            Err(e) => {
-                return Err(Error::s3("head_object", &key, e).for_object(bucket, name));
-            }
-        };
-        let meta = |k: &str| head.metadata().and_then(|m| m.get(k));
-        let parsed = (
-            meta(META_FORMAT).and_then(|f| f.parse::<u64>().ok()),
-            meta(META_SEQ).and_then(|s| s.parse::<u64>().ok()),
-        );
-        match parsed {
-            (Some(format), _)
-                if !u32::try_from(format).is_ok_and(|f| READABLE_FORMATS.contains(&f)) =>
-            {
-                Err(Error::UnsupportedFormat { key, format }.for_object(bucket, name))
-            }
-            (Some(format), Some(source_seq)) => Ok(Some(CurrentHead {
-                format: format as u32,
-                source_seq,
-                deleted: None,
-            })),
-            // Written before manifests carried their version in metadata: read it.
-            _ => Ok(self.get_manifest(bucket, name).await?.map(|m| CurrentHead {
-                format: m.format,
-                source_seq: m.source_seq,
-                deleted: Some(m.is_deleted()),
-            })),
-        }
     }
 
     async fn get_manifest_at(

@@ -56,7 +56,7 @@ pub use blob_upload::{BlobUpload, UploadOptions, MAX_PARTS, MAX_PART_SIZE, MIN_P
 pub use budget::{Buffer, Charge, CodecSlot, MemoryBudget, CODEC_SLOTS};
 pub use checksums::recorded_checksum;
 pub use keys::ListedKey;
-pub use manifests::{CurrentHead, ListedManifest};
+pub use manifests::ListedManifest;
 
 /// Read buffer between the source and the compressor, and between decompressor and writer.
 const IO_BUF: usize = 64 * 1024;
@@ -67,11 +67,6 @@ pub const META_SHA256: &str = "cim-sha256";
 pub const META_SIZE: &str = "cim-size";
 /// Blob user metadata: compression of the stored bytes (`zstd`).
 pub const META_COMPRESSION: &str = "cim-compression";
-/// Manifest user metadata: the manifest's `format`, so a HEAD tells whether a writer may
-/// replace it (see [`S3Store::current_head`]).
-pub const META_FORMAT: &str = "cim-format";
-/// Manifest user metadata: the manifest's `source_seq` (which version it describes).
-pub const META_SEQ: &str = "cim-seq";
 
 /// Default tier name blamed in integrity errors and metrics for copies read back from S3 (see
 /// [`S3Store::with_tier_name`]).
