@@ -157,6 +157,7 @@ const EXIT_SKIPPED: u8 = 3;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    cim_tiering::memory::bound_heap();
     let args = Cli::parse();
     let command = args.command;
     match &command {

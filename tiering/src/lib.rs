@@ -30,6 +30,7 @@ pub mod http;
 pub mod jetstream;
 pub mod lease;
 pub mod manager;
+pub mod memory;
 pub mod metrics;
 pub mod mirror;
 pub mod progress;

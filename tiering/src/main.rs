@@ -107,6 +107,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    cim_tiering::memory::bound_heap();
     let cli = Cli::parse();
     match &cli.command {
         Command::Completions { shell } => {
