@@ -273,3 +273,59 @@ after = "2s"
     let (data, _) = Tiers::read(&tiers.hub, "exp-new", "rewritten").await;
     assert!(data == newer, "the newer version was not kept");
 }
+
+/// From every tier, an object written on the leaf: the leaf's delete marker (published with
+/// `Nats-Expected-Last-Subject-Sequence`) is sourced to the cluster like a user's delete, and
+/// sourcing goes on afterwards — the header does not make the cluster refuse the sourced copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn expire_from_every_tier_on_the_leaf_reaches_the_cluster_and_sourcing_goes_on() {
+    let topology = Topology::start().await.unwrap();
+    let tiers = Tiers::connect(&topology).await;
+    let config = topology.write_config(
+        r#"
+[[policy]]
+name = "edge"
+buckets = ["exp-leaf"]
+from = "leaf"
+to = "hub"
+action = "copy"
+after = "0s"
+
+[[policy]]
+name = "gone"
+buckets = ["exp-leaf"]
+prefix = "old/"
+from = "*"
+action = "expire"
+after = "3s"
+force = true
+"#,
+    );
+    tiers.put_leaf("exp-leaf", "old/x", &content(7, 3000)).await;
+    let mut roles = Roles::start(&topology, &config);
+    let deleted = wait_until(
+        "delete markers on the leaf and the cluster",
+        Duration::from_secs(90),
+        || async {
+            let mut both = true;
+            for tier in [&tiers.leaf_tier, &tiers.hub_tier] {
+                let latest = tier.latest("exp-leaf", "old/x").await.ok().flatten();
+                both &= latest.is_some_and(|v| v.info.deleted);
+            }
+            both
+        },
+    )
+    .await;
+    deleted.unwrap_or_else(|e| panic!("{e:#}\n{}", roles.logs()));
+    // Sourcing goes on: had the cluster kept the leaf marker's expected-sequence header (a leaf
+    // sequence, checked against the cluster's), it would refuse the sourced marker and stall.
+    tiers.put_leaf("exp-leaf", "new/y", &content(8, 3000)).await;
+    let sourced = wait_until(
+        "new/y sourced to the hub",
+        Duration::from_secs(60),
+        || async { Tiers::names(&tiers.hub_tier, "exp-leaf").await == vec!["new/y".to_string()] },
+    )
+    .await;
+    sourced.unwrap_or_else(|e| panic!("{e:#}\n{}", roles.logs()));
+    roles.stop();
+}
