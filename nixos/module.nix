@@ -153,15 +153,21 @@ let
       };
       from = mkOption {
         type = types.str;
-        description = "Tier the objects are on (a name in `tiers`).";
+        description = "Tier the objects are on (a name in `tiers`); for `expire`, the tier to delete from, or `\"*\"` for every tier.";
       };
       to = mkOption {
-        type = types.str;
-        description = "Tier the objects go to (a name in `tiers`).";
+        type = types.nullOr types.str;
+        default = null;
+        description = "Tier the objects go to (a name in `tiers`); required for `copy` and `move`, none for `expire`.";
       };
       action = mkOption {
-        type = types.enum [ "copy" "move" ];
-        description = "`copy` keeps the source copy; `move` evicts it once the destination is verified.";
+        type = types.enum [ "copy" "move" "expire" ];
+        description = "`copy` keeps the source copy; `move` evicts it once the destination is verified; `expire` deletes the object from `from` (or every tier) once `after` old.";
+      };
+      force = mkOption {
+        type = types.bool;
+        default = false;
+        description = "`expire` only: allow a retention below 90 days on an S3 tier (Wasabi bills 90 days anyway).";
       };
       after = mkOption {
         type = duration;
@@ -295,6 +301,7 @@ let
         policy = lib.mapAttrsToList
           (_: p: dropNulls {
             inherit (p) name buckets from to action after enabled names prefix;
+            force = if p.force then true else null;
             min_size = p.minSize;
             max_size = p.maxSize;
             metadata = if p.metadata == { } then null else p.metadata;
@@ -576,12 +583,15 @@ in
         lib.concatMap
           (p: [
             {
-              assertion = builtins.elem p.from tierNames;
+              assertion = builtins.elem p.from tierNames || (p.action == "expire" && p.from == "*");
               message = "services.cim-storage.policies: policy \"${p.name}\": from = \"${p.from}\" is not a tier (tiers: ${lib.concatStringsSep ", " tierNames})";
             }
             {
-              assertion = builtins.elem p.to tierNames;
-              message = "services.cim-storage.policies: policy \"${p.name}\": to = \"${p.to}\" is not a tier (tiers: ${lib.concatStringsSep ", " tierNames})";
+              assertion = if p.action == "expire" then p.to == null else builtins.elem p.to tierNames;
+              message =
+                if p.action == "expire"
+                then "services.cim-storage.policies: policy \"${p.name}\": an expire policy has no `to`"
+                else "services.cim-storage.policies: policy \"${p.name}\": to = \"${toString p.to}\" is not a tier (tiers: ${lib.concatStringsSep ", " tierNames})";
             }
             {
               assertion = p.from != p.to;

@@ -84,6 +84,9 @@ pub const INTEGRITY_FAILURES: &str = "cim_integrity_failures_total";
 pub const DAMAGED_OBJECTS: &str = "cim_damaged_objects_total";
 /// User deletes carried to an S3 tier as tombstones, by tier.
 pub const DELETES: &str = "cim_deletes_total";
+/// Objects an `expire` policy deleted from a JetStream tier (its copy dropped, or a delete
+/// marker written there), by tier.
+pub const EXPIRED: &str = "cim_expired_total";
 /// Unreferenced blobs garbage collection removed from an S3 tier, by tier.
 pub const GC_REMOVED_BLOBS: &str = "cim_gc_removed_blobs_total";
 /// Superseded history manifests garbage collection removed from an S3 tier, by tier.
@@ -314,6 +317,14 @@ pub fn role_started(role: Role, config: &Config) {
                 counter!(WORK_ITEMS, "role" => work_role.as_str(), "outcome" => outcome.as_str())
                     .increment(0);
             }
+            // Any JetStream tier may be expired from (`from = "*"` names none).
+            if role == Role::Mirror {
+                for (name, tier) in &config.tiers {
+                    if !matches!(tier, Tier::S3(_)) {
+                        counter!(EXPIRED, "tier" => name.clone()).increment(0);
+                    }
+                }
+            }
             for policy in &config.policies {
                 let route = config.route(policy);
                 let ours = match role {
@@ -438,6 +449,10 @@ fn describe() {
     );
     describe_counter!(DELETES, "user deletes carried to an s3 tier as tombstones");
     describe_counter!(
+        EXPIRED,
+        "objects an expire policy deleted from a jetstream tier"
+    );
+    describe_counter!(
         GC_REMOVED_BLOBS,
         "unreferenced blobs removed by garbage collection"
     );
@@ -532,6 +547,11 @@ pub fn damaged(tier: &str, bucket: &str, name: &str, what: &str) {
 /// One user delete carried to S3 tier `tier`.
 pub fn deleted(tier: &str) {
     counter!(DELETES, "tier" => tier.to_string()).increment(1);
+}
+
+/// One object an `expire` policy deleted from JetStream tier `tier`.
+pub fn expired(tier: &str) {
+    counter!(EXPIRED, "tier" => tier.to_string()).increment(1);
 }
 
 /// `n` unreferenced blobs removed from `tier` by garbage collection.

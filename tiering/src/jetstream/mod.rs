@@ -567,6 +567,62 @@ impl JetStreamTier {
         self.purge_chunks(bucket, &info.name, &info.nuid).await
     }
 
+    /// Deletes the version `current` (the object's latest meta, at stream sequence `seq`) as a
+    /// user's object-store delete does: a delete marker (the meta with `deleted: true`, size
+    /// and chunks zero, rolled up over the version), then the version's chunks purged. Unlike
+    /// a plain delete, the marker is published only if `seq` is still the object's latest meta
+    /// (`Nats-Expected-Last-Subject-Sequence`): a version written meanwhile is newer and is never
+    /// deleted. Returns whether the marker was written (`false`: changed meanwhile, nothing
+    /// done). The marker replicates like a user's delete (sourcing carries a leaf's to the
+    /// cluster), which the delete path then carries to S3.
+    pub async fn delete_version(
+        &self,
+        bucket: &str,
+        current: &ObjectInfo,
+        seq: u64,
+    ) -> Result<bool, Error> {
+        let name = current.name.as_str();
+        let marker = ObjectInfo {
+            size: 0,
+            chunks: 0,
+            deleted: true,
+            ..current.clone()
+        };
+        let payload = serde_json::to_vec(&marker)
+            .map_err(|e| Error::object_op("encode meta", &self.name, bucket, name, e))?;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Rollup", "sub");
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(payload.into())
+            .headers(headers)
+            .expected_last_subject_sequence(seq);
+        let acked = match self
+            .context()
+            .send_publish(meta_subject(bucket, name), publish)
+            .await
+        {
+            Ok(ack) => ack.await,
+            Err(e) => Err(e),
+        };
+        match acked {
+            Ok(_) => {}
+            Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+                return Ok(false)
+            }
+            Err(e) => {
+                return Err(Error::object_op(
+                    "publish delete marker",
+                    &self.name,
+                    bucket,
+                    name,
+                    e,
+                ))
+            }
+        }
+        self.purge_chunks(bucket, name, &current.nuid).await?;
+        Ok(true)
+    }
+
     /// Purges the chunks of version `nuid` of an object whose meta is already gone from this
     /// tier. Finishes an eviction interrupted between its two purges (a crash there leaves
     /// unreachable chunks); harmless otherwise, since chunks without meta are never readable.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use cim_policies::evaluate::{describe, BucketEvaluator, Outcome};
-use cim_policies::{Action, Object, Route};
+use cim_policies::{Action, Object, Route, ALL_TIERS};
 
 use super::skip::{skipped, Skip};
 use super::state::{BucketState, Queued};
@@ -16,7 +16,7 @@ use crate::jetstream::scan::{Kind, Meta};
 use crate::jetstream::JetStreamTier;
 use crate::manager::PassReport;
 use crate::metrics::Backlog;
-use crate::work::{ObjectDelete, ObjectMove, WorkItem};
+use crate::work::{ObjectDelete, ObjectExpire, ObjectMove, WorkItem};
 
 impl Manager {
     /// What to queue for one bucket, decided in memory from the indexes.
@@ -102,58 +102,72 @@ impl Manager {
             if outcomes.get(cx.position) != Some(&Outcome::Decides) {
                 continue;
             }
-            let Some(digest) = meta.digest else {
-                let e = missing_digest(tier.name(), bucket, name);
-                skipped(policy, Skip::MissingDigest, &e, report);
-                continue;
-            };
-            let job = ObjectMove {
-                policy: policy.name.clone(),
-                from: policy.from.clone(),
-                to: policy.to.clone(),
-                action: policy.action,
-                bucket: bucket.to_string(),
-                name: name.to_string(),
-                size: meta.size,
-                digest,
-                nuid: meta.nuid.to_string(),
-            };
-            let item = match cx.route {
-                Route::LeafToCluster => {
-                    // Only once the cluster holds this version (or a copy verified beyond it
-                    // lets the leaf copy go): queued earlier, the item would only wait.
-                    due.add(meta.size, meta.age(cx.now).saturating_sub(policy.after));
-                    let on_hub = hub
-                        .and_then(|h| h.get(name))
-                        .is_some_and(|h: &Meta| h.kind == Kind::Live && h.nuid == meta.nuid);
-                    if !on_hub
-                        && !catalog.verified_elsewhere(
-                            bucket,
-                            name,
-                            &digest,
-                            &[&policy.from, &policy.to],
-                        )
-                    {
-                        continue;
+            // An expire needs no digest: it deletes, it copies nothing.
+            let item = if cx.route == Route::Expire {
+                due.add(meta.size, meta.age(cx.now).saturating_sub(policy.after));
+                WorkItem::Expire(ObjectExpire {
+                    policy: policy.name.clone(),
+                    tier: tier.name().to_string(),
+                    all: policy.from == ALL_TIERS,
+                    bucket: bucket.to_string(),
+                    name: name.to_string(),
+                    size: meta.size,
+                    seq: meta.seq,
+                    nuid: meta.nuid.to_string(),
+                })
+            } else {
+                let Some(digest) = meta.digest else {
+                    let e = missing_digest(tier.name(), bucket, name);
+                    skipped(policy, Skip::MissingDigest, &e, report);
+                    continue;
+                };
+                let job = ObjectMove {
+                    policy: policy.name.clone(),
+                    from: policy.from.clone(),
+                    to: policy.to.clone(),
+                    action: policy.action,
+                    bucket: bucket.to_string(),
+                    name: name.to_string(),
+                    size: meta.size,
+                    digest,
+                    nuid: meta.nuid.to_string(),
+                };
+                match cx.route {
+                    Route::LeafToCluster => {
+                        // Only once the cluster holds this version (or a copy verified beyond it
+                        // lets the leaf copy go): queued earlier, the item would only wait.
+                        due.add(meta.size, meta.age(cx.now).saturating_sub(policy.after));
+                        let on_hub = hub
+                            .and_then(|h| h.get(name))
+                            .is_some_and(|h: &Meta| h.kind == Kind::Live && h.nuid == meta.nuid);
+                        if !on_hub
+                            && !catalog.verified_elsewhere(
+                                bucket,
+                                name,
+                                &digest,
+                                &[&policy.from, &policy.to],
+                            )
+                        {
+                            continue;
+                        }
+                        WorkItem::LeafEvict(job)
                     }
-                    WorkItem::LeafEvict(job)
+                    Route::ClusterToS3 => {
+                        // A damaged version has no verified copy to move: reported once, never retried.
+                        if catalog.is_damaged(bucket, name, &digest) {
+                            continue;
+                        }
+                        // A copy that is already in S3 needs nothing more; a move still needs eviction.
+                        if policy.action == Action::Copy
+                            && catalog.has(bucket, name, &policy.to, &digest)
+                        {
+                            continue;
+                        }
+                        due.add(meta.size, meta.age(cx.now).saturating_sub(policy.after));
+                        WorkItem::Upload(job)
+                    }
+                    Route::Expire => continue, // decided above
                 }
-                Route::ClusterToS3 => {
-                    // A damaged version has no verified copy to move: reported once, never retried.
-                    if catalog.is_damaged(bucket, name, &digest) {
-                        continue;
-                    }
-                    // A copy that is already in S3 needs nothing more; a move still needs eviction.
-                    if policy.action == Action::Copy
-                        && catalog.has(bucket, name, &policy.to, &digest)
-                    {
-                        continue;
-                    }
-                    due.add(meta.size, meta.age(cx.now).saturating_sub(policy.after));
-                    WorkItem::Upload(job)
-                }
-                // Never evaluated here: see `acts` and `unsupported`.
-                Route::Expire => continue,
             };
             if recently(name, meta.seq) {
                 continue;
@@ -172,7 +186,10 @@ impl Manager {
                 queued: Queued {
                     seq: meta.seq,
                     at: now,
-                    evicts: policy.action == Action::Move,
+                    // Gone from this tier once done: a `move`, or an `expire` of this tier's
+                    // copy (from every tier, a delete marker stays in the index).
+                    evicts: policy.action == Action::Move
+                        || (cx.route == Route::Expire && policy.from != ALL_TIERS),
                 },
                 why,
             });

@@ -71,30 +71,40 @@ struct Pending {
     why: Option<String>,
 }
 
-/// Why this version's manager cannot carry out `config`'s policies, if it cannot: an enabled
-/// `expire` policy is validated and evaluated (`plan`, `explain`) but no role deletes yet, and
-/// the manager must not look as if it kept a retention it does not keep.
+/// Why this version's manager cannot carry out `config`'s policies, if it cannot. An enabled
+/// `expire` is carried out on JetStream tiers (see `docs/architecture.md`, "Expire"), not yet
+/// on S3 tiers: an `expire` from an S3 tier, or from every tier (`"*"`) while a `move` to an S3
+/// tier leaves objects that only S3 holds, would not be kept, and the manager must not look as
+/// if it kept a retention it does not keep.
 pub fn unsupported(config: &Config) -> Option<String> {
+    let is_s3 = |tier: &str| matches!(config.tier(tier), Some(cim_policies::Tier::S3(_)));
+    let moves_to_s3 = config
+        .policies
+        .iter()
+        .any(|p| p.enabled && p.action == Action::Move && is_s3(&p.to));
     let expiring: Vec<String> = config
         .policies
         .iter()
         .enumerate()
         .filter(|(_, p)| p.enabled && p.action == Action::Expire)
+        .filter(|(_, p)| is_s3(&p.from) || (p.from == cim_policies::ALL_TIERS && moves_to_s3))
         .map(|(i, p)| format!("policy[{i}] {:?}", p.name))
         .collect();
     (!expiring.is_empty()).then(|| {
         format!(
-            "{}: action = \"expire\" is not carried out by this version's roles yet; remove it \
-             or set enabled = false (cim-storage plan and explain show what it would do)",
+            "{}: an expire from an S3 tier (or from \"*\" while a move to an S3 tier leaves \
+             objects only S3 holds) is not carried out by this version's roles yet; expire from \
+             the JetStream tiers, remove it, or set enabled = false (cim-storage plan and \
+             explain show what it would do)",
             expiring.join(", ")
         )
     })
 }
 
-/// Whether the manager acts on `policy` in its passes: enabled transfers (`expire` is refused
-/// at start, see [`unsupported`]).
+/// Whether the manager acts on `policy` in its passes: every enabled policy (an `expire`
+/// from S3 is refused at start, see [`unsupported`], and has no JetStream tier to evaluate).
 fn acts(policy: &Policy) -> bool {
-    policy.enabled && policy.action.transfers()
+    policy.enabled
 }
 
 impl Manager {
@@ -336,13 +346,58 @@ impl Manager {
         report: &mut PassReport,
     ) -> Result<(), Error> {
         let policy = cx.policy;
-        let tier = self.system.jetstream_tier(&policy.from)?;
+        let mut due = Backlog::default();
+        for tier in self.source_tiers(policy) {
+            let tier = self.system.jetstream_tier(tier)?;
+            self.evaluate_tier(cx, tier, state, &mut due, report)
+                .await?;
+        }
+        report.due += due.objects as usize;
+        metrics::backlog(&policy.name, &policy.from, &policy.to, due);
+        report.backlog.push(crate::status::PolicyBacklog {
+            policy: policy.name.clone(),
+            from: policy.from.clone(),
+            to: policy.to.clone(),
+            objects: due.objects,
+            bytes: due.bytes,
+            oldest_due_seconds: due.oldest_due.as_secs(),
+        });
+        Ok(())
+    }
+
+    /// The JetStream tiers whose objects `policy` decides on: its `from`, or for an `expire`
+    /// every JetStream tier it acts on (all of them for `from = "*"`).
+    fn source_tiers<'p>(&'p self, policy: &'p Policy) -> Vec<&'p str> {
+        if policy.action != Action::Expire {
+            return vec![policy.from.as_str()];
+        }
+        self.system
+            .config
+            .tiers
+            .iter()
+            .filter(|(name, tier)| {
+                matches!(tier, cim_policies::Tier::JetStream(_)) && policy.acts_on(name)
+            })
+            .map(|(name, _)| name.as_str())
+            .collect()
+    }
+
+    /// One policy over every bucket of one of its source tiers.
+    async fn evaluate_tier(
+        &self,
+        cx: &Context<'_>,
+        tier: &JetStreamTier,
+        state: &mut State,
+        due: &mut Backlog,
+        report: &mut PassReport,
+    ) -> Result<(), Error> {
+        let policy = cx.policy;
         let buckets = match tier.bucket_names().await {
             Ok(buckets) => buckets,
             Err(e) => {
                 skipped(policy, Skip::TierUnavailable, &e, report);
                 // Keep what is known of the tier's buckets for when it is back.
-                let from = policy.from.clone();
+                let from = tier.name().to_string();
                 let known: Vec<_> = state
                     .buckets
                     .keys()
@@ -363,7 +418,6 @@ impl Manager {
                 Err(e) => skipped(policy, Skip::TierUnavailable, &e, report),
             }
         }
-        let mut due = Backlog::default();
         for bucket in buckets.iter().filter(|b| policy.matches_bucket(b)) {
             if let Err((reason, e)) = self
                 .evaluate_bucket(
@@ -372,7 +426,7 @@ impl Manager {
                     bucket,
                     cluster_buckets.as_deref(),
                     state,
-                    &mut due,
+                    due,
                     report,
                 )
                 .await
@@ -380,16 +434,6 @@ impl Manager {
                 skipped(policy, reason, &e, report);
             }
         }
-        report.due += due.objects as usize;
-        metrics::backlog(&policy.name, &policy.from, &policy.to, due);
-        report.backlog.push(crate::status::PolicyBacklog {
-            policy: policy.name.clone(),
-            from: policy.from.clone(),
-            to: policy.to.clone(),
-            objects: due.objects,
-            bytes: due.bytes,
-            oldest_due_seconds: due.oldest_due.as_secs(),
-        });
         Ok(())
     }
 
@@ -596,4 +640,62 @@ struct Context<'a> {
     now: time::OffsetDateTime,
     /// Why the catalog could not be read this pass, if it could not.
     catalog: Option<&'a String>,
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::unsupported;
+
+    fn config(policies: &str) -> cim_policies::Config {
+        let text = format!(
+            r#"
+[nats]
+url = "nats://127.0.0.1:4222"
+
+[tiers.leaf]
+kind = "jetstream"
+domain = "leaf"
+role = "leaf"
+
+[tiers.hub]
+kind = "jetstream"
+domain = "hub"
+
+[tiers.s3]
+kind = "s3"
+endpoint = "http://127.0.0.1:3900"
+region = "garage"
+bucket = "cim"
+{policies}"#
+        );
+        cim_policies::Config::from_toml_str(&text, "test.toml").unwrap()
+    }
+
+    fn expire(from: &str) -> String {
+        format!(
+            "[[policy]]\nname = \"gone\"\nbuckets = [\"*\"]\nfrom = \"{from}\"\naction = \"expire\"\nafter = \"90d\"\n"
+        )
+    }
+
+    const COPY: &str = "[[policy]]\nname = \"up\"\nbuckets = [\"*\"]\nfrom = \"hub\"\nto = \"s3\"\naction = \"copy\"\nafter = \"1h\"\n";
+    const MOVE: &str = "[[policy]]\nname = \"up\"\nbuckets = [\"*\"]\nfrom = \"hub\"\nto = \"s3\"\naction = \"move\"\nafter = \"1h\"\n";
+
+    /// Carried out on JetStream tiers (and from every tier while S3 only holds copies); refused,
+    /// naming the policy, where S3 alone would have to delete.
+    #[test]
+    fn expire_is_refused_only_where_no_role_carries_it_out() {
+        assert_eq!(unsupported(&config(&expire("hub"))), None);
+        assert_eq!(unsupported(&config(&expire("leaf"))), None);
+        assert_eq!(
+            unsupported(&config(&format!("{COPY}{}", expire("*")))),
+            None
+        );
+        let s3 = unsupported(&config(&expire("s3"))).unwrap();
+        assert!(s3.contains("policy[0] \"gone\""), "{s3}");
+        let moved = unsupported(&config(&format!("{MOVE}{}", expire("*")))).unwrap();
+        assert!(moved.contains("policy[1] \"gone\""), "{moved}");
+        let off = format!("{}enabled = false\n", expire("s3"));
+        assert_eq!(unsupported(&config(&off)), None);
+    }
 }

@@ -21,7 +21,8 @@ pub struct Planned {
 pub struct Row {
     /// What the role will do: `source` (set up leaf → cluster sourcing of a bucket),
     /// `evict` (remove the leaf copy the cluster holds), `copy` (upload to S3), `move` (upload,
-    /// then remove the cluster copy), `delete` (carry a user delete to S3).
+    /// then remove the cluster copy), `delete` (carry a user delete to S3), `expire` (delete
+    /// from `from`: its copy only when `to` is empty, or as a user delete when `to` is `*`).
     pub action: &'static str,
     /// The policy that decided it.
     pub policy: String,
@@ -42,6 +43,11 @@ pub struct Row {
 impl Planned {
     /// The row `plan` prints.
     pub fn row(&self) -> Row {
+        // An expire has no destination: `*` from every tier, nothing from one.
+        let expire_to = match &self.item {
+            WorkItem::Expire(e) if e.all => cim_policies::ALL_TIERS.to_string(),
+            _ => String::new(),
+        };
         let (action, policy, from, to, bucket, name, size) = match &self.item {
             WorkItem::EnsureSource {
                 policy,
@@ -80,6 +86,15 @@ impl Planned {
                 Some(d.name.clone()),
                 None,
             ),
+            WorkItem::Expire(e) => (
+                "expire",
+                &e.policy,
+                &e.tier,
+                &expire_to,
+                &e.bucket,
+                Some(e.name.clone()),
+                Some(e.size),
+            ),
         };
         Row {
             action,
@@ -115,7 +130,11 @@ pub fn table(rows: &[Row]) -> String {
                 r.action.to_owned(),
                 r.policy.clone(),
                 r.from.clone(),
-                r.to.clone(),
+                if r.to.is_empty() {
+                    "-".into()
+                } else {
+                    r.to.clone()
+                },
                 r.bucket.clone(),
                 r.name.clone().unwrap_or_else(|| "*".into()),
                 r.size.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),

@@ -16,13 +16,13 @@ use crate::error::Error;
 use crate::jetstream::ingest_digest;
 use crate::metrics;
 use crate::system::System;
-use crate::work::{Handler, ObjectMove, Progress, WorkItem};
+use crate::work::{Handler, ObjectExpire, ObjectMove, Progress, WorkItem};
 
 pub mod follow;
 
 use follow::{Follower, Verdict};
 
-/// Handles [`WorkItem::EnsureSource`] and [`WorkItem::LeafEvict`].
+/// Handles [`WorkItem::EnsureSource`], [`WorkItem::LeafEvict`] and [`WorkItem::Expire`].
 pub struct MirrorHandler {
     system: Arc<System>,
     follower: Follower,
@@ -200,6 +200,77 @@ impl MirrorHandler {
         Ok(())
     }
 
+    /// Carries out an `expire` on one JetStream tier (see `docs/architecture.md`, "Expire"):
+    /// re-reads the object's latest meta there, and acts only when it is still the version the
+    /// manager decided on (same sequence and nuid) — a version written since is newer and is
+    /// never deleted. From one tier, the copy is evicted (a purge: nothing replicates, other
+    /// tiers keep theirs); from all tiers, a delete marker is written, as a user's delete.
+    /// Idempotent: a redelivered item finishes an interrupted one (the chunk purge after the
+    /// meta purge or the marker) and otherwise finds nothing to do.
+    async fn expire(&self, job: &ObjectExpire) -> Result<(), Error> {
+        let tier = self.system.jetstream_tier(&job.tier)?;
+        let (bucket, name) = (job.bucket.as_str(), job.name.as_str());
+        let latest = tier.latest(bucket, name).await?;
+        let current = match latest {
+            // Gone: our purge interrupted before the chunks, an eviction, or a purge by hand.
+            // The version's chunks are unreachable without its meta; drop them.
+            None => {
+                tier.purge_chunks(bucket, name, &job.nuid).await?;
+                tracing::debug!(object = name, "already gone from the tier");
+                return Ok(());
+            }
+            // Deleted: by our marker (finish its chunk purge), or by a user.
+            Some(v) if v.info.deleted => {
+                if v.info.nuid == job.nuid {
+                    tier.purge_chunks(bucket, name, &job.nuid).await?;
+                }
+                tracing::debug!(object = name, "already deleted on the tier");
+                return Ok(());
+            }
+            Some(v) if v.seq != job.seq || v.info.nuid != job.nuid => {
+                tracing::info!(
+                    object = name,
+                    decided = job.seq,
+                    current = v.seq,
+                    "written again since the expire was decided; the newer version stays"
+                );
+                return Ok(());
+            }
+            Some(v) => v,
+        };
+        if job.all {
+            if !tier
+                .delete_version(bucket, &current.info, current.seq)
+                .await?
+            {
+                tracing::info!(
+                    object = name,
+                    "written again while being expired; the newer version stays"
+                );
+                return Ok(());
+            }
+        } else {
+            tier.evict(bucket, &current.info).await?;
+            if let Ok(digest) = ingest_digest(tier.name(), bucket, &current.info) {
+                self.system
+                    .catalog
+                    .record_eviction(bucket, name, &digest, tier.name())
+                    .await?;
+            }
+        }
+        metrics::expired(tier.name());
+        tracing::info!(
+            policy = %job.policy,
+            tier = tier.name(),
+            bucket,
+            object = name,
+            seq = job.seq,
+            from_all_tiers = job.all,
+            "expired"
+        );
+        Ok(())
+    }
+
     async fn verify_cluster_copy(
         &self,
         job: &ObjectMove,
@@ -253,6 +324,10 @@ impl Handler for MirrorHandler {
                     metrics::transfer_failed(&job.from, &job.to, e.reason());
                 }
                 result
+            }
+            WorkItem::Expire(job) => {
+                let span = tracing::info_span!("expire", seq = job.seq, all = job.all);
+                self.expire(job).instrument(span).await
             }
             WorkItem::Upload(_) | WorkItem::Delete(_) => Err(Error::Config(
                 "upload and delete items belong to cim-gateway upload, not the mirror role".into(),

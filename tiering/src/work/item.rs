@@ -94,6 +94,34 @@ pub struct ObjectDelete {
     pub nuid: String,
 }
 
+/// An `expire` policy's deletion of one version of one object from one JetStream tier (see
+/// `docs/architecture.md`, "Expire").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectExpire {
+    /// The `expire` policy that decided it.
+    pub policy: String,
+    /// The JetStream tier it goes from.
+    pub tier: String,
+    /// `true` for `from = "*"`: a delete like a user's (a delete marker, carried on to the
+    /// cluster and to S3 by the delete path); `false`: only this tier's copy goes, like an
+    /// eviction (a purge, no marker).
+    pub all: bool,
+    /// Object-store bucket.
+    pub bucket: String,
+    /// Object name.
+    pub name: String,
+    /// Size of the version, for `plan`.
+    pub size: u64,
+    /// Stream sequence of the version's meta on `tier`: anything written later is newer and
+    /// is never deleted.
+    pub seq: u64,
+    /// The version (nuid) the manager decided on.
+    pub nuid: String,
+}
+
+/// Subject token in the `to` place of an [`WorkItem::Expire`]: `~` is in no tier name.
+const EXPIRE_TOKEN: &str = "~expire";
+
 /// A unit of work.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -115,13 +143,17 @@ pub enum WorkItem {
     Upload(ObjectMove),
     /// Carry a user delete to S3: a tombstone manifest, and the catalog entry a tombstone.
     Delete(ObjectDelete),
+    /// Delete an expired object from one JetStream tier, or from all (`expire`).
+    Expire(ObjectExpire),
 }
 
 impl WorkItem {
     /// The role that handles this item.
     pub fn role(&self) -> Role {
         match self {
-            WorkItem::EnsureSource { .. } | WorkItem::LeafEvict(_) => Role::Mirror,
+            WorkItem::EnsureSource { .. } | WorkItem::LeafEvict(_) | WorkItem::Expire(_) => {
+                Role::Mirror
+            }
             WorkItem::Upload(_) | WorkItem::Delete(_) => Role::Upload,
         }
     }
@@ -132,6 +164,7 @@ impl WorkItem {
             WorkItem::EnsureSource { bucket, .. } => bucket,
             WorkItem::LeafEvict(m) | WorkItem::Upload(m) => &m.bucket,
             WorkItem::Delete(d) => &d.bucket,
+            WorkItem::Expire(e) => &e.bucket,
         }
     }
 
@@ -141,6 +174,7 @@ impl WorkItem {
             WorkItem::EnsureSource { from, to, .. } => (from, to),
             WorkItem::LeafEvict(m) | WorkItem::Upload(m) => (&m.from, &m.to),
             WorkItem::Delete(d) => (&d.from, &d.to),
+            WorkItem::Expire(e) => (&e.tier, if e.all { cim_policies::ALL_TIERS } else { "" }),
         }
     }
 
@@ -150,6 +184,7 @@ impl WorkItem {
             WorkItem::EnsureSource { .. } => None,
             WorkItem::LeafEvict(m) | WorkItem::Upload(m) => Some(&m.name),
             WorkItem::Delete(d) => Some(&d.name),
+            WorkItem::Expire(e) => Some(&e.name),
         }
     }
 
@@ -167,6 +202,11 @@ impl WorkItem {
                 (&m.from, &m.to, URL_SAFE_NO_PAD.encode(&m.name))
             }
             WorkItem::Delete(d) => (&d.from, &d.to, URL_SAFE_NO_PAD.encode(&d.name)),
+            WorkItem::Expire(e) => (
+                &e.tier,
+                &EXPIRE_TOKEN.to_string(),
+                URL_SAFE_NO_PAD.encode(&e.name),
+            ),
         };
         format!(
             "{}.{}.{from}.{to}.{last}",
@@ -206,6 +246,14 @@ impl WorkItem {
                 d.bucket,
                 URL_SAFE_NO_PAD.encode(&d.name),
                 d.seq
+            ),
+            WorkItem::Expire(e) => format!(
+                "expire:{}:{}:{}:{}:{}",
+                e.tier,
+                if e.all { "all" } else { "one" },
+                e.bucket,
+                URL_SAFE_NO_PAD.encode(&e.name),
+                e.seq
             ),
         }
     }
@@ -331,6 +379,32 @@ mod tests {
         assert_ne!(delete(9).id(), delete(10).id());
         let json = encode(&delete(9)).unwrap();
         assert!(matches!(decode(&json), Decoded::Item(i) if i == delete(9)));
+    }
+
+    #[test]
+    fn an_expire_is_the_mirror_roles_own_step_per_version() {
+        let expire = |all, seq| {
+            WorkItem::Expire(ObjectExpire {
+                policy: "retention".into(),
+                tier: "hub".into(),
+                all,
+                bucket: "sensors".into(),
+                name: "a b/c".into(),
+                size: 3,
+                seq,
+                nuid: "N1".into(),
+            })
+        };
+        assert_eq!(expire(true, 9).role(), Role::Mirror);
+        assert_eq!(
+            expire(true, 9).subject(),
+            "cim.work.v2.mirror.sensors.hub.~expire.YSBiL2M"
+        );
+        assert_ne!(expire(true, 9).id(), expire(false, 9).id());
+        assert_ne!(expire(true, 9).id(), expire(true, 10).id());
+        assert_eq!(expire(true, 9).tiers(), ("hub", "*"));
+        let json = encode(&expire(false, 9)).unwrap();
+        assert!(matches!(decode(&json), Decoded::Item(i) if i == expire(false, 9)));
     }
 
     #[test]
