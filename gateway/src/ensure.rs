@@ -256,7 +256,12 @@ impl Ensurer {
             }
         };
         match tokio::time::timeout(self.deadline, self.ensure(bucket, name, wanted)).await {
-            Ok(reply) => reply,
+            Ok(reply) => {
+                if let Reply::Ready { .. } = &reply {
+                    self.accessed(bucket, name);
+                }
+                reply
+            }
             Err(_) => Reply::error(
                 Code::Unavailable,
                 bucket,
@@ -269,6 +274,13 @@ impl Ensurer {
                 ),
             ),
         }
+    }
+
+    /// The object was handed out through the service (found on the hub or restored there):
+    /// the one call site where such an access is to be recorded for the "time since last
+    /// access" policy condition, once the catalog records accesses.
+    fn accessed(&self, bucket: &str, name: &str) {
+        tracing::debug!(bucket, name, tier = %self.hub, "accessed through the ensure service");
     }
 
     async fn ensure(
@@ -382,8 +394,6 @@ impl Ensurer {
                 format!("{object}: tier {hub} holds version {digest}, not {wanted}"),
             );
         }
-        // An access through the service: the place to record it for the "time since last
-        // access" condition.
         Some(Reply::Ready {
             tier: hub.clone(),
             size: info.size as u64,
