@@ -1,6 +1,6 @@
 //! `cim-gateway serve` on real servers: the `cim.storage.object.ensure` service answers at once
-//! for an object on the hub; restores one held only by S3 (verified) and then the plain
-//! object-store client reads it byte-for-byte; two concurrent requests share one restore; an
+//! for an object on the hub; restores one held only by S3 (planted, or moved there by the real
+//! roles), verified, and then the plain object-store client reads it byte-for-byte; two concurrent requests share one restore; an
 //! unknown object is `not_found`, a deleted one `deleted`, one only on the leaf `unavailable`;
 //! a corrupted S3 blob is an `integrity` error and nothing appears on the hub; SIGTERM ends the
 //! role promptly. Each case has its own bucket; one topology for all.
@@ -13,7 +13,9 @@ use std::time::Duration;
 use cim_gateway::ensure::SUBJECT;
 use cim_tests::{free_port, Topology};
 use cim_tiering::digest::Sha256Digest;
-use common::{content, plant, put_hub, sample, scrape, spawn_role, Tiers, HUB_TO_S3};
+use common::{
+    content, plant, put_hub, sample, scrape, spawn_role, wait_only_in_s3, Roles, Tiers, HUB_TO_S3,
+};
 use serde_json::{json, Value};
 
 /// Asks the service about `bucket`/`name`; the reply's JSON and its error-code header.
@@ -50,6 +52,22 @@ async fn ensure_makes_objects_ready_on_the_hub() {
     // The policy names the hub as the tier that uploads to s3: restore's default target.
     let config = topology.write_config(HUB_TO_S3);
     let tiers = Tiers::connect(&topology).await;
+
+    // A real move first: the roles move an object from the hub to S3, then stop (their `move`
+    // policy would otherwise evict the restored copy again, and move the other cases' objects).
+    let moved = content(5, 800_000);
+    put_hub(&tiers, "ens-moved", "m.bin", &moved).await;
+    let mut roles = Roles::start(&topology, &config);
+    wait_only_in_s3(
+        &tiers,
+        &roles,
+        "ens-moved",
+        &["m.bin"],
+        Duration::from_secs(180),
+    )
+    .await;
+    roles.stop();
+
     let port = free_port();
     let mut serve = spawn_role(
         "cim-gateway",
@@ -187,6 +205,19 @@ async fn ensure_makes_objects_ready_on_the_hub() {
     assert!(held.is_none(), "the hub holds {held:?}");
     assert_eq!(restores(port).await, 3.0);
 
+    // The object the roles moved to S3: restored, and byte-for-byte what was written.
+    let (reply, _) = ensure(&client, "ens-moved", "m.bin").await;
+    assert_eq!(
+        reply,
+        json!({"status": "ready", "tier": "hub", "size": moved.len(),
+               "digest": Sha256Digest::of(&moved).to_nats(), "restored": true}),
+        "{}",
+        serve.log()
+    );
+    let (read, _) = Tiers::read(&tiers.hub, "ens-moved", "m.bin").await;
+    assert!(read == moved, "the restored object differs");
+    assert_eq!(restores(port).await, 4.0);
+
     // Every answer was counted by outcome.
     let metrics = scrape(port).await;
     let counted = |outcome| {
@@ -198,7 +229,7 @@ async fn ensure_makes_objects_ready_on_the_hub() {
     };
     // The second concurrent request may come in after the restore: ready then.
     let ready = counted("ready").unwrap() + counted("restored").unwrap();
-    assert_eq!(ready, 5.0, "{metrics}");
+    assert_eq!(ready, 6.0, "{metrics}");
     assert_eq!(counted("integrity"), Some(1.0), "{metrics}");
 
     // SIGTERM ends the role within seconds.
