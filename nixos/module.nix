@@ -28,15 +28,16 @@ let
   # store, so only strings are accepted, and store paths are refused by an assertion.
   secretPath = types.nullOr types.str;
 
-  roleNames = [ "manager" "mirror" "upload" ];
+  roleNames = [ "manager" "mirror" "upload" "serve" ];
 
   # What each role runs, and its unit's name.
   roleCommands = {
     manager = "cim-storage run";
     mirror = "cim-storage mirror";
     upload = "cim-gateway upload";
+    serve = "cim-gateway serve";
   };
-  defaultMetricsPorts = { manager = 9464; mirror = 9465; upload = 9466; };
+  defaultMetricsPorts = { manager = 9464; mirror = 9465; upload = 9466; serve = 9467; };
 
   tierOptions = {
     options = {
@@ -251,12 +252,16 @@ let
   # Where unit `unitName` finds secret `id`: its systemd credential.
   credentialPath = unitName: id: "/run/credentials/${unitName}.service/${id}";
 
+  # The roles that read S3 (and so get its credentials): the uploader, and the ensure service,
+  # which restores from it.
+  readsS3 = role: role == "upload" || role == "serve";
+
   # The secrets a role receives, as { id = hostPath; }.
   roleSecrets = role:
     dropNulls (
       { nats = cfg.roles.${role}.natsCredentialsFile; }
       // lib.mapAttrs' (name: t: lib.nameValuePair "tier-${name}" t.credentialsFile)
-        (lib.filterAttrs (_: t: t.kind == "jetstream" || role == "upload") cfg.tiers)
+        (lib.filterAttrs (_: t: t.kind == "jetstream" || readsS3 role) cfg.tiers)
     );
 
   renderTier = secretOf: name: t:
@@ -279,10 +284,10 @@ let
     let
       secretOf = id: hostPath:
         if role == null then hostPath else credentialPath unitName id;
-      # S3 credentials reach the upload role and the operator only.
+      # S3 credentials reach the roles that read S3 and the operator only.
       tiers = lib.mapAttrs
         (name: t:
-          renderTier secretOf name (t // lib.optionalAttrs (t.kind == "s3" && role != "upload" && role != null) {
+          renderTier secretOf name (t // lib.optionalAttrs (t.kind == "s3" && !(readsS3 role) && role != null) {
             credentialsFile = null;
           }))
         cfg.tiers;

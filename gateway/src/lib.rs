@@ -31,6 +31,8 @@
 //!   for deletes, `delete` of objects only S3 holds.
 //! * [`gc`] — removing what deletes and overwrites leave behind, after the tier's retention.
 //! * [`scrub`] — reading back and verifying what an S3 tier stores (all of it or a sample).
+//! * [`ensure`] — the `cim.storage.object.ensure` NATS service (`cim-gateway serve`): makes one
+//!   object ready on the hub, restoring it with [`restore`] when only S3 holds it.
 //!
 //! The read path serving objects no longer held by NATS comes next; the `cim-gateway` binary
 //! (`main.rs`) wires the roles together.
@@ -39,6 +41,7 @@
 // the report is complete without a lookup; errors are the cold path, so its size is accepted.
 #![allow(clippy::result_large_err)]
 
+pub mod ensure;
 pub mod error;
 pub mod format;
 pub mod gc;

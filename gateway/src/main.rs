@@ -23,10 +23,12 @@ mod commands {
     pub(crate) mod get;
     pub(crate) mod list;
     pub(crate) mod restore;
+    pub(crate) mod serve;
 }
 use commands::get as cli_get;
 use commands::list as cli_list;
 use commands::restore as cli_restore;
+use commands::serve as cli_serve;
 
 /// S3 tier of the NATS JetStream storage gateway.
 #[derive(Parser)]
@@ -133,6 +135,9 @@ enum Command {
         #[arg(long, default_value = "all")]
         sample: cim_gateway::scrub::Sample,
     },
+    /// Run the `cim.storage.object.ensure` NATS service: asked for an object, make sure the hub
+    /// holds it (restoring it from S3, verified, if only S3 does) and answer once it is ready.
+    Serve(cli_serve::ServeArgs),
     /// Print the shell completion script for SHELL to stdout.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -352,6 +357,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::List(args) => cli_list::run(args).await,
+        Command::Serve(args) => cli_serve::run(args).await,
         Command::Scrub {
             config,
             bucket,

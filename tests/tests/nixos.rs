@@ -347,3 +347,30 @@ fn the_vm_tests_nodes_use_the_module_as_it_is() {
         serde_json::json!(["$O.>"])
     );
 }
+
+#[test]
+fn the_serve_role_runs_in_its_container_with_the_s3_credentials() {
+    let host = contract(
+        "hub",
+        Some("{ services.cim-storage.roles.serve.enable = true; }"),
+    )
+    .unwrap();
+    assert_eq!(host["failedAssertions"], serde_json::json!([]));
+    let dir = tempfile::tempdir().unwrap();
+    let rendered = host["renderedConfigs"]["serve"].as_str().unwrap();
+    check_config(dir.path(), "hub-serve", rendered);
+    // It restores from S3: it gets the S3 credentials, as the upload role does.
+    let config: Value = serde_json::from_str(rendered).unwrap();
+    assert_eq!(
+        config["tiers"]["wasabi"]["credentials_file"],
+        "/run/credentials/cim-serve.service/tier-wasabi"
+    );
+    assert_eq!(
+        host["roleSecrets"]["serve"]["tier-wasabi"],
+        "/run/secrets/wasabi-credentials"
+    );
+    let unit = &host["containers"]["cim-serve"]["services"]["cim-serve"];
+    let exec = unit["execStart"].as_str().unwrap();
+    assert!(exec.contains("cim-gateway serve"), "{unit}");
+    assert_eq!(config["metrics"]["listen"], "127.0.0.1:9467");
+}

@@ -117,6 +117,10 @@ pub const S3_BLOBS_REUSED: &str = "cim_s3_blobs_reused_total";
 pub const S3_PARTS_UPLOADED: &str = "cim_s3_parts_uploaded_total";
 /// Compressed bytes sent to an S3 tier (single puts and parts), by tier.
 pub const S3_BYTES_UPLOADED: &str = "cim_s3_bytes_uploaded_total";
+/// Counter, by `outcome`: requests answered by the `cim.storage.object.ensure` service.
+pub const ENSURE_REQUESTS: &str = "cim_ensure_requests_total";
+/// Histogram: seconds each restore the ensure service started took, whatever its outcome.
+pub const ENSURE_RESTORE_DURATION: &str = "cim_ensure_restore_duration_seconds";
 
 /// Upper bounds of the [`TRANSFER_DURATION`] buckets, in seconds: from a small object on
 /// loopback to a large one over a slow link.
@@ -142,6 +146,8 @@ pub enum Role {
     Gc,
     /// `cim-gateway scrub` (one-shot).
     Scrub,
+    /// `cim-gateway serve` (the `cim.storage.object.ensure` service).
+    Serve,
 }
 
 impl Role {
@@ -154,6 +160,7 @@ impl Role {
             Role::Restore => "restore",
             Role::Gc => "gc",
             Role::Scrub => "scrub",
+            Role::Serve => "serve",
         }
     }
 }
@@ -263,6 +270,12 @@ fn builder() -> metrics_exporter_prometheus::PrometheusBuilder {
             metrics_exporter_prometheus::Matcher::Full(TRANSFER_DURATION.to_string()),
             TRANSFER_DURATION_BUCKETS,
         )
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full(ENSURE_RESTORE_DURATION.to_string()),
+                TRANSFER_DURATION_BUCKETS,
+            )
+        })
         .expect("the bucket list is not empty")
 }
 
@@ -370,6 +383,9 @@ pub fn role_started(role: Role, config: &Config) {
                     }
                 }
             }
+        }
+        Role::Serve => {
+            let _ = histogram!(ENSURE_RESTORE_DURATION);
         }
         Role::Restore | Role::Gc | Role::Scrub => {}
     }
@@ -485,6 +501,12 @@ fn describe() {
         "uploads that reused an already stored blob"
     );
     describe_counter!(S3_PARTS_UPLOADED, "multipart parts uploaded to s3");
+    describe_counter!(ENSURE_REQUESTS, "ensure requests answered, by outcome");
+    describe_histogram!(
+        ENSURE_RESTORE_DURATION,
+        Unit::Seconds,
+        "seconds each restore the ensure service started took, any outcome"
+    );
     describe_counter!(
         S3_BYTES_UPLOADED,
         Unit::Bytes,
@@ -641,6 +663,17 @@ pub fn restored(tier: &str, outcome: RestoreOutcome, bytes: u64) {
         counter!(RESTORE_BYTES, "tier" => tier.to_string()).increment(bytes);
     }
     crate::status::restore_counted(tier, outcome.as_str(), bytes);
+}
+
+/// The ensure service answered one request with `outcome` (`ready`, `restored`, or an error
+/// code such as `not_found`).
+pub fn ensured(outcome: &'static str) {
+    counter!(ENSURE_REQUESTS, "outcome" => outcome).increment(1);
+}
+
+/// One restore the ensure service started ended (whatever the outcome) after `took`.
+pub fn ensure_restored(took: Duration) {
+    histogram!(ENSURE_RESTORE_DURATION).record(took.as_secs_f64());
 }
 
 /// A blob was uploaded to S3 tier `tier` (`reused` = found already stored, nothing sent).
