@@ -27,6 +27,7 @@ pub mod leader;
 pub mod plan;
 mod skip;
 mod state;
+mod temporary;
 
 use skip::{skipped, Skip};
 pub use state::REQUEUE_AFTER;
@@ -235,6 +236,7 @@ impl Manager {
                 .instrument(span)
                 .await?;
         }
+        self.expire_temporary(&mut state, now, &mut report).await;
         state.forget_untouched();
         let held = self.report_held(&mut state, catalog.is_ok());
         metrics::manager_pass(started.elapsed());

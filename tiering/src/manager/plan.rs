@@ -21,7 +21,8 @@ pub struct Planned {
 pub struct Row {
     /// What the role will do: `source` (set up leaf → cluster sourcing of a bucket),
     /// `evict` (remove the leaf copy the cluster holds), `copy` (upload to S3), `move` (upload,
-    /// then remove the cluster copy), `delete` (carry a user delete to S3).
+    /// then remove the cluster copy), `delete` (carry a user delete to S3), `drop-temporary`
+    /// (remove an expired temporary copy from `from`; `to` is the S3 tier that keeps it).
     pub action: &'static str,
     /// The policy that decided it.
     pub policy: String,
@@ -42,6 +43,8 @@ pub struct Row {
 impl Planned {
     /// The row `plan` prints.
     pub fn row(&self) -> Row {
+        // No policy queues the expiry of a temporary copy: its row names none.
+        let no_policy = String::from("-");
         let (action, policy, from, to, bucket, name, size) = match &self.item {
             WorkItem::EnsureSource {
                 policy,
@@ -79,6 +82,15 @@ impl Planned {
                 &d.bucket,
                 Some(d.name.clone()),
                 None,
+            ),
+            WorkItem::LeafDropTemporary(t) | WorkItem::DropTemporary(t) => (
+                "drop-temporary",
+                &no_policy,
+                &t.tier,
+                &t.kept_on,
+                &t.bucket,
+                Some(t.name.clone()),
+                Some(t.size),
             ),
         };
         Row {

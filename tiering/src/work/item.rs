@@ -24,6 +24,9 @@ pub const READ_VERSIONS: [u32; 2] = [FORMAT_VERSION - 1, FORMAT_VERSION];
 /// are zero, and `e` is not one.
 pub(super) const ENSURE_SOURCE_TOKEN: &str = "source";
 
+/// The `to` token of a [`WorkItem::DropTemporary`]'s subject (it goes to no tier).
+pub(super) const TEMPORARY_TOKEN: &str = "temporary";
+
 /// The role that consumes an item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
@@ -94,6 +97,27 @@ pub struct ObjectDelete {
     pub nuid: String,
 }
 
+/// An expired temporary copy (`cim-gateway restore --for`, see [`crate::temporary`]) to remove
+/// from the JetStream tier `tier`, while the S3 tier `kept_on` keeps a verified copy of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemporaryCopy {
+    /// The JetStream tier holding the temporary copy.
+    pub tier: String,
+    /// The S3 tier the catalog records a verified copy of the same digest on.
+    pub kept_on: String,
+    /// Object-store bucket.
+    pub bucket: String,
+    /// Object name.
+    pub name: String,
+    /// Size recorded at ingest.
+    pub size: u64,
+    /// Digest recorded at ingest.
+    pub digest: Sha256Digest,
+    /// The temporary version (object-store nuid); a different current nuid is a new version,
+    /// which is not temporary.
+    pub nuid: String,
+}
+
 /// A unit of work.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -115,14 +139,20 @@ pub enum WorkItem {
     Upload(ObjectMove),
     /// Carry a user delete to S3: a tombstone manifest, and the catalog entry a tombstone.
     Delete(ObjectDelete),
+    /// Remove an expired temporary copy from a leaf tier (the mirror role evicts there).
+    LeafDropTemporary(TemporaryCopy),
+    /// Remove an expired temporary copy from a cluster tier (the upload role evicts there).
+    DropTemporary(TemporaryCopy),
 }
 
 impl WorkItem {
     /// The role that handles this item.
     pub fn role(&self) -> Role {
         match self {
-            WorkItem::EnsureSource { .. } | WorkItem::LeafEvict(_) => Role::Mirror,
-            WorkItem::Upload(_) | WorkItem::Delete(_) => Role::Upload,
+            WorkItem::EnsureSource { .. }
+            | WorkItem::LeafEvict(_)
+            | WorkItem::LeafDropTemporary(_) => Role::Mirror,
+            WorkItem::Upload(_) | WorkItem::Delete(_) | WorkItem::DropTemporary(_) => Role::Upload,
         }
     }
 
@@ -132,6 +162,7 @@ impl WorkItem {
             WorkItem::EnsureSource { bucket, .. } => bucket,
             WorkItem::LeafEvict(m) | WorkItem::Upload(m) => &m.bucket,
             WorkItem::Delete(d) => &d.bucket,
+            WorkItem::LeafDropTemporary(t) | WorkItem::DropTemporary(t) => &t.bucket,
         }
     }
 
@@ -141,6 +172,8 @@ impl WorkItem {
             WorkItem::EnsureSource { from, to, .. } => (from, to),
             WorkItem::LeafEvict(m) | WorkItem::Upload(m) => (&m.from, &m.to),
             WorkItem::Delete(d) => (&d.from, &d.to),
+            // The copy's tier, and the S3 tier whose verified copy lets it go.
+            WorkItem::LeafDropTemporary(t) | WorkItem::DropTemporary(t) => (&t.tier, &t.kept_on),
         }
     }
 
@@ -150,6 +183,7 @@ impl WorkItem {
             WorkItem::EnsureSource { .. } => None,
             WorkItem::LeafEvict(m) | WorkItem::Upload(m) => Some(&m.name),
             WorkItem::Delete(d) => Some(&d.name),
+            WorkItem::LeafDropTemporary(t) | WorkItem::DropTemporary(t) => Some(&t.name),
         }
     }
 
@@ -161,12 +195,16 @@ impl WorkItem {
     /// Every token is a valid subject token: bucket names are stream-name suffixes and tier
     /// names are `[A-Za-z0-9_-]+` (checked by the configuration), object names are base64url.
     pub fn subject(&self) -> String {
-        let (from, to, last) = match self {
+        let (from, to, last): (&str, &str, String) = match self {
             WorkItem::EnsureSource { from, to, .. } => (from, to, ENSURE_SOURCE_TOKEN.to_string()),
             WorkItem::LeafEvict(m) | WorkItem::Upload(m) => {
                 (&m.from, &m.to, URL_SAFE_NO_PAD.encode(&m.name))
             }
             WorkItem::Delete(d) => (&d.from, &d.to, URL_SAFE_NO_PAD.encode(&d.name)),
+            // Its own step: never waits behind an upload or eviction item of the object.
+            WorkItem::LeafDropTemporary(t) | WorkItem::DropTemporary(t) => {
+                (&t.tier, TEMPORARY_TOKEN, URL_SAFE_NO_PAD.encode(&t.name))
+            }
         };
         format!(
             "{}.{}.{from}.{to}.{last}",
@@ -206,6 +244,13 @@ impl WorkItem {
                 d.bucket,
                 URL_SAFE_NO_PAD.encode(&d.name),
                 d.seq
+            ),
+            WorkItem::LeafDropTemporary(t) | WorkItem::DropTemporary(t) => format!(
+                "drop-temporary:{}:{}:{}:{}",
+                t.tier,
+                t.bucket,
+                URL_SAFE_NO_PAD.encode(&t.name),
+                t.nuid
             ),
         }
     }

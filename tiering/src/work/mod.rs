@@ -54,7 +54,9 @@ mod item;
 mod worker;
 
 use item::{consumer_name, encode, role_prefix};
-pub use item::{ObjectDelete, ObjectMove, Role, WorkItem, FORMAT_VERSION, READ_VERSIONS};
+pub use item::{
+    ObjectDelete, ObjectMove, Role, TemporaryCopy, WorkItem, FORMAT_VERSION, READ_VERSIONS,
+};
 use worker::Worker;
 
 /// Subject prefix of the work-queue stream.
