@@ -144,6 +144,13 @@ async fn a_rehydration_into_the_hub_expires() {
     // While temporary: one pass of the `move` policy (after = 0) queues nothing for it.
     let queued = one_pass_queues(&tiers, &config, name).await;
     assert!(queued.is_empty(), "queued for a temporary copy: {queued:?}");
+    let planned = storage(&config, &["plan"]);
+    assert!(
+        String::from_utf8_lossy(&planned.stdout)
+            .contains(&format!("{bucket}/{name} on hub: temporary copy until")),
+        "{}",
+        describe(&planned)
+    );
     let explained = storage(&config, &["explain", "--bucket", bucket, "--name", name]);
     let text = String::from_utf8_lossy(&explained.stdout);
     assert!(

@@ -46,6 +46,9 @@ pub struct PassReport {
     pub backlog: Vec<crate::status::PolicyBacklog>,
     /// What a planner's pass would have queued, in order (empty for a manager that queues).
     pub planned: Vec<plan::Planned>,
+    /// The temporary copies (`restore --for`) a planner's pass found still running, which no
+    /// policy acts on until then (empty for a manager that queues).
+    pub temporary: Vec<plan::Temporary>,
 }
 
 /// A pass that takes longer is abandoned (logged) and the next one starts after the interval.

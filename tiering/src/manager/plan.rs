@@ -16,6 +16,38 @@ pub struct Planned {
     pub why: String,
 }
 
+/// A temporary copy (`restore --for`) whose time is not up: no policy acts on it until then.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Temporary {
+    /// The JetStream tier holding it.
+    pub tier: String,
+    /// Object-store bucket.
+    pub bucket: String,
+    /// Object name.
+    pub name: String,
+    /// When its time is up (RFC 3339).
+    pub until: String,
+}
+
+/// What `plan` prints after its table for the temporary copies still running (nothing when
+/// there are none).
+pub fn temporary_table(temporary: &[Temporary]) -> String {
+    if temporary.is_empty() {
+        return String::new();
+    }
+    let mut sorted: Vec<&Temporary> = temporary.iter().collect();
+    sorted.sort_by(|a, b| (&a.bucket, &a.name, &a.tier).cmp(&(&b.bucket, &b.name, &b.tier)));
+    let mut out =
+        String::from("\ntemporary copies (restore --for), which no policy acts on until then:\n");
+    for t in sorted {
+        out.push_str(&format!(
+            "  {}/{} on {}: temporary copy until {}\n",
+            t.bucket, t.name, t.tier, t.until
+        ));
+    }
+    out
+}
+
 /// One row of `plan` (also its JSON).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Row {

@@ -59,7 +59,9 @@ impl Manager {
                 let mut source = state.take(name, bucket);
                 match follow(js, bucket, &mut source).await {
                     Ok(()) => {
-                        let pending = self.expired(js, leaf, bucket, &source, now).await;
+                        let pending = self
+                            .expired(js, leaf, bucket, &source, now, &mut report.temporary)
+                            .await;
                         self.queue_expired(pending, &mut source, report).await;
                     }
                     Err(e) => {
@@ -81,6 +83,7 @@ impl Manager {
         bucket: &str,
         source: &BucketState,
         now: time::OffsetDateTime,
+        running: &mut Vec<plan::Temporary>,
     ) -> Vec<Pending> {
         let mut pending = Vec::new();
         let instant = Instant::now();
@@ -100,6 +103,14 @@ impl Manager {
                 continue;
             };
             if until > now {
+                if self.dry {
+                    running.push(plan::Temporary {
+                        tier: tier.name().to_string(),
+                        bucket: bucket.to_string(),
+                        name: name.to_string(),
+                        until: format_time(until),
+                    });
+                }
                 continue;
             }
             let Some(digest) = meta.digest else {
