@@ -260,3 +260,43 @@ async fn a_rehydration_into_a_leaf_expires_and_is_never_archived_again() {
     roles.stop();
     assert_eq!(s3_keys(&topology).await, before, "S3 changed");
 }
+
+/// A user writing the object again ends the temporary status: the new version carries no mark,
+/// and the next pass queues its upload as for any object (the temporary one, hours from
+/// expiry, got nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_version_is_not_temporary() {
+    let topology = Topology::start().await.unwrap();
+    let config = topology.write_config(common::HUB_TO_S3);
+    let tiers = Tiers::connect(&topology).await;
+    let (bucket, name) = ("rehydrate-rewrite", "notes.txt");
+    put_hub(&tiers, bucket, name, &content(63, 50_000)).await;
+    let mut roles = Roles::start(&topology, &config);
+    wait_only_in_s3(&tiers, &roles, bucket, name, &["hub"]).await;
+    roles.stop();
+
+    let out = gateway(
+        &config,
+        &[
+            "restore", "--bucket", bucket, "--name", name, "--for", "12h",
+        ],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let queued = one_pass_queues(&tiers, &config, name).await;
+    assert!(queued.is_empty(), "queued for a temporary copy: {queued:?}");
+
+    put_hub(&tiers, bucket, name, &content(64, 50_000)).await;
+    let (_, info) = Tiers::read(&tiers.hub, bucket, name).await;
+    assert!(info
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Cim-Temporary-For"))
+        .is_none());
+    let queued = one_pass_queues(&tiers, &config, name).await;
+    assert!(
+        queued
+            .iter()
+            .any(|q| q.contains("\"upload\"") && q.contains(&info.nuid)),
+        "the new version is the policies' again: {queued:?}"
+    );
+}
