@@ -503,6 +503,13 @@ impl Handler for UploadHandler {
                 let span = tracing::info_span!("delete", seq = job.seq);
                 self.delete(job).instrument(span).await
             }
+            // This role evicts from the cluster tiers: expired temporary copies there too.
+            WorkItem::DropTemporary(copy) => {
+                let span = tracing::info_span!("drop_temporary", tier = %copy.tier);
+                Ok(cim_tiering::temporary::remove_expired(&self.system, copy)
+                    .instrument(span)
+                    .await?)
+            }
             other => Err(Error::Config {
                 message: format!("{:?} items belong to the mirror role", other.role()),
             }),

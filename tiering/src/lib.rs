@@ -38,6 +38,7 @@ pub mod push;
 pub mod retry;
 pub mod status;
 pub mod system;
+pub mod temporary;
 pub mod work;
 
 pub use error::Error;

@@ -225,6 +225,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
                 print!("{}", cim_tiering::manager::plan::table(&rows));
+                print!(
+                    "{}",
+                    cim_tiering::manager::plan::temporary_table(&report.temporary)
+                );
             }
             if report.skipped > 0 {
                 eprintln!(

@@ -61,9 +61,15 @@ pub(crate) struct RestoreArgs {
     /// S3 tier to read from (default: the only S3 tier).
     #[arg(long)]
     from: Option<String>,
-    /// JetStream tier to write into (default: the tier that uploads to the S3 tier).
+    /// JetStream tier to write into (default: the tier that uploads to the S3 tier). A leaf
+    /// tier only with --for.
     #[arg(long)]
     to: Option<String>,
+    /// Restore as a temporary copy for DURATION (`7d`, `12h`, `30m`; at least 1s): no policy
+    /// re-archives or re-evicts it meanwhile, and the storage manager removes it from the
+    /// target when the time is up (the S3 copy stays). Counted from when the target stores it.
+    #[arg(long = "for", value_name = "DURATION", value_parser = parse_for)]
+    temporary: Option<Duration>,
     /// Objects restored at once (default: `[restore] concurrency`, 128); memory stays within a
     /// fixed budget whatever it is.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
@@ -78,6 +84,16 @@ pub(crate) struct RestoreArgs {
     #[arg(long)]
     json: bool,
 }
+
+/// Parses `--for` with the configuration's duration grammar.
+fn parse_for(text: &str) -> Result<Duration, String> {
+    cim_tiering::temporary::parse(text).ok_or_else(|| {
+        format!("{text:?} is not a duration of at least 1s (examples: 7d, 12h, 30m, 90s)")
+    })
+}
+
+/// Exit status of bad arguments (as clap's own).
+const EXIT_BAD_ARGUMENTS: u8 = 2;
 
 /// Checks a `--match` pattern the way the restore will use it.
 fn parse_glob(pattern: &str) -> Result<String, String> {
@@ -384,6 +400,7 @@ pub(crate) async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         include_deleted,
         from,
         to,
+        temporary,
         concurrency,
         dry_run,
         json,
@@ -401,6 +418,19 @@ pub(crate) async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     }
     let s3_name = s3_tier_name(&config, from)?;
     let target = restore_target(&config, &s3_name, to)?;
+    let leaf = matches!(
+        config.tier(&target),
+        Some(Tier::JetStream(t)) if t.role == cim_policies::JetStreamRole::Leaf
+    );
+    if leaf && temporary.is_none() {
+        // A permanent copy in a leaf would be sourced back to the cluster as a new version and
+        // archived again: a leaf takes restored data only as a temporary copy.
+        eprintln!(
+            "error: tier {target:?} is a leaf: restoring into a leaf is only allowed as a \
+             temporary copy; add --for DURATION (e.g. --for 7d)"
+        );
+        return Ok(ExitCode::from(EXIT_BAD_ARGUMENTS));
+    }
     let Some(Tier::S3(s3_config)) = config.tier(&s3_name).cloned() else {
         bail!("{s3_name:?} is not an s3 tier");
     };
@@ -421,6 +451,7 @@ pub(crate) async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         .overwrite(overwrite)
         .include_deleted(include_deleted)
         .concurrency(concurrency)
+        .temporary(temporary)
         .progress(progress.clone());
     let mut report = Report {
         bucket: bucket.clone(),

@@ -31,6 +31,14 @@
 //! created, no catalog update, no chunk). It does not read the blobs, so a damaged blob shows
 //! only in a real run (or in `scrub`).
 //!
+//! # Temporary copies
+//!
+//! With [`Restorer::temporary`] (`--for 7d`) each version written carries the header
+//! [`cim_tiering::temporary::HEADER`] in its meta: no policy acts on it until the time is up,
+//! and then the storage manager has it evicted from the target (see [`cim_tiering::temporary`]).
+//! An object the target already holds is left as it is (`present`): a permanent copy does not
+//! become temporary, nor is a temporary one extended.
+//!
 //! # Restore never replaces a newer version
 //!
 //! The S3 copy of an object may be older than the version the target holds: v1 archived, the
@@ -169,6 +177,9 @@ pub struct Restorer {
     buckets: tokio::sync::Mutex<HashMap<String, Arc<TargetBucket>>>,
     /// Content bytes restored so far (decompressed, verified as they go), for progress displays.
     progress: Progress,
+    /// `--for`: each restored version is a temporary copy for this long (see "Temporary
+    /// copies" in the module docs).
+    temporary: Option<std::time::Duration>,
 }
 
 /// Bytes the pipe between the S3 read and the chunk publisher holds: two chunks, so the reader
@@ -230,6 +241,7 @@ impl Restorer {
             memory: MemoryBudget::new(MEMORY_BUDGET),
             buckets: Default::default(),
             progress: Progress::new(),
+            temporary: None,
         })
     }
 
@@ -256,6 +268,15 @@ impl Restorer {
     /// tier held before the delete, while its blob is kept.
     pub fn include_deleted(mut self, include_deleted: bool) -> Self {
         self.include_deleted = include_deleted;
+        self
+    }
+
+    /// Makes every version this restorer writes a temporary copy for `duration` (`--for`): its
+    /// meta carries [`cim_tiering::temporary::HEADER`], no policy acts on it, and the storage
+    /// manager has it evicted when the time is up. Without it, a restored version is an
+    /// ordinary one (a mark the S3 copy might carry is dropped).
+    pub fn temporary(mut self, duration: Option<std::time::Duration>) -> Self {
+        self.temporary = duration;
         self
     }
 
@@ -495,7 +516,7 @@ impl Restorer {
             description: m.description.clone(),
             chunk_size: None,
             metadata: m.metadata.clone(),
-            headers: m.headers.clone(),
+            headers: self.headers(m),
         };
         let committed = write
             .commit(journal, meta, m.size, &m.digest, existing.map(|e| &e.info))
@@ -520,6 +541,24 @@ impl Restorer {
         metrics::restored(self.target.name(), RestoreOutcome::Restored, m.size);
         tracing::info!(nuid = %committed.info.nuid, "restored");
         Ok(Restored::Written)
+    }
+
+    /// The headers of the restored meta: the manifest's, with the temporary mark set for
+    /// `--for` and removed otherwise (so only this restore decides whether the copy is temporary).
+    fn headers(&self, m: &Manifest) -> Option<async_nats::HeaderMap> {
+        use cim_tiering::temporary::{header_value, HEADER};
+        let mut headers = async_nats::HeaderMap::new();
+        for (name, values) in m.headers.iter().flat_map(|h| h.iter()) {
+            if AsRef::<str>::as_ref(name) != HEADER {
+                for value in values {
+                    headers.append(name.clone(), value.clone());
+                }
+            }
+        }
+        if let Some(duration) = self.temporary {
+            headers.insert(HEADER, header_value(duration));
+        }
+        (!headers.is_empty()).then_some(headers)
     }
 
     /// Why the object `m` describes counts as deleted, if it does: `m` is a tombstone, the

@@ -46,6 +46,12 @@ pub use tiers::{JetStreamRole, JetStreamTier, S3Flavor, S3Tier, S3Verify, Tier};
 
 pub use format::Format;
 
+/// `text` as a duration, in the grammar of the configuration's durations (`"7d"`, `"12h"`,
+/// `"1h 30m"`; see `nixos/durations.json`), for command-line options that take one the same way.
+pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    duration::parse(text)
+}
+
 use format::json_message;
 use validate::validate;
 

@@ -58,6 +58,9 @@ pub struct Meta {
     /// The object's metadata and headers, kept only by an index asked to
     /// ([`MetaIndex::keep_attributes`]: a policy of the bucket tests them); 8 bytes when not.
     pub attributes: Option<Box<Attributes>>,
+    /// Seconds the version stays a temporary copy from `stored_ms`, if it is one
+    /// (`cim-gateway restore --for`, see [`crate::temporary`]); fits in the struct's padding.
+    pub temporary_secs: Option<std::num::NonZeroU32>,
     /// Set by the walk of a [`MetaIndex::rescan`]; entries it leaves unset are gone.
     seen: bool,
 }
@@ -84,6 +87,15 @@ pub enum Kind {
 }
 
 impl Meta {
+    /// Until when the version is a temporary copy, if it is one (see [`crate::temporary`]).
+    pub fn temporary_until(&self) -> Option<time::OffsetDateTime> {
+        let secs = self.temporary_secs?;
+        Some(crate::temporary::until(
+            self.stored_ms,
+            Duration::from_secs(u64::from(secs.get())),
+        ))
+    }
+
     /// How long ago this tier stored the version (zero if the server's clock is ahead of ours).
     pub fn age(&self, now: time::OffsetDateTime) -> Duration {
         let now_ms = (now.unix_timestamp_nanos() / 1_000_000) as i64;
@@ -292,8 +304,13 @@ impl MetaIndex {
                 headers: headers.unwrap_or_default(),
             })
         });
+        let temporary_secs = crate::temporary::declared(&info).map(|d| {
+            std::num::NonZeroU32::new(u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
+                .unwrap_or(std::num::NonZeroU32::MIN)
+        });
         let meta = Meta {
             attributes,
+            temporary_secs,
             seq: message.seq,
             stored_ms: (message.time.unix_timestamp_nanos() / 1_000_000) as i64,
             size: info.size as u64,

@@ -87,6 +87,11 @@ impl Manager {
                 Kind::Live => {}
                 _ => continue,
             }
+            // A temporary copy (`restore --for`) is no policy's to act on, due or not, and no
+            // backlog: the manager's expiry removes it when its time is up (`temporary.rs`).
+            if meta.temporary_secs.is_some() {
+                continue;
+            }
             // Age from when the tier stored it: the writer's clock may say anything. Whether
             // this policy decides is the one evaluation `plan` and `explain` show.
             let attributes = meta.attributes.as_deref();

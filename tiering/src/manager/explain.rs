@@ -39,6 +39,9 @@ pub struct Copy {
     pub size: Option<u64>,
     /// Seconds since the tier stored this version (what `after` is compared with).
     pub age_secs: Option<u64>,
+    /// Until when this version is a temporary copy (`restore --for`; RFC 3339), if it is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temporary_until: Option<String>,
 }
 
 /// One policy's verdict on the object on one tier.
@@ -50,7 +53,8 @@ pub struct Considered {
     pub policy: String,
     /// `copy`, `move` or `expire`.
     pub action: String,
-    /// `decides`, `overruled`, `not-yet`, `no-match`, `other-tier` or `disabled`.
+    /// `decides`, `overruled`, `not-yet`, `no-match`, `other-tier`, `disabled`, or
+    /// `temporary` (a temporary copy, which no policy acts on).
     pub outcome: &'static str,
     /// Why, for people.
     pub reason: String,
@@ -76,6 +80,7 @@ pub async fn explain(system: &System, bucket: &str, name: &str) -> Result<Explan
                     seq: None,
                     size: None,
                     age_secs: None,
+                    temporary_until: None,
                 });
                 continue;
             }
@@ -87,6 +92,7 @@ pub async fn explain(system: &System, bucket: &str, name: &str) -> Result<Explan
                 seq: None,
                 size: None,
                 age_secs: None,
+                temporary_until: None,
             });
             continue;
         };
@@ -98,6 +104,7 @@ pub async fn explain(system: &System, bucket: &str, name: &str) -> Result<Explan
             seq: Some(stored.seq),
             size: Some(stored.info.size as u64),
             age_secs: Some(age.as_secs()),
+            temporary_until: crate::temporary::until_of(&stored).map(crate::temporary::format_time),
         });
         if !live {
             continue;
@@ -130,14 +137,30 @@ pub async fn explain(system: &System, bucket: &str, name: &str) -> Result<Explan
             headers: Some(&headers),
         };
         let outcomes = evaluate(&config.policies, tier_name, &object);
+        let temporary = copies.last().and_then(|c| c.temporary_until.clone());
         for (i, outcome) in outcomes.iter().enumerate() {
             let policy = &config.policies[i];
+            let (outcome, reason) = match &temporary {
+                // The manager skips a temporary copy before evaluating any policy.
+                Some(until) => (
+                    "temporary",
+                    format!(
+                        "temporary copy until {until} (restore --for): no policy acts on it; \
+                         removed from {tier_name} then (otherwise: {})",
+                        describe(&config.policies, i, outcome, age)
+                    ),
+                ),
+                None => (
+                    outcome.as_str(),
+                    describe(&config.policies, i, outcome, age),
+                ),
+            };
             policies.push(Considered {
                 tier: tier_name.clone(),
                 policy: policy.name.clone(),
                 action: policy.action.to_string(),
-                outcome: outcome.as_str(),
-                reason: describe(&config.policies, i, outcome, age),
+                outcome,
+                reason,
             });
         }
     }
@@ -168,6 +191,9 @@ impl Explanation {
                     " (seq {seq}, {size} bytes, stored {} ago)",
                     format_duration(std::time::Duration::from_secs(age))
                 ));
+            }
+            if let Some(until) = &c.temporary_until {
+                out.push_str(&format!(", temporary copy until {until}"));
             }
             out.push('\n');
         }

@@ -27,6 +27,7 @@ pub mod leader;
 pub mod plan;
 mod skip;
 mod state;
+mod temporary;
 
 use skip::{skipped, Skip};
 pub use state::REQUEUE_AFTER;
@@ -45,6 +46,9 @@ pub struct PassReport {
     pub backlog: Vec<crate::status::PolicyBacklog>,
     /// What a planner's pass would have queued, in order (empty for a manager that queues).
     pub planned: Vec<plan::Planned>,
+    /// The temporary copies (`restore --for`) a planner's pass found still running, which no
+    /// policy acts on until then (empty for a manager that queues).
+    pub temporary: Vec<plan::Temporary>,
 }
 
 /// A pass that takes longer is abandoned (logged) and the next one starts after the interval.
@@ -245,6 +249,7 @@ impl Manager {
                 .instrument(span)
                 .await?;
         }
+        self.expire_temporary(&mut state, now, &mut report).await;
         state.forget_untouched();
         let held = self.report_held(&mut state, catalog.is_ok());
         metrics::manager_pass(started.elapsed());

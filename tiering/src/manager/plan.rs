@@ -16,13 +16,47 @@ pub struct Planned {
     pub why: String,
 }
 
+/// A temporary copy (`restore --for`) whose time is not up: no policy acts on it until then.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Temporary {
+    /// The JetStream tier holding it.
+    pub tier: String,
+    /// Object-store bucket.
+    pub bucket: String,
+    /// Object name.
+    pub name: String,
+    /// When its time is up (RFC 3339).
+    pub until: String,
+}
+
+/// What `plan` prints after its table for the temporary copies still running (nothing when
+/// there are none).
+pub fn temporary_table(temporary: &[Temporary]) -> String {
+    if temporary.is_empty() {
+        return String::new();
+    }
+    let mut sorted: Vec<&Temporary> = temporary.iter().collect();
+    sorted.sort_by(|a, b| (&a.bucket, &a.name, &a.tier).cmp(&(&b.bucket, &b.name, &b.tier)));
+    let mut out =
+        String::from("\ntemporary copies (restore --for), which no policy acts on until then:\n");
+    for t in sorted {
+        out.push_str(&format!(
+            "  {}/{} on {}: temporary copy until {}\n",
+            t.bucket, t.name, t.tier, t.until
+        ));
+    }
+    out
+}
+
 /// One row of `plan` (also its JSON).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Row {
     /// What the role will do: `source` (set up leaf → cluster sourcing of a bucket),
     /// `evict` (remove the leaf copy the cluster holds), `copy` (upload to S3), `move` (upload,
     /// then remove the cluster copy), `delete` (carry a user delete to S3), `expire` (delete
-    /// from `from`: its copy only when `to` is empty, or as a user delete when `to` is `*`).
+    /// from `from`: its copy only when `to` is empty, or as a user delete when `to` is `*`),
+    /// `drop-temporary` (remove an expired temporary copy from `from`; `to` is the S3 tier
+    /// that keeps it).
     pub action: &'static str,
     /// The policy that decided it.
     pub policy: String,
@@ -48,6 +82,8 @@ impl Planned {
             WorkItem::Expire(e) if e.all => cim_policies::ALL_TIERS.to_string(),
             _ => String::new(),
         };
+        // No policy queues the expiry of a temporary copy: its row names none.
+        let no_policy = String::from("-");
         let (action, policy, from, to, bucket, name, size) = match &self.item {
             WorkItem::EnsureSource {
                 policy,
@@ -94,6 +130,15 @@ impl Planned {
                 &e.bucket,
                 Some(e.name.clone()),
                 Some(e.size),
+            ),
+            WorkItem::LeafDropTemporary(t) | WorkItem::DropTemporary(t) => (
+                "drop-temporary",
+                &no_policy,
+                &t.tier,
+                &t.kept_on,
+                &t.bucket,
+                Some(t.name.clone()),
+                Some(t.size),
             ),
         };
         Row {

@@ -329,9 +329,20 @@ impl Handler for MirrorHandler {
                 let span = tracing::info_span!("expire", seq = job.seq, all = job.all);
                 self.expire(job).instrument(span).await
             }
-            WorkItem::Upload(_) | WorkItem::Delete(_) => Err(Error::Config(
-                "upload and delete items belong to cim-gateway upload, not the mirror role".into(),
-            )),
+            // This role evicts from the leaf tiers: expired temporary copies there too.
+            WorkItem::LeafDropTemporary(copy) => {
+                let span = tracing::info_span!("drop_temporary", tier = %copy.tier);
+                crate::temporary::remove_expired(&self.system, copy)
+                    .instrument(span)
+                    .await
+            }
+            WorkItem::Upload(_) | WorkItem::Delete(_) | WorkItem::DropTemporary(_) => {
+                Err(Error::Config(
+                    "upload, delete and cluster drop-temporary items belong to cim-gateway \
+                     upload, not the mirror role"
+                        .into(),
+                ))
+            }
         }
     }
 }

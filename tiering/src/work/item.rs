@@ -24,6 +24,9 @@ pub const READ_VERSIONS: [u32; 2] = [FORMAT_VERSION - 1, FORMAT_VERSION];
 /// are zero, and `e` is not one.
 pub(super) const ENSURE_SOURCE_TOKEN: &str = "source";
 
+/// The `to` token of a [`WorkItem::DropTemporary`]'s subject (it goes to no tier).
+pub(super) const TEMPORARY_TOKEN: &str = "temporary";
+
 /// The role that consumes an item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
@@ -122,6 +125,27 @@ pub struct ObjectExpire {
 /// Subject token in the `to` place of an [`WorkItem::Expire`]: `~` is in no tier name.
 const EXPIRE_TOKEN: &str = "~expire";
 
+/// An expired temporary copy (`cim-gateway restore --for`, see [`crate::temporary`]) to remove
+/// from the JetStream tier `tier`, while the S3 tier `kept_on` keeps a verified copy of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemporaryCopy {
+    /// The JetStream tier holding the temporary copy.
+    pub tier: String,
+    /// The S3 tier the catalog records a verified copy of the same digest on.
+    pub kept_on: String,
+    /// Object-store bucket.
+    pub bucket: String,
+    /// Object name.
+    pub name: String,
+    /// Size recorded at ingest.
+    pub size: u64,
+    /// Digest recorded at ingest.
+    pub digest: Sha256Digest,
+    /// The temporary version (object-store nuid); a different current nuid is a new version,
+    /// which is not temporary.
+    pub nuid: String,
+}
+
 /// A unit of work.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -145,16 +169,21 @@ pub enum WorkItem {
     Delete(ObjectDelete),
     /// Delete an expired object from one JetStream tier, or from all (`expire`).
     Expire(ObjectExpire),
+    /// Remove an expired temporary copy from a leaf tier (the mirror role evicts there).
+    LeafDropTemporary(TemporaryCopy),
+    /// Remove an expired temporary copy from a cluster tier (the upload role evicts there).
+    DropTemporary(TemporaryCopy),
 }
 
 impl WorkItem {
     /// The role that handles this item.
     pub fn role(&self) -> Role {
         match self {
-            WorkItem::EnsureSource { .. } | WorkItem::LeafEvict(_) | WorkItem::Expire(_) => {
-                Role::Mirror
-            }
-            WorkItem::Upload(_) | WorkItem::Delete(_) => Role::Upload,
+            WorkItem::EnsureSource { .. }
+            | WorkItem::LeafEvict(_)
+            | WorkItem::Expire(_)
+            | WorkItem::LeafDropTemporary(_) => Role::Mirror,
+            WorkItem::Upload(_) | WorkItem::Delete(_) | WorkItem::DropTemporary(_) => Role::Upload,
         }
     }
 
@@ -165,6 +194,7 @@ impl WorkItem {
             WorkItem::LeafEvict(m) | WorkItem::Upload(m) => &m.bucket,
             WorkItem::Delete(d) => &d.bucket,
             WorkItem::Expire(e) => &e.bucket,
+            WorkItem::LeafDropTemporary(t) | WorkItem::DropTemporary(t) => &t.bucket,
         }
     }
 
@@ -175,6 +205,8 @@ impl WorkItem {
             WorkItem::LeafEvict(m) | WorkItem::Upload(m) => (&m.from, &m.to),
             WorkItem::Delete(d) => (&d.from, &d.to),
             WorkItem::Expire(e) => (&e.tier, if e.all { cim_policies::ALL_TIERS } else { "" }),
+            // The copy's tier, and the S3 tier whose verified copy lets it go.
+            WorkItem::LeafDropTemporary(t) | WorkItem::DropTemporary(t) => (&t.tier, &t.kept_on),
         }
     }
 
@@ -185,6 +217,7 @@ impl WorkItem {
             WorkItem::LeafEvict(m) | WorkItem::Upload(m) => Some(&m.name),
             WorkItem::Delete(d) => Some(&d.name),
             WorkItem::Expire(e) => Some(&e.name),
+            WorkItem::LeafDropTemporary(t) | WorkItem::DropTemporary(t) => Some(&t.name),
         }
     }
 
@@ -196,17 +229,17 @@ impl WorkItem {
     /// Every token is a valid subject token: bucket names are stream-name suffixes and tier
     /// names are `[A-Za-z0-9_-]+` (checked by the configuration), object names are base64url.
     pub fn subject(&self) -> String {
-        let (from, to, last) = match self {
+        let (from, to, last): (&str, &str, String) = match self {
             WorkItem::EnsureSource { from, to, .. } => (from, to, ENSURE_SOURCE_TOKEN.to_string()),
             WorkItem::LeafEvict(m) | WorkItem::Upload(m) => {
                 (&m.from, &m.to, URL_SAFE_NO_PAD.encode(&m.name))
             }
             WorkItem::Delete(d) => (&d.from, &d.to, URL_SAFE_NO_PAD.encode(&d.name)),
-            WorkItem::Expire(e) => (
-                &e.tier,
-                &EXPIRE_TOKEN.to_string(),
-                URL_SAFE_NO_PAD.encode(&e.name),
-            ),
+            WorkItem::Expire(e) => (&e.tier, EXPIRE_TOKEN, URL_SAFE_NO_PAD.encode(&e.name)),
+            // Its own step: never waits behind an upload or eviction item of the object.
+            WorkItem::LeafDropTemporary(t) | WorkItem::DropTemporary(t) => {
+                (&t.tier, TEMPORARY_TOKEN, URL_SAFE_NO_PAD.encode(&t.name))
+            }
         };
         format!(
             "{}.{}.{from}.{to}.{last}",
@@ -254,6 +287,13 @@ impl WorkItem {
                 e.bucket,
                 URL_SAFE_NO_PAD.encode(&e.name),
                 e.seq
+            ),
+            WorkItem::LeafDropTemporary(t) | WorkItem::DropTemporary(t) => format!(
+                "drop-temporary:{}:{}:{}:{}",
+                t.tier,
+                t.bucket,
+                URL_SAFE_NO_PAD.encode(&t.name),
+                t.nuid
             ),
         }
     }
