@@ -30,6 +30,7 @@
 //! * [`versions`] — which version is current on S3: publishing the catalog's choice, tombstones
 //!   for deletes, `delete` of objects only S3 holds.
 //! * [`gc`] — removing what deletes and overwrites leave behind, after the tier's retention.
+//! * [`reconcile`] — catalog repair: the catalog against what the tiers hold.
 //! * [`scrub`] — reading back and verifying what an S3 tier stores (all of it or a sample).
 //!
 //! The read path serving objects no longer held by NATS comes next; the `cim-gateway` binary
@@ -42,6 +43,7 @@
 pub mod error;
 pub mod format;
 pub mod gc;
+pub mod reconcile;
 pub mod restore;
 pub mod s3;
 pub mod scrub;

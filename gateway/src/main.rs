@@ -22,10 +22,12 @@ mod commands {
     //! The commands whose code outgrew this file.
     pub(crate) mod get;
     pub(crate) mod list;
+    pub(crate) mod reconcile;
     pub(crate) mod restore;
 }
 use commands::get as cli_get;
 use commands::list as cli_list;
+use commands::reconcile as cli_reconcile;
 use commands::restore as cli_restore;
 
 /// S3 tier of the NATS JetStream storage gateway.
@@ -133,6 +135,12 @@ enum Command {
         #[arg(long, default_value = "all")]
         sample: cim_gateway::scrub::Sample,
     },
+    /// Repair the catalog: compare it with what the tiers hold (JetStream metas, S3 manifests),
+    /// drop locations a tier no longer holds, record checked copies it does not know, carry S3
+    /// tombstones, and report what it cannot decide. Rebuilds a lost catalog (its KV bucket
+    /// deleted) from the tiers. Safe beside running roles: every write is a compare-and-set.
+    #[command(after_help = cli_reconcile::EXIT_STATUS_HELP)]
+    Reconcile(cli_reconcile::ReconcileArgs),
     /// Print the shell completion script for SHELL to stdout.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -351,6 +359,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::List(args) => cli_list::run(args).await,
+        Command::Reconcile(args) => cli_reconcile::run(args).await,
         Command::Scrub {
             config,
             bucket,
