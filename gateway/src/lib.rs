@@ -30,6 +30,7 @@
 //! * [`versions`] — which version is current on S3: publishing the catalog's choice, tombstones
 //!   for deletes, `delete` of objects only S3 holds.
 //! * [`gc`] — removing what deletes and overwrites leave behind, after the tier's retention.
+//! * [`reconcile`] — catalog repair: the catalog against what the tiers hold.
 //! * [`scrub`] — reading back and verifying what an S3 tier stores (all of it or a sample).
 //! * [`ensure`] — the `cim.storage.object.ensure` NATS service (`cim-gateway serve`): makes one
 //!   object ready on the hub, restoring it with [`restore`] when only S3 holds it.
@@ -45,6 +46,7 @@ pub mod ensure;
 pub mod error;
 pub mod format;
 pub mod gc;
+pub mod reconcile;
 pub mod restore;
 pub mod s3;
 pub mod scrub;

@@ -22,11 +22,13 @@ mod commands {
     //! The commands whose code outgrew this file.
     pub(crate) mod get;
     pub(crate) mod list;
+    pub(crate) mod reconcile;
     pub(crate) mod restore;
     pub(crate) mod serve;
 }
 use commands::get as cli_get;
 use commands::list as cli_list;
+use commands::reconcile as cli_reconcile;
 use commands::restore as cli_restore;
 use commands::serve as cli_serve;
 
@@ -138,6 +140,12 @@ enum Command {
     /// Run the `cim.storage.object.ensure` NATS service: asked for an object, make sure the hub
     /// holds it (restoring it from S3, verified, if only S3 does) and answer once it is ready.
     Serve(cli_serve::ServeArgs),
+    /// Repair the catalog: compare it with what the tiers hold (JetStream metas, S3 manifests),
+    /// drop locations a tier no longer holds, record checked copies it does not know, carry S3
+    /// tombstones, and report what it cannot decide. Rebuilds a lost catalog (its KV bucket
+    /// deleted) from the tiers. Safe beside running roles: every write is a compare-and-set.
+    #[command(after_help = cli_reconcile::EXIT_STATUS_HELP)]
+    Reconcile(cli_reconcile::ReconcileArgs),
     /// Print the shell completion script for SHELL to stdout.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -358,6 +366,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::List(args) => cli_list::run(args).await,
         Command::Serve(args) => cli_serve::run(args).await,
+        Command::Reconcile(args) => cli_reconcile::run(args).await,
         Command::Scrub {
             config,
             bucket,

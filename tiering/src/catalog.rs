@@ -22,6 +22,9 @@ use crate::digest::Sha256Digest;
 use crate::error::{BoxError, Error};
 use crate::jetstream::direct::{DirectGet, DirectMessage};
 
+mod repair;
+pub use repair::found_copy;
+
 /// Where one verified copy lives.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Location {

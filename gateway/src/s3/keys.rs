@@ -49,6 +49,23 @@ impl S3Store {
         Ok(keys)
     }
 
+    /// The length of the object at `key` (one HeadObject), `None` when it does not exist: how
+    /// `reconcile` checks that a manifest's blob is there with its `stored_size`.
+    pub async fn object_length(&self, key: &str) -> Result<Option<u64>, Error> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(head) => Ok(Some(head.content_length().unwrap_or(0).max(0) as u64)),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
+            Err(e) => Err(Error::s3("head_object", key, e)),
+        }
+    }
+
     /// Deletes `key` (absent is fine: S3 deletes are idempotent).
     pub async fn delete_key(&self, key: &str) -> Result<(), Error> {
         self.client
