@@ -216,6 +216,12 @@ let
         example = { "Content-Type" = "text/csv"; };
         description = "Object-store headers the object must carry (names case-insensitive).";
       };
+      idle = mkOption {
+        type = types.nullOr duration;
+        default = null;
+        example = "30d";
+        description = "The object must not have been read (`cim-gateway get`, the ensure service) for this long; never read: since the tier stored it.";
+      };
     };
   };
 
@@ -305,7 +311,7 @@ let
         inherit tiers;
         policy = lib.mapAttrsToList
           (_: p: dropNulls {
-            inherit (p) name buckets from to action after enabled names prefix;
+            inherit (p) name buckets from to action after enabled names prefix idle;
             force = if p.force then true else null;
             min_size = p.minSize;
             max_size = p.maxSize;
@@ -498,7 +504,7 @@ in
       example = { work.concurrency = 4; upload.memory_budget_mib = 128; };
       description = ''
         Everything else in the configuration file (`[metrics]`, `[manager]`, `[work]`,
-        `[upload]`, `[restore]`, `[catalog]`), with the file's key names; see
+        `[upload]`, `[restore]`, `[catalog]`, `[access]`), with the file's key names; see
         docs/configuration.md. `metrics.listen` is set per role; `metrics.pushgateway`
         (e.g. `"http://127.0.0.1:9091"`) makes the one-shot commands (the gc timer's
         `cim-gateway gc`, an operator's `restore` and `scrub`) push their metrics there.

@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::service::ServiceExt as _;
 use bytes::Bytes;
+use cim_tiering::access::AccessLog;
 use cim_tiering::digest::Sha256Digest;
 use cim_tiering::jetstream::is_live;
 use cim_tiering::{metrics, System};
@@ -176,6 +177,8 @@ pub struct Ensurer {
     leaves: Vec<String>,
     deadline: Duration,
     restores: Mutex<HashMap<(String, String), SharedRestore>>,
+    /// Where the answers are recorded as accesses (the policies' `idle`).
+    access: AccessLog,
 }
 
 impl Ensurer {
@@ -199,6 +202,7 @@ impl Ensurer {
             .map(|(n, _)| n.clone())
             .collect();
         Ok(Ensurer {
+            access: AccessLog::new(&system),
             system,
             store,
             hub: hub.to_string(),
@@ -258,7 +262,7 @@ impl Ensurer {
         match tokio::time::timeout(self.deadline, self.ensure(bucket, name, wanted)).await {
             Ok(reply) => {
                 if let Reply::Ready { .. } = &reply {
-                    self.accessed(bucket, name);
+                    self.accessed(bucket, name).await;
                 }
                 reply
             }
@@ -277,10 +281,12 @@ impl Ensurer {
     }
 
     /// The object was handed out through the service (found on the hub or restored there):
-    /// the one call site where such an access is to be recorded for the "time since last
-    /// access" policy condition, once the catalog records accesses.
-    fn accessed(&self, bucket: &str, name: &str) {
+    /// recorded as an access for the policies' `idle` (coalesced, at most one write per
+    /// `[access] interval`; never fails the answer, and bounded by the access log's deadlines,
+    /// which the answer's own deadline does not include).
+    async fn accessed(&self, bucket: &str, name: &str) {
         tracing::debug!(bucket, name, tier = %self.hub, "accessed through the ensure service");
+        self.access.record(bucket, name).await;
     }
 
     async fn ensure(

@@ -1,5 +1,5 @@
 //! What a policy asks of one object besides its bucket and age: object-name globs or a prefix,
-//! a size range, metadata and header values. Pure: the caller describes the object
+//! a size range, metadata and header values, time since the last read (`idle`). Pure: the caller describes the object
 //! ([`Object`]); [`Conditions::check`] says whether it matches and, if not, which condition
 //! failed and why ([`Miss`]), so `plan` and `explain` can show it.
 
@@ -29,6 +29,18 @@ pub struct Object<'a> {
     /// The object-store `headers` (name → first value), if known. Names compare
     /// case-insensitively.
     pub headers: Option<&'a BTreeMap<String, String>>,
+    /// How long ago the object was last read (`cim-gateway get`, the ensure service), if it
+    /// ever was as far as the caller knows; `None` = never read.
+    pub last_read: Option<Duration>,
+}
+
+impl Object<'_> {
+    /// How long the object has gone unread on this tier: since its last read, or since the
+    /// tier stored it if that is later (never read: its age). A copy stored after its last
+    /// read is as fresh as the store, so an `idle` policy never acts before `after` would.
+    pub fn idle(&self) -> Duration {
+        self.last_read.map_or(self.age, |read| read.min(self.age))
+    }
 }
 
 /// The object conditions of one policy (all optional; all given ones must hold).
@@ -47,6 +59,8 @@ pub struct Conditions {
     pub metadata: BTreeMap<String, String>,
     /// Every header must be present (name case-insensitive) with exactly this value.
     pub headers: BTreeMap<String, String>,
+    /// The object must not have been read for at least this long ([`Object::idle`]).
+    pub idle: Option<Duration>,
 }
 
 impl PartialEq for Conditions {
@@ -58,6 +72,7 @@ impl PartialEq for Conditions {
             && self.max_size == other.max_size
             && self.metadata == other.metadata
             && self.headers == other.headers
+            && self.idle == other.idle
     }
 }
 
@@ -82,6 +97,13 @@ pub enum Miss {
     Header(String),
     /// The caller did not keep the object's metadata or headers.
     Unknown(&'static str),
+    /// Read more recently than `idle`: unread for this long, due in `left` if not read again.
+    ReadRecently {
+        /// [`Object::idle`].
+        idle: Duration,
+        /// `idle` of the policy minus the object's.
+        left: Duration,
+    },
 }
 
 impl Miss {
@@ -96,6 +118,7 @@ impl Miss {
             Miss::Metadata(_) => "metadata",
             Miss::Header(_) => "headers",
             Miss::Unknown(field) => field,
+            Miss::ReadRecently { .. } => "idle",
         }
     }
 }
@@ -111,6 +134,12 @@ impl fmt::Display for Miss {
             Miss::Metadata(key) => write!(f, "metadata {key:?} missing or different"),
             Miss::Header(name) => write!(f, "header {name:?} missing or different"),
             Miss::Unknown(field) => write!(f, "the object's {field} are not known here"),
+            Miss::ReadRecently { idle, left } => write!(
+                f,
+                "unread for {} only, less than `idle`: due in {} unless read again",
+                crate::evaluate::format_duration(*idle),
+                crate::evaluate::format_duration(*left)
+            ),
         }
     }
 }
@@ -139,6 +168,9 @@ impl fmt::Display for Conditions {
                 parts.push(format!("{what} {key}={value}"));
             }
         }
+        if let Some(idle) = self.idle {
+            parts.push(format!("idle {}", crate::evaluate::format_duration(idle)));
+        }
         f.write_str(&parts.join(", "))
     }
 }
@@ -153,6 +185,12 @@ impl Conditions {
     /// only for the buckets of such policies).
     pub fn needs_attributes(&self) -> bool {
         !self.metadata.is_empty() || !self.headers.is_empty()
+    }
+
+    /// Whether the conditions test the time since the last read (the manager follows the
+    /// access records only when an enabled policy does).
+    pub fn needs_access(&self) -> bool {
+        self.idle.is_some()
     }
 
     /// Checks the conditions on `object` in the order of [`Miss`]; the first that fails is
@@ -198,6 +236,15 @@ impl Conditions {
                 }
             }
         }
+        if let Some(wanted) = self.idle {
+            let idle = object.idle();
+            if idle < wanted {
+                return Err(Miss::ReadRecently {
+                    idle,
+                    left: wanted - idle,
+                });
+            }
+        }
         Ok(())
     }
 
@@ -211,6 +258,7 @@ impl Conditions {
         max_size: Option<u64>,
         metadata: BTreeMap<String, String>,
         headers: BTreeMap<String, String>,
+        idle: Option<Duration>,
         problems: &mut Vec<Problem>,
     ) -> Option<Conditions> {
         let before = problems.len();
@@ -245,6 +293,12 @@ impl Conditions {
                 problems.push(Problem::new(at(field), "a key must not be empty"));
             }
         }
+        if idle == Some(Duration::ZERO) {
+            problems.push(Problem::new(
+                at("idle"),
+                "must be longer than 0s (omit the key instead)",
+            ));
+        }
         if problems.len() != before {
             return None;
         }
@@ -256,6 +310,7 @@ impl Conditions {
             max_size,
             metadata,
             headers,
+            idle,
         })
     }
 }
@@ -333,6 +388,7 @@ mod tests {
             c.max_size,
             c.metadata,
             c.headers,
+            c.idle,
             &mut problems,
         )
         .unwrap()
@@ -351,6 +407,7 @@ mod tests {
             age: Duration::ZERO,
             metadata,
             headers,
+            last_read: None,
         }
     }
 
@@ -410,6 +467,46 @@ mod tests {
     }
 
     #[test]
+    fn idle_counts_from_the_last_read_or_the_store() {
+        let day = Duration::from_secs(86_400);
+        let idle = conditions(|c| c.idle = Some(30 * day));
+        let at = |age: Duration, last_read: Option<Duration>| Object {
+            age,
+            last_read,
+            ..object("a", 0, None, None)
+        };
+        // Never read: its age decides.
+        assert_eq!(idle.check(&at(30 * day, None)), Ok(()));
+        assert_eq!(
+            idle.check(&at(29 * day, None)),
+            Err(Miss::ReadRecently {
+                idle: 29 * day,
+                left: day
+            })
+        );
+        // Read 2 days ago: not idle, however old.
+        assert_eq!(
+            idle.check(&at(400 * day, Some(2 * day))),
+            Err(Miss::ReadRecently {
+                idle: 2 * day,
+                left: 28 * day
+            })
+        );
+        assert_eq!(idle.check(&at(400 * day, Some(31 * day))), Ok(()));
+        // Read before this tier stored it: counts from the store.
+        assert!(idle.check(&at(3 * day, Some(300 * day))).is_err());
+        assert_eq!(idle.to_string(), "idle 30d");
+        assert_eq!(
+            Miss::ReadRecently {
+                idle: 2 * day,
+                left: 28 * day
+            }
+            .to_string(),
+            "unread for 2d only, less than `idle`: due in 28d unless read again"
+        );
+    }
+
+    #[test]
     fn build_reports_every_problem() {
         let mut problems = Vec::new();
         let built = Conditions::build(
@@ -420,6 +517,7 @@ mod tests {
             Some(4),
             [(String::new(), "v".to_owned())].into(),
             BTreeMap::new(),
+            Some(Duration::ZERO),
             &mut problems,
         );
         assert!(built.is_none());
@@ -431,7 +529,8 @@ mod tests {
                 "policy[0].names[2]",
                 "policy[0].prefix",
                 "policy[0].max_size",
-                "policy[0].metadata"
+                "policy[0].metadata",
+                "policy[0].idle"
             ]
         );
     }

@@ -7,7 +7,8 @@
 //! 1. a disabled policy (`enabled = false`) is shown as disabled and does nothing;
 //! 2. a policy acts on `T` when its `from` is `T` (an `expire` with `from = "*"` acts on
 //!    every tier);
-//! 3. it *matches* when a bucket glob, every object condition, and the age (`after`) hold;
+//! 3. it *matches* when a bucket glob, every object condition (an `idle` among them: unread
+//!    for that long), and the age (`after`) hold;
 //! 4. among the matching policies, an `expire` wins over everything else (the first one in the
 //!    file decides; the others are overruled): the object goes from `T`, so nothing is
 //!    transferred from there;
@@ -238,6 +239,7 @@ mod tests {
             age: Duration::from_secs(secs),
             metadata: None,
             headers: None,
+            last_read: None,
         }
     }
 

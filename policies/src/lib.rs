@@ -34,9 +34,9 @@ pub mod policy;
 
 pub use condition::{Conditions, Miss, Object};
 pub use config::{
-    parse_duration, CatalogConfig, Config, Format, JetStreamRole, JetStreamTier, ManagerConfig,
-    MetricsConfig, NatsConfig, RestoreConfig, S3Flavor, S3Tier, S3Verify, Tier, UploadConfig,
-    WorkConfig,
+    parse_duration, AccessConfig, CatalogConfig, Config, Format, JetStreamRole, JetStreamTier,
+    ManagerConfig, MetricsConfig, NatsConfig, RestoreConfig, S3Flavor, S3Tier, S3Verify, Tier,
+    UploadConfig, WorkConfig,
 };
 pub use error::{ConfigError, Problem};
 pub use evaluate::Outcome;

@@ -1,6 +1,6 @@
 //! Property tests of the policy language against a small reference model of the rules, written
 //! here independently of the crate: generated policy sets (multi-hop chains, `expire`, disabled
-//! policies, object conditions) are written as configuration text; the validator must accept
+//! policies, object conditions, `idle` against generated last reads) are written as configuration text; the validator must accept
 //! exactly the sets the model accepts, and for accepted sets the crate's evaluation must make the
 //! model's decisions for generated objects on every tier. Simulating the decisions along the
 //! chain, a `move` never leaves an object without a copy and nothing goes round for ever.
@@ -37,6 +37,8 @@ const NAMES: [&str; 4] = ["a/1", "a/2", "b", "c"];
 /// Days.
 const AFTERS: [u64; 5] = [0, 1, 30, 90, 400];
 const SIZES: [u64; 4] = [0, 10, 1_000, 5_000];
+/// Days of `idle`.
+const IDLES: [u64; 3] = [1, 30, 90];
 const DAY: u64 = 86_400;
 
 #[derive(Debug, Clone)]
@@ -49,6 +51,7 @@ struct ModelPolicy {
     prefix: Option<usize>,
     min_size: Option<u64>,
     max_size: Option<u64>,
+    idle_days: Option<u64>,
     enabled: bool,
     force: bool,
 }
@@ -85,6 +88,9 @@ impl ModelPolicy {
         if let Some(s) = self.max_size {
             out += &format!("max_size = \"{s} B\"\n");
         }
+        if let Some(d) = self.idle_days {
+            out += &format!("idle = \"{d}d\"\n");
+        }
         if !self.enabled {
             out += "enabled = false\n";
         }
@@ -107,6 +113,10 @@ impl ModelPolicy {
                 .is_none_or(|p| NAMES[o.name].starts_with(PREFIXES[p]))
             && self.min_size.is_none_or(|m| o.size >= m)
             && self.max_size.is_none_or(|m| o.size <= m)
+            // Unread since the later of the last read and the store (never read: the age).
+            && self
+                .idle_days
+                .is_none_or(|d| o.last_read_days.map_or(o.age_days, |r| r.min(o.age_days)) >= d)
             && o.age_days >= self.after_days
     }
 }
@@ -117,6 +127,8 @@ struct ModelObject {
     name: usize,
     size: u64,
     age_days: u64,
+    /// Days since the last read; `None` = never read.
+    last_read_days: Option<u64>,
 }
 
 fn is_s3(tier: usize) -> bool {
@@ -206,10 +218,14 @@ fn arb_policy() -> impl Strategy<Value = ModelPolicy> {
             proptest::option::of(0..SIZES.len()),
             proptest::option::of(0..SIZES.len()),
         ),
-        (proptest::bool::weighted(0.85), any::<bool>()),
+        (
+            proptest::bool::weighted(0.85),
+            any::<bool>(),
+            proptest::option::weighted(0.3, 0..IDLES.len()),
+        ),
     )
         .prop_map(
-            |((from, to, action, after), (bucket, prefix, min, max), (enabled, force))| {
+            |((from, to, action, after), (bucket, prefix, min, max), (enabled, force, idle))| {
                 let action = ["copy", "move", "expire"][action];
                 // "*" only for expire; other actions pick a real tier.
                 let from = if action != "expire" && from == TIERS.len() {
@@ -226,6 +242,7 @@ fn arb_policy() -> impl Strategy<Value = ModelPolicy> {
                     prefix,
                     min_size: min.map(|i| SIZES[i]),
                     max_size: max.map(|i| SIZES[i]),
+                    idle_days: idle.map(|i| IDLES[i]),
                     enabled,
                     force,
                 }
@@ -234,14 +251,23 @@ fn arb_policy() -> impl Strategy<Value = ModelPolicy> {
 }
 
 fn arb_object() -> impl Strategy<Value = ModelObject> {
-    (0..BUCKETS.len(), 0..NAMES.len(), 0..SIZES.len(), 0u64..500).prop_map(
-        |(bucket, name, size, age_days)| ModelObject {
-            bucket,
-            name,
-            size: SIZES[size],
-            age_days,
-        },
+    (
+        0..BUCKETS.len(),
+        0..NAMES.len(),
+        0..SIZES.len(),
+        0u64..500,
+        // Often longer ago than the age: read before this tier stored it.
+        proptest::option::of(0u64..600),
     )
+        .prop_map(
+            |(bucket, name, size, age_days, last_read_days)| ModelObject {
+                bucket,
+                name,
+                size: SIZES[size],
+                age_days,
+                last_read_days,
+            },
+        )
 }
 
 /// A leaf → hub → S3 chain with a backup copy: always valid, so the decisions are exercised.
@@ -255,6 +281,7 @@ fn chain() -> Vec<ModelPolicy> {
         prefix: None,
         min_size: None,
         max_size: None,
+        idle_days: None,
         enabled: true,
         force: false,
     };
@@ -310,6 +337,7 @@ proptest! {
                     age: Duration::from_secs(o.age_days * DAY),
                     metadata: None,
                     headers: None,
+                    last_read: o.last_read_days.map(|d| Duration::from_secs(d * DAY)),
                 };
                 let outcomes = evaluate(&config.policies, tier_name, &object);
                 let decided: BTreeSet<usize> =

@@ -61,6 +61,17 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+    /// The access records (see [`crate::access`]) could not be read or written.
+    #[error("access record {op} failed for {key:?}: {source}")]
+    Access {
+        /// What we were doing.
+        op: &'static str,
+        /// `<access bucket>/<key>`.
+        key: String,
+        /// Cause.
+        #[source]
+        source: BoxError,
+    },
     /// A lease (see [`crate::lease`]) could not be read, taken or released.
     #[error("lease {op} failed for key {key:?}: {source}")]
     Lease {
@@ -172,6 +183,7 @@ impl Error {
             | Error::JetStream { .. }
             | Error::NotReady { .. }
             | Error::Catalog { .. }
+            | Error::Access { .. }
             | Error::Lease { .. }
             | Error::Status { .. }
             | Error::Journal { .. }
@@ -193,6 +205,7 @@ impl Error {
             Error::BadMeta { .. } => "bad_meta",
             Error::Config(_) => "config",
             Error::Catalog { .. }
+            | Error::Access { .. }
             | Error::Lease { .. }
             | Error::Status { .. }
             | Error::Journal { .. }

@@ -22,6 +22,7 @@
 //!
 //! The binary `cim-storage` (`src/main.rs`) runs `check-config`, `run` (manager) and `mirror`.
 
+pub mod access;
 pub mod catalog;
 pub mod cli;
 pub mod digest;

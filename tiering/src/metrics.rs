@@ -119,6 +119,9 @@ pub const S3_PARTS_UPLOADED: &str = "cim_s3_parts_uploaded_total";
 pub const S3_BYTES_UPLOADED: &str = "cim_s3_bytes_uploaded_total";
 /// Counter, by `outcome`: requests answered by the `cim.storage.object.ensure` service.
 pub const ENSURE_REQUESTS: &str = "cim_ensure_requests_total";
+/// Counter: reads whose access record (for the policies' `idle`) could not be read or written;
+/// the read itself went on (see [`crate::access`]).
+pub const ACCESS_RECORD_FAILURES: &str = "cim_access_record_failures_total";
 /// Histogram: seconds each restore the ensure service started took, whatever its outcome.
 pub const ENSURE_RESTORE_DURATION: &str = "cim_ensure_restore_duration_seconds";
 
@@ -386,6 +389,7 @@ pub fn role_started(role: Role, config: &Config) {
         }
         Role::Serve => {
             let _ = histogram!(ENSURE_RESTORE_DURATION);
+            counter!(ACCESS_RECORD_FAILURES).increment(0);
         }
         Role::Restore | Role::Gc | Role::Scrub => {}
     }
@@ -502,6 +506,10 @@ fn describe() {
     );
     describe_counter!(S3_PARTS_UPLOADED, "multipart parts uploaded to s3");
     describe_counter!(ENSURE_REQUESTS, "ensure requests answered, by outcome");
+    describe_counter!(
+        ACCESS_RECORD_FAILURES,
+        "reads whose access record could not be read or written (the read went on)"
+    );
     describe_histogram!(
         ENSURE_RESTORE_DURATION,
         Unit::Seconds,
@@ -669,6 +677,11 @@ pub fn restored(tier: &str, outcome: RestoreOutcome, bytes: u64) {
 /// code such as `not_found`).
 pub fn ensured(outcome: &'static str) {
     counter!(ENSURE_REQUESTS, "outcome" => outcome).increment(1);
+}
+
+/// A read's access record could not be read or written (see [`crate::access`]).
+pub fn access_record_failed() {
+    counter!(ACCESS_RECORD_FAILURES).increment(1);
 }
 
 /// One restore the ensure service started ended (whatever the outcome) after `took`.

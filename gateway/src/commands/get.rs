@@ -30,6 +30,7 @@ use async_nats::jetstream::object_store::ObjectInfo;
 use cim_gateway::format::Manifest;
 use cim_gateway::s3::S3Store;
 use cim_policies::{Config, JetStreamRole, Tier};
+use cim_tiering::access::AccessLog;
 use cim_tiering::digest::Sha256Digest;
 use cim_tiering::jetstream::is_live;
 use cim_tiering::{cli, System};
@@ -180,6 +181,10 @@ pub(crate) async fn run(args: GetArgs) -> anyhow::Result<ExitCode> {
                     "got {object} from {tier}: {}, sha-256 ok",
                     cli::human_bytes(size)
                 );
+                // A read counts for the policies' `idle`; never fails the get (logged instead).
+                if let Some(system) = &system {
+                    AccessLog::new(system).record(&bucket, &name).await;
+                }
                 return Ok(ExitCode::SUCCESS);
             }
             Err(e) => {

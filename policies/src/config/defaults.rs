@@ -73,3 +73,9 @@ pub const UPLOAD_MEMORY_BUDGET_MIB_RANGE: RangeInclusive<i64> = 16..=1_048_576;
 pub const RESTORE_CONCURRENCY: usize = 128;
 /// `[catalog] bucket`.
 pub const CATALOG_BUCKET: &str = "cim_catalog";
+/// `[access] bucket`: the KV bucket of the objects' last reads.
+pub const ACCESS_BUCKET: &str = "cim_access";
+/// `[access] interval`: a reader writes an object's access record only when the stored one is
+/// older than this, so a hot object costs at most one KV write per interval; `idle` is then
+/// known to within this much, which is nothing against the days an `idle` is written in.
+pub const ACCESS_INTERVAL: Duration = Duration::from_secs(3_600);

@@ -39,8 +39,8 @@ mod tiers;
 mod validate;
 
 pub use sections::{
-    CatalogConfig, ManagerConfig, MetricsConfig, NatsConfig, RestoreConfig, UploadConfig,
-    WorkConfig,
+    AccessConfig, CatalogConfig, ManagerConfig, MetricsConfig, NatsConfig, RestoreConfig,
+    UploadConfig, WorkConfig,
 };
 pub use tiers::{JetStreamRole, JetStreamTier, S3Flavor, S3Tier, S3Verify, Tier};
 
@@ -79,6 +79,8 @@ pub struct Config {
     pub restore: RestoreConfig,
     /// `[catalog]`.
     pub catalog: CatalogConfig,
+    /// `[access]`.
+    pub access: AccessConfig,
 }
 
 impl Config {

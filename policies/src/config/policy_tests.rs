@@ -216,3 +216,32 @@ fn expire_from_one_tier_or_all() {
         ["policy[0].to: missing: a copy or move policy needs a `to` tier"]
     );
 }
+
+#[test]
+fn idle_and_the_access_section_parse_and_are_checked() {
+    let config = parse(&format!(
+        "{}\n[access]\ninterval = \"10m\"\nbucket = \"reads\"\n",
+        policy("p", "hub", "s3", "move", "idle = \"30d\"")
+    ))
+    .unwrap();
+    let p = &config.policies[0];
+    assert_eq!(p.conditions.idle, Some(Duration::from_secs(30 * 86_400)));
+    assert!(p.conditions.needs_access() && !p.conditions.needs_attributes());
+    assert_eq!(config.access.interval, Duration::from_secs(600));
+    assert_eq!(config.access.bucket, "reads");
+    let defaults = parse(&policy("p", "hub", "s3", "move", "")).unwrap();
+    assert_eq!(defaults.access.interval, Duration::from_secs(3_600));
+    assert_eq!(defaults.access.bucket, "cim_access");
+    assert!(!defaults.policies[0].conditions.needs_access());
+
+    let bad = problems(&format!(
+        "{}{}\n[access]\ninterval = \"0s\"\nbucket = \"a.b\"\n",
+        policy("p", "hub", "s3", "move", "idle = \"soon\""),
+        policy("q", "hub", "s3", "copy", "idle = \"0s\""),
+    ));
+    assert_eq!(bad.len(), 4, "{bad:?}");
+    assert!(bad[0].starts_with("policy[0].idle: \"soon\" is not a duration"));
+    assert!(bad[1].starts_with("policy[1].idle: must be longer than 0s"));
+    assert!(bad.iter().any(|p| p.starts_with("access.interval:")));
+    assert!(bad.iter().any(|p| p.starts_with("access.bucket:")));
+}

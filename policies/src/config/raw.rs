@@ -28,6 +28,8 @@ pub(super) struct Config {
     pub restore: Restore,
     #[serde(default)]
     pub catalog: Catalog,
+    #[serde(default)]
+    pub access: Access,
 }
 
 #[derive(Deserialize)]
@@ -77,6 +79,7 @@ pub(super) struct Policy {
     pub max_size: Option<Size>,
     pub metadata: Option<BTreeMap<String, String>>,
     pub headers: Option<BTreeMap<String, String>>,
+    pub idle: Option<String>,
     pub force: Option<bool>,
 }
 
@@ -130,6 +133,13 @@ pub(super) struct Restore {
 #[serde(deny_unknown_fields)]
 pub(super) struct Catalog {
     pub bucket: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Access {
+    pub bucket: Option<String>,
+    pub interval: Option<String>,
 }
 
 /// A map whose keys must be unique. TOML parsers reject a duplicate key

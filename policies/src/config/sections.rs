@@ -146,6 +146,26 @@ impl Default for CatalogConfig {
     }
 }
 
+/// `[access]`: the record of the objects' last reads, for the policies' `idle`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessConfig {
+    /// JetStream KV bucket of the access records (`[A-Za-z0-9_-]+`), with `[nats] replicas`.
+    /// Default `cim_access`.
+    pub bucket: String,
+    /// A read writes the object's record only when the stored one is older than this (> 0):
+    /// at most one write per object per interval. Default 1h.
+    pub interval: Duration,
+}
+
+impl Default for AccessConfig {
+    fn default() -> Self {
+        AccessConfig {
+            bucket: defaults::ACCESS_BUCKET.to_owned(),
+            interval: defaults::ACCESS_INTERVAL,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

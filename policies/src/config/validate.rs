@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{
-    defaults, duration, raw, CatalogConfig, Config, JetStreamRole, ManagerConfig, MetricsConfig,
-    NatsConfig, RestoreConfig, UploadConfig, WorkConfig, MIB,
+    defaults, duration, raw, AccessConfig, CatalogConfig, Config, JetStreamRole, ManagerConfig,
+    MetricsConfig, NatsConfig, RestoreConfig, UploadConfig, WorkConfig, MIB,
 };
 use crate::error::Problem;
 use crate::policy::{is_simple_name, Policy};
@@ -388,10 +388,28 @@ pub(super) fn validate(raw: raw::Config) -> Result<Config, Vec<Problem>> {
             .map(|bucket| CatalogConfig { bucket }),
     };
 
+    let access = {
+        let bucket = match raw.access.bucket {
+            None => Some(defaults::ACCESS_BUCKET.to_owned()),
+            Some(b) => c.simple_name("access.bucket", &b, "KV bucket name"),
+        };
+        let interval = c.positive_duration(
+            "access.interval",
+            raw.access.interval.as_deref(),
+            defaults::ACCESS_INTERVAL,
+        );
+        match (bucket, interval) {
+            (Some(bucket), Some(interval)) => Some(AccessConfig { bucket, interval }),
+            _ => None,
+        }
+    };
+
     if !c.problems.is_empty() {
         return Err(c.problems);
     }
-    match (nats, metrics, manager, work, upload, restore, catalog) {
+    match (
+        nats, metrics, manager, work, upload, restore, catalog, access,
+    ) {
         (
             Some(nats),
             Some(metrics),
@@ -400,6 +418,7 @@ pub(super) fn validate(raw: raw::Config) -> Result<Config, Vec<Problem>> {
             Some(upload),
             Some(restore),
             Some(catalog),
+            Some(access),
         ) => Ok(Config {
             nats,
             tiers,
@@ -410,6 +429,7 @@ pub(super) fn validate(raw: raw::Config) -> Result<Config, Vec<Problem>> {
             upload,
             restore,
             catalog,
+            access,
         }),
         // Every `None` above comes with a problem, so this is unreachable;
         // report it rather than panic.

@@ -29,6 +29,7 @@ impl Manager {
         source: &BucketState,
         hub: Option<&crate::jetstream::scan::MetaIndex>,
         catalog: &crate::catalog::CatalogIndex,
+        access: Option<&crate::access::AccessIndex>,
         due: &mut Backlog,
         report: &mut PassReport,
     ) -> Vec<Pending> {
@@ -102,6 +103,10 @@ impl Manager {
                 age: meta.age(cx.now),
                 metadata: attributes.map(|a| &a.metadata),
                 headers: attributes.map(|a| &a.headers),
+                // Looked up only for the buckets of `idle` policies (a key per object).
+                last_read: access
+                    .and_then(|a| a.last_read(bucket, name))
+                    .map(|at| since(cx.now, at)),
             };
             evaluator.evaluate_into(&object, &mut outcomes);
             if outcomes.get(cx.position) != Some(&Outcome::Decides) {
@@ -225,6 +230,11 @@ impl Manager {
                     .is_some_and(|q| q.covers(p.queued.seq, now))
         })
     }
+}
+
+/// How long before `now` the server time `at` was (zero if after it: clocks differ).
+pub(super) fn since(now: time::OffsetDateTime, at: time::OffsetDateTime) -> std::time::Duration {
+    (now - at).try_into().unwrap_or_default()
 }
 
 /// The error for an object whose meta has no usable ingest digest.

@@ -8,6 +8,7 @@ use cim_policies::evaluate::{describe, evaluate, format_duration};
 use cim_policies::{Object, Tier};
 use serde::Serialize;
 
+use crate::access::AccessLog;
 use crate::error::Error;
 use crate::system::System;
 
@@ -22,6 +23,12 @@ pub struct Explanation {
     pub copies: Vec<Copy>,
     /// The catalog's entry: tiers holding a verified copy, and when each was verified.
     pub catalog: Option<BTreeMap<String, String>>,
+    /// The object's last read (`get`, the ensure service; RFC 3339, the server's time of its
+    /// access record), `never` if it was never read, or `unknown: <why>` if the access records
+    /// could not be read.
+    pub last_read: String,
+    /// Seconds since the last read, when known.
+    pub last_read_secs: Option<u64>,
     /// Every policy on every tier that holds the object, in file order per tier.
     pub policies: Vec<Considered>,
 }
@@ -64,6 +71,18 @@ pub struct Considered {
 pub async fn explain(system: &System, bucket: &str, name: &str) -> Result<Explanation, Error> {
     let now = time::OffsetDateTime::now_utc();
     let config = &system.config;
+    let read = AccessLog::new(system).last_read(bucket, name).await;
+    let since_read = read
+        .as_ref()
+        .ok()
+        .copied()
+        .flatten()
+        .map(|at| super::decide::since(now, at));
+    let last_read = match &read {
+        Ok(Some(at)) => crate::temporary::format_time(*at),
+        Ok(None) => "never".to_owned(),
+        Err(e) => format!("unknown: {e}"),
+    };
     let mut copies = Vec::new();
     let mut policies = Vec::new();
     for (tier_name, tier) in &config.tiers {
@@ -135,6 +154,7 @@ pub async fn explain(system: &System, bucket: &str, name: &str) -> Result<Explan
             age,
             metadata: Some(&metadata),
             headers: Some(&headers),
+            last_read: since_read,
         };
         let outcomes = evaluate(&config.policies, tier_name, &object);
         let temporary = copies.last().and_then(|c| c.temporary_until.clone());
@@ -176,6 +196,8 @@ pub async fn explain(system: &System, bucket: &str, name: &str) -> Result<Explan
         name: name.to_string(),
         copies,
         catalog,
+        last_read,
+        last_read_secs: since_read.map(|d| d.as_secs()),
         policies,
     })
 }
@@ -204,6 +226,15 @@ impl Explanation {
                     out.push_str(&format!("  catalog    {tier}: verified {verified}\n"));
                 }
             }
+        }
+        match self.last_read_secs {
+            Some(secs) => out.push_str(&format!(
+                "  reads      last read {} ({} ago)\n",
+                self.last_read,
+                format_duration(std::time::Duration::from_secs(secs))
+            )),
+            None if self.last_read == "never" => out.push_str("  reads      never read\n"),
+            None => out.push_str(&format!("  reads      last read {}\n", self.last_read)),
         }
         out.push_str("\npolicies:\n");
         if self.policies.is_empty() {

@@ -15,6 +15,7 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::access::AccessLog;
 use crate::error::Error;
 use crate::jetstream::JetStreamTier;
 use crate::metrics::{self, Backlog};
@@ -64,6 +65,8 @@ pub struct Manager {
     /// A planner (`cim-storage plan`): passes decide as always but queue nothing, and report
     /// what they would have queued.
     dry: bool,
+    /// The access records (the policies' `idle`).
+    access: AccessLog,
 }
 
 /// An item to queue and what to remember of it.
@@ -120,6 +123,7 @@ impl Manager {
             }
         }
         Self {
+            access: AccessLog::new(&system),
             system,
             state: Mutex::new(State::default()),
             dry: false,
@@ -233,6 +237,18 @@ impl Manager {
         } else {
             Ok(())
         };
+        let access = if self.needs_access() {
+            let state = &mut *state;
+            match self.access.follow(&mut state.access).await {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "access records unreadable this pass");
+                    Err(e.to_string())
+                }
+            }
+        } else {
+            Ok(())
+        };
         for (position, policy) in self.system.config.policies.iter().enumerate() {
             if !acts(policy) {
                 continue;
@@ -244,6 +260,7 @@ impl Manager {
                 route: self.system.config.route(policy),
                 now,
                 catalog: catalog.as_ref().err(),
+                access: access.as_ref().err(),
             };
             self.evaluate(&context, &mut state, &mut report)
                 .instrument(span)
@@ -341,6 +358,24 @@ impl Manager {
             acts(p)
                 && (self.system.config.route(p) == Route::ClusterToS3 || p.action == Action::Move)
         })
+    }
+
+    /// Whether some enabled policy tests `idle`: only then are the access records followed.
+    fn needs_access(&self) -> bool {
+        self.system
+            .config
+            .policies
+            .iter()
+            .any(|p| acts(p) && p.conditions.needs_access())
+    }
+
+    /// Whether a policy the manager acts on tests `idle` for `bucket`'s objects on `tier`.
+    fn bucket_needs_access(&self, tier: &str, bucket: &str) -> bool {
+        self.system
+            .config
+            .policies
+            .iter()
+            .any(|p| acts(p) && p.applies_to(tier, bucket) && p.conditions.needs_access())
     }
 
     /// One policy over every bucket of its source tier.
@@ -473,6 +508,18 @@ impl Manager {
                 ));
             }
         }
+        // Without the access records an object read yesterday would look never read.
+        let needs_access = self.bucket_needs_access(tier.name(), bucket);
+        if let (Some(message), true) = (cx.access, needs_access) {
+            return Err((
+                Skip::AccessUnavailable,
+                Error::Access {
+                    op: "follow",
+                    key: "*".into(),
+                    source: message.clone().into(),
+                },
+            ));
+        }
         // The source bucket's index, and for leaf → cluster the cluster's: eviction is queued
         // only once the cluster holds the version.
         let mut source = state.take(tier.name(), bucket);
@@ -513,6 +560,7 @@ impl Manager {
                     &source,
                     hub_index,
                     &state.catalog,
+                    needs_access.then_some(&state.access),
                     due,
                     report,
                 );
@@ -645,6 +693,8 @@ struct Context<'a> {
     now: time::OffsetDateTime,
     /// Why the catalog could not be read this pass, if it could not.
     catalog: Option<&'a String>,
+    /// Why the access records could not be read this pass, if they could not.
+    access: Option<&'a String>,
 }
 
 #[cfg(test)]

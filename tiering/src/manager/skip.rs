@@ -22,17 +22,20 @@ pub(super) enum Skip {
     CatalogUnavailable,
     /// The work queue refused an item.
     QueueUnavailable,
+    /// The access records could not be read, and a policy of the bucket tests `idle`.
+    AccessUnavailable,
 }
 
 impl Skip {
     /// Every reason, for registering the counters at zero.
-    pub(super) const ALL: [Skip; 6] = [
+    pub(super) const ALL: [Skip; 7] = [
         Skip::TierUnavailable,
         Skip::BucketUnavailable,
         Skip::UndecodableMeta,
         Skip::MissingDigest,
         Skip::CatalogUnavailable,
         Skip::QueueUnavailable,
+        Skip::AccessUnavailable,
     ];
 
     pub(super) fn as_str(self) -> &'static str {
@@ -43,6 +46,7 @@ impl Skip {
             Skip::MissingDigest => "missing_digest",
             Skip::CatalogUnavailable => "catalog_unavailable",
             Skip::QueueUnavailable => "queue_unavailable",
+            Skip::AccessUnavailable => "access_unavailable",
         }
     }
 }

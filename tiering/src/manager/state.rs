@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::access::AccessIndex;
 use crate::catalog::CatalogIndex;
 use crate::error::Error;
 use crate::jetstream::direct::DirectGet;
@@ -30,6 +31,8 @@ pub(super) struct State {
     pub buckets: HashMap<(String, String), BucketState>,
     /// The catalog, followed once per pass.
     pub catalog: CatalogIndex,
+    /// The access records, followed once per pass while an enabled policy tests `idle`.
+    pub access: AccessIndex,
     /// (policy position, bucket) → when its `EnsureSource` was queued.
     pub sources: HashMap<(usize, String), Instant>,
     /// (tier, bucket) pairs a pass looked at; the others went away and are forgotten.

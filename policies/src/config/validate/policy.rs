@@ -184,6 +184,10 @@ impl Checker {
         };
         let min_size = size("min_size", raw.min_size);
         let max_size = size("max_size", raw.max_size);
+        let idle = match raw.idle {
+            None => Some(None),
+            Some(text) => self.duration(&at("idle"), &text, AFTER_EXAMPLES).map(Some),
+        };
         let conditions = Conditions::build(
             &format!("policy[{index}]"),
             raw.names.unwrap_or_default(),
@@ -192,6 +196,7 @@ impl Checker {
             max_size,
             raw.metadata.unwrap_or_default(),
             raw.headers.unwrap_or_default(),
+            idle.unwrap_or_default(),
             &mut self.problems,
         );
 
