@@ -3,7 +3,7 @@
 //! roles), verified, and then the plain object-store client reads it byte-for-byte; two concurrent requests share one restore; an
 //! unknown object is `not_found`, a deleted one `deleted`, one only on the leaf `unavailable`;
 //! a corrupted S3 blob is an `integrity` error and nothing appears on the hub; SIGTERM ends the
-//! role promptly. Each case has its own bucket; one topology for all.
+//! role promptly; a ready answer records an access (the policies' `idle`). Each case has its own bucket; one topology for all.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod common;
@@ -95,6 +95,13 @@ async fn ensure_makes_objects_ready_on_the_hub() {
     );
     assert_eq!(code, None);
     assert_eq!(restores(port).await, 0.0);
+    // A ready answer counts as a read for the policies' `idle`: recorded before it is sent.
+    let access = tiers.hub.get_key_value("cim_access").await.unwrap();
+    let record = access
+        .entry(cim_tiering::catalog::key("ens-hub", "a.bin"))
+        .await
+        .unwrap();
+    assert!(record.is_some(), "no access record after a ready answer");
 
     // Only in S3: restored, verified, then read with the plain object-store client.
     let data = content(2, 1_500_000);
