@@ -635,36 +635,50 @@ impl Manager {
         bucket: &mut BucketState,
         report: &mut PassReport,
     ) {
-        if pending.is_empty() {
-            return;
-        }
-        if self.dry {
-            for p in pending {
-                report.planned.push(plan::Planned {
-                    item: p.item,
-                    why: p.why.unwrap_or_default(),
-                });
-            }
-            return;
-        }
-        let items: Vec<WorkItem> = pending.iter().map(|p| p.item.clone()).collect();
-        let results = self.system.work.publish_all(&items).await;
-        for (p, result) in pending.into_iter().zip(results) {
+        for (p, result) in self.publish(pending, report).await {
             match result {
                 // Refused because this object's copy (another policy, same step) is still
                 // pending: asked again next pass, so the move follows the copy at once.
                 Ok(false) if self.behind_a_copy(cx, bucket, &p) => {}
-                Ok(queued) => {
-                    if queued {
-                        report.queued += 1;
-                        metrics::dispatched(p.item.role());
-                        tracing::debug!(id = %p.item.id(), "queued");
-                    }
+                Ok(_) => {
                     bucket.queued.insert((cx.position, p.name), p.queued);
                 }
                 Err(e) => skipped(cx.policy, Skip::QueueUnavailable, &e, report),
             }
         }
+    }
+
+    /// Publishes `pending` (pipelined) and hands back each item with the stream's answer
+    /// (`Ok(true)` queued — counted here —, `Ok(false)` already held); a planner publishes
+    /// nothing and reports what it would queue, and gets nothing back.
+    async fn publish(
+        &self,
+        pending: Vec<Pending>,
+        report: &mut PassReport,
+    ) -> Vec<(Pending, Result<bool, Error>)> {
+        if pending.is_empty() {
+            return Vec::new();
+        }
+        if self.dry {
+            report
+                .planned
+                .extend(pending.into_iter().map(|p| plan::Planned {
+                    item: p.item,
+                    why: p.why.unwrap_or_default(),
+                }));
+            return Vec::new();
+        }
+        let items: Vec<WorkItem> = pending.iter().map(|p| p.item.clone()).collect();
+        let results = self.system.work.publish_all(&items).await;
+        let answered: Vec<_> = pending.into_iter().zip(results).collect();
+        for (p, result) in &answered {
+            if let Ok(true) = result {
+                report.queued += 1;
+                metrics::dispatched(p.item.role());
+                tracing::debug!(id = %p.item.id(), "queued");
+            }
+        }
+        answered
     }
 }
 

@@ -15,7 +15,6 @@ use super::state::{BucketState, Queued, State};
 use super::{follow, plan, Manager, PassReport, Pending};
 use crate::jetstream::scan::Kind;
 use crate::jetstream::JetStreamTier;
-use crate::metrics;
 use crate::temporary::format_time;
 use crate::work::{TemporaryCopy, WorkItem};
 
@@ -177,28 +176,9 @@ impl Manager {
         bucket: &mut BucketState,
         report: &mut PassReport,
     ) {
-        if pending.is_empty() {
-            return;
-        }
-        if self.dry {
-            report
-                .planned
-                .extend(pending.into_iter().map(|p| plan::Planned {
-                    item: p.item,
-                    why: p.why.unwrap_or_default(),
-                }));
-            return;
-        }
-        let items: Vec<WorkItem> = pending.iter().map(|p| p.item.clone()).collect();
-        let results = self.system.work.publish_all(&items).await;
-        for (p, result) in pending.into_iter().zip(results) {
+        for (p, result) in self.publish(pending, report).await {
             match result {
-                Ok(queued) => {
-                    if queued {
-                        report.queued += 1;
-                        metrics::dispatched(p.item.role());
-                        tracing::debug!(id = %p.item.id(), "queued");
-                    }
+                Ok(_) => {
                     let name: Arc<str> = p.name;
                     bucket.queued.insert((EXPIRY, name), p.queued);
                 }
