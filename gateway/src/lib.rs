@@ -29,6 +29,7 @@
 //!   [`s3`] and `cim_tiering::jetstream::write`.
 //! * [`versions`] — which version is current on S3: publishing the catalog's choice, tombstones
 //!   for deletes, `delete` of objects only S3 holds.
+//! * [`expire`] — `expire` policies on S3 tiers: tombstones written by the upload role.
 //! * [`gc`] — removing what deletes and overwrites leave behind, after the tier's retention.
 //! * [`reconcile`] — catalog repair: the catalog against what the tiers hold.
 //! * [`scrub`] — reading back and verifying what an S3 tier stores (all of it or a sample).
@@ -44,6 +45,7 @@
 
 pub mod ensure;
 pub mod error;
+pub mod expire;
 pub mod format;
 pub mod gc;
 pub mod reconcile;

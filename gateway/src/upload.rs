@@ -92,7 +92,8 @@ pub async fn sweep_stale_uploads(stores: &BTreeMap<String, S3Store>) {
     }
 }
 
-/// Handles [`WorkItem::Upload`].
+/// Handles [`WorkItem::Upload`], [`WorkItem::Delete`], [`WorkItem::S3Expire`] and
+/// [`WorkItem::DropTemporary`].
 pub struct UploadHandler {
     system: Arc<System>,
     stores: BTreeMap<String, S3Store>,
@@ -502,6 +503,13 @@ impl Handler for UploadHandler {
             WorkItem::Delete(job) => {
                 let span = tracing::info_span!("delete", seq = job.seq);
                 self.delete(job).instrument(span).await
+            }
+            WorkItem::S3Expire(job) => {
+                let span =
+                    tracing::info_span!("expire", tier = %job.tier, seq = job.seq, all = job.all);
+                crate::expire::expire(&self.system, &self.stores, job)
+                    .instrument(span)
+                    .await
             }
             // This role evicts from the cluster tiers: expired temporary copies there too.
             WorkItem::DropTemporary(copy) => {

@@ -156,17 +156,14 @@ pub async fn write_tombstone(
     Ok(Tombstoned::Written)
 }
 
-/// `cim-gateway delete`: deletes an object that lives only in S3. Refused, naming the tier,
-/// while a JetStream tier holds a live version of it (delete it there; the delete then reaches
-/// S3 through the manager) or cannot be asked. `source` is the JetStream tier that uploads to
-/// this S3 tier: the delete is ordered after everything its bucket stream holds.
-pub async fn delete_s3_only(
+/// The first JetStream tier (in configuration order) holding a live version of
+/// `bucket`/`name`, and that version; `None` when none does. Every JetStream tier is asked: one
+/// that does not answer is an error, since whether it holds the object is then unknown.
+pub async fn held_on_jetstream(
     system: &System,
-    store: &S3Store,
-    source: &str,
     bucket: &str,
     name: &str,
-) -> Result<Tombstoned, Error> {
+) -> Result<Option<(String, cim_tiering::jetstream::StoredObject)>, Error> {
     let jetstream_tiers = system
         .config
         .tiers
@@ -184,13 +181,30 @@ pub async fn delete_s3_only(
                      deleted: {e}"
                 ),
             })?;
-        if held.is_some() {
-            return Err(Error::HeldByTier {
-                bucket: bucket.to_string(),
-                name: name.to_string(),
-                tier: tier.to_string(),
-            });
+        if let Some(version) = held {
+            return Ok(Some((tier.to_string(), version)));
         }
+    }
+    Ok(None)
+}
+
+/// `cim-gateway delete`: deletes an object that lives only in S3. Refused, naming the tier,
+/// while a JetStream tier holds a live version of it (delete it there; the delete then reaches
+/// S3 through the manager) or cannot be asked. `source` is the JetStream tier that uploads to
+/// this S3 tier: the delete is ordered after everything its bucket stream holds.
+pub async fn delete_s3_only(
+    system: &System,
+    store: &S3Store,
+    source: &str,
+    bucket: &str,
+    name: &str,
+) -> Result<Tombstoned, Error> {
+    if let Some((tier, _)) = held_on_jetstream(system, bucket, name).await? {
+        return Err(Error::HeldByTier {
+            bucket: bucket.to_string(),
+            name: name.to_string(),
+            tier,
+        });
     }
     let Some(current) = store.get_manifest(bucket, name).await? else {
         return Err(Error::NotInS3 {

@@ -22,7 +22,9 @@ use crate::digest::Sha256Digest;
 use crate::error::{BoxError, Error};
 use crate::jetstream::direct::{DirectGet, DirectMessage};
 
+mod copies;
 mod repair;
+pub use copies::HeldCopy;
 pub use repair::found_copy;
 
 /// Where one verified copy lives.
@@ -478,6 +480,9 @@ struct Summary {
     reached: u64,
     damaged: bool,
     deleted: bool,
+    /// The newest `verified_at` of its locations (Unix seconds; `i64::MAX` when none parses):
+    /// what an `expire` from an S3 tier ages from (see [`HeldCopy`]).
+    verified_at: i64,
 }
 
 impl CatalogIndex {
@@ -631,6 +636,7 @@ impl CatalogIndex {
             reached,
             damaged: entry.damaged.is_some(),
             deleted: entry.deleted.is_some(),
+            verified_at: copies::newest_verification(&entry),
         };
         match self.entries.get_mut(key) {
             Some(slot) => *slot = summary,

@@ -84,8 +84,8 @@ pub const INTEGRITY_FAILURES: &str = "cim_integrity_failures_total";
 pub const DAMAGED_OBJECTS: &str = "cim_damaged_objects_total";
 /// User deletes carried to an S3 tier as tombstones, by tier.
 pub const DELETES: &str = "cim_deletes_total";
-/// Objects an `expire` policy deleted from a JetStream tier (its copy dropped, or a delete
-/// marker written there), by tier.
+/// Objects an `expire` policy deleted from a tier (on JetStream its copy dropped, or a delete
+/// marker written there; on S3 a tombstone written there), by tier.
 pub const EXPIRED: &str = "cim_expired_total";
 /// Unreferenced blobs garbage collection removed from an S3 tier, by tier.
 pub const GC_REMOVED_BLOBS: &str = "cim_gc_removed_blobs_total";
@@ -333,12 +333,11 @@ pub fn role_started(role: Role, config: &Config) {
                 counter!(WORK_ITEMS, "role" => work_role.as_str(), "outcome" => outcome.as_str())
                     .increment(0);
             }
-            // Any JetStream tier may be expired from (`from = "*"` names none).
-            if role == Role::Mirror {
-                for (name, tier) in &config.tiers {
-                    if !matches!(tier, Tier::S3(_)) {
-                        counter!(EXPIRED, "tier" => name.clone()).increment(0);
-                    }
+            // Any tier may be expired from (`from = "*"` names none): the mirror role's
+            // JetStream tiers, the upload role's S3 tiers.
+            for (name, tier) in &config.tiers {
+                if matches!(tier, Tier::S3(_)) == (role == Role::Upload) {
+                    counter!(EXPIRED, "tier" => name.clone()).increment(0);
                 }
             }
             for policy in &config.policies {
@@ -468,10 +467,7 @@ fn describe() {
         "versions marked damaged (no verified copy left), by tier of the failed copy"
     );
     describe_counter!(DELETES, "user deletes carried to an s3 tier as tombstones");
-    describe_counter!(
-        EXPIRED,
-        "objects an expire policy deleted from a jetstream tier"
-    );
+    describe_counter!(EXPIRED, "objects an expire policy deleted from a tier");
     describe_counter!(
         GC_REMOVED_BLOBS,
         "unreferenced blobs removed by garbage collection"
@@ -579,7 +575,7 @@ pub fn deleted(tier: &str) {
     counter!(DELETES, "tier" => tier.to_string()).increment(1);
 }
 
-/// One object an `expire` policy deleted from JetStream tier `tier`.
+/// One object an `expire` policy deleted from tier `tier` (JetStream or S3).
 pub fn expired(tier: &str) {
     counter!(EXPIRED, "tier" => tier.to_string()).increment(1);
 }

@@ -167,6 +167,11 @@ impl Manager {
                         if catalog.is_damaged(bucket, name, &digest) {
                             continue;
                         }
+                        // Deleted after this version (an expire's tombstone on S3): never
+                        // uploaded again.
+                        if catalog.deleted_after(bucket, name, meta.seq) {
+                            continue;
+                        }
                         // A copy that is already in S3 needs nothing more; a move still needs eviction.
                         if policy.action == Action::Copy
                             && catalog.has(bucket, name, &policy.to, &digest)

@@ -1,6 +1,7 @@
 //! `cim-storage explain`: for one object, where its copies are (each JetStream tier, read from
 //! its stream leader, and the catalog) and what every policy makes of it on each tier holding
-//! it — the manager's own evaluation ([`cim_policies::evaluate`]), with the reason.
+//! it — the manager's own evaluation ([`cim_policies::evaluate`]), with the reason. On an S3
+//! tier the copy is the catalog's, aged from its verification (as `expire` on S3 decides).
 
 use std::collections::BTreeMap;
 
@@ -184,7 +185,47 @@ pub async fn explain(system: &System, bucket: &str, name: &str) -> Result<Explan
             });
         }
     }
-    let catalog = system.catalog.get(bucket, name).await?.map(|entry| {
+    let entry = system.catalog.get(bucket, name).await?;
+    // S3 tiers: the copies the catalog records, aged as the manager ages them there.
+    let on_jetstream = copies.iter().any(|c| c.state == "live");
+    for e in entry
+        .iter()
+        .filter(|e| e.deleted.is_none() && e.damaged.is_none())
+    {
+        let age = e.verified_age(now);
+        let s3_tiers = e
+            .locations
+            .keys()
+            .filter(|t| matches!(config.tier(t), Some(Tier::S3(_))));
+        for tier_name in s3_tiers {
+            let object = Object {
+                bucket,
+                name,
+                size: e.size,
+                age,
+                metadata: None,
+                headers: None,
+            };
+            let outcomes = evaluate(&config.policies, tier_name, &object);
+            for (i, outcome) in outcomes.iter().enumerate() {
+                let policy = &config.policies[i];
+                let mut reason = describe(&config.policies, i, outcome, age);
+                if outcome.decides() && policy.from == cim_policies::ALL_TIERS && on_jetstream {
+                    reason.push_str(
+                        "; a JetStream tier holds it: deleted there, the delete reaches S3",
+                    );
+                }
+                policies.push(Considered {
+                    tier: tier_name.clone(),
+                    policy: policy.name.clone(),
+                    action: policy.action.to_string(),
+                    outcome: outcome.as_str(),
+                    reason,
+                });
+            }
+        }
+    }
+    let catalog = entry.map(|entry| {
         entry
             .locations
             .into_iter()

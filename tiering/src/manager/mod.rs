@@ -26,6 +26,7 @@ mod decide;
 pub mod explain;
 pub mod leader;
 pub mod plan;
+mod s3expire;
 mod skip;
 mod state;
 mod temporary;
@@ -79,12 +80,14 @@ struct Pending {
 }
 
 /// Why this version's manager cannot carry out `config`'s policies, if it cannot. An enabled
-/// `expire` is carried out on JetStream tiers (see `docs/architecture.md`, "Expire"), not yet
-/// on S3 tiers: an `expire` from an S3 tier, or from every tier (`"*"`) while a `move` to an S3
-/// tier leaves objects that only S3 holds, would not be kept, and the manager must not look as
-/// if it kept a retention it does not keep.
+/// `expire` is carried out on JetStream tiers by the mirror role and on S3 tiers by the upload
+/// role (see `docs/architecture.md`, "Expire"). On an S3 tier it decides from the catalog,
+/// which keeps no metadata or headers: an `expire` from an S3 tier with such conditions, or
+/// from `"*"` while a `move` to S3 leaves objects only S3 holds, would never match there, and
+/// the manager must not look as if it kept a retention it does not keep.
 pub fn unsupported(config: &Config) -> Option<String> {
     let is_s3 = |tier: &str| matches!(config.tier(tier), Some(cim_policies::Tier::S3(_)));
+    // From every tier, S3 decides only for objects a `move` left there alone.
     let moves_to_s3 = config
         .policies
         .iter()
@@ -95,21 +98,21 @@ pub fn unsupported(config: &Config) -> Option<String> {
         .enumerate()
         .filter(|(_, p)| p.enabled && p.action == Action::Expire)
         .filter(|(_, p)| is_s3(&p.from) || (p.from == cim_policies::ALL_TIERS && moves_to_s3))
+        .filter(|(_, p)| p.conditions.needs_attributes())
         .map(|(i, p)| format!("policy[{i}] {:?}", p.name))
         .collect();
     (!expiring.is_empty()).then(|| {
         format!(
-            "{}: an expire from an S3 tier (or from \"*\" while a move to an S3 tier leaves \
-             objects only S3 holds) is not carried out by this version's roles yet; expire from \
-             the JetStream tiers, remove it, or set enabled = false (cim-storage plan and \
-             explain show what it would do)",
+            "{}: an expire acting on an S3 tier cannot match metadata or header conditions \
+             there (the catalog it decides from keeps neither); drop those conditions, expire \
+             from the JetStream tiers only, or set enabled = false (cim-storage plan and explain \
+             show what it would do)",
             expiring.join(", ")
         )
     })
 }
 
-/// Whether the manager acts on `policy` in its passes: every enabled policy (an `expire`
-/// from S3 is refused at start, see [`unsupported`], and has no JetStream tier to evaluate).
+/// Whether the manager acts on `policy` in its passes: every enabled policy.
 fn acts(policy: &Policy) -> bool {
     policy.enabled
 }
@@ -351,12 +354,16 @@ impl Manager {
         }
     }
 
-    /// Whether some policy decides on the catalog: cluster → S3 (copies, damage, deletes) and
-    /// leaf → cluster `move` (a copy verified beyond the cluster lets the leaf copy go).
+    /// Whether some policy decides on the catalog: cluster → S3 (copies, damage, deletes),
+    /// leaf → cluster `move` (a copy verified beyond the cluster lets the leaf copy go) and an
+    /// `expire` acting on an S3 tier (the copies recorded there).
     fn needs_catalog(&self) -> bool {
-        self.system.config.policies.iter().any(|p| {
+        let config = &self.system.config;
+        config.policies.iter().any(|p| {
             acts(p)
-                && (self.system.config.route(p) == Route::ClusterToS3 || p.action == Action::Move)
+                && (config.route(p) == Route::ClusterToS3
+                    || p.action == Action::Move
+                    || (p.action == Action::Expire && !s3expire::s3_tiers(config, p).is_empty()))
         })
     }
 
@@ -391,6 +398,14 @@ impl Manager {
             let tier = self.system.jetstream_tier(tier)?;
             self.evaluate_tier(cx, tier, state, &mut due, report)
                 .await?;
+        }
+        // After the JetStream tiers: `from = "*"` leaves to them what their indexes hold.
+        if policy.action == Action::Expire {
+            let s3 = s3expire::s3_tiers(&self.system.config, policy);
+            for (i, tier) in s3.iter().enumerate() {
+                self.evaluate_s3_tier(cx, tier, &s3[..i], state, &mut due, report)
+                    .await;
+            }
         }
         report.due += due.objects as usize;
         metrics::backlog(&policy.name, &policy.from, &policy.to, due);
@@ -750,21 +765,28 @@ bucket = "cim"
     const COPY: &str = "[[policy]]\nname = \"up\"\nbuckets = [\"*\"]\nfrom = \"hub\"\nto = \"s3\"\naction = \"copy\"\nafter = \"1h\"\n";
     const MOVE: &str = "[[policy]]\nname = \"up\"\nbuckets = [\"*\"]\nfrom = \"hub\"\nto = \"s3\"\naction = \"move\"\nafter = \"1h\"\n";
 
-    /// Carried out on JetStream tiers (and from every tier while S3 only holds copies); refused,
-    /// naming the policy, where S3 alone would have to delete.
+    /// Carried out on JetStream and S3 tiers; refused, naming the policy, only where an S3
+    /// tier would need metadata or headers the catalog does not keep.
     #[test]
     fn expire_is_refused_only_where_no_role_carries_it_out() {
         assert_eq!(unsupported(&config(&expire("hub"))), None);
         assert_eq!(unsupported(&config(&expire("leaf"))), None);
+        assert_eq!(unsupported(&config(&expire("s3"))), None);
         assert_eq!(
             unsupported(&config(&format!("{COPY}{}", expire("*")))),
             None
         );
-        let s3 = unsupported(&config(&expire("s3"))).unwrap();
-        assert!(s3.contains("policy[0] \"gone\""), "{s3}");
-        let moved = unsupported(&config(&format!("{MOVE}{}", expire("*")))).unwrap();
-        assert!(moved.contains("policy[1] \"gone\""), "{moved}");
-        let off = format!("{}enabled = false\n", expire("s3"));
+        assert_eq!(
+            unsupported(&config(&format!("{MOVE}{}", expire("*")))),
+            None
+        );
+        let tagged = |from| format!("{}metadata = {{ kind = \"tmp\" }}\n", expire(from));
+        let s3 = unsupported(&config(&format!("{MOVE}{}", tagged("s3")))).unwrap();
+        assert!(s3.contains("policy[1] \"gone\""), "{s3}");
+        assert_eq!(unsupported(&config(&tagged("*"))), None);
+        assert!(unsupported(&config(&format!("{MOVE}{}", tagged("*")))).is_some());
+        assert_eq!(unsupported(&config(&tagged("hub"))), None);
+        let off = format!("{}enabled = false\n", tagged("s3"));
         assert_eq!(unsupported(&config(&off)), None);
     }
 }

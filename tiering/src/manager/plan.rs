@@ -80,6 +80,7 @@ impl Planned {
         // An expire has no destination: `*` from every tier, nothing from one.
         let expire_to = match &self.item {
             WorkItem::Expire(e) if e.all => cim_policies::ALL_TIERS.to_string(),
+            WorkItem::S3Expire(e) if e.all => cim_policies::ALL_TIERS.to_string(),
             _ => String::new(),
         };
         // No policy queues the expiry of a temporary copy: its row names none.
@@ -123,6 +124,16 @@ impl Planned {
                 None,
             ),
             WorkItem::Expire(e) => (
+                "expire",
+                &e.policy,
+                &e.tier,
+                &expire_to,
+                &e.bucket,
+                Some(e.name.clone()),
+                Some(e.size),
+            ),
+            // On an S3 tier: a tombstone there (the upload role).
+            WorkItem::S3Expire(e) => (
                 "expire",
                 &e.policy,
                 &e.tier,

@@ -19,6 +19,9 @@ use crate::work::DUPLICATE_WINDOW;
 /// first.
 pub const REQUEUE_AFTER: Duration = DUPLICATE_WINDOW;
 
+/// (policy position, object) → the version last queued for it, and when.
+pub(super) type QueuedByObject = HashMap<(usize, Arc<str>), Queued>;
+
 /// Bucket → (objects, bytes).
 pub(super) type HeldByBucket = std::collections::BTreeMap<String, (u64, u64)>;
 
@@ -39,6 +42,8 @@ pub(super) struct State {
     pub touched: HashSet<(String, String)>,
     /// S3 tier → what the catalog places there, and the catalog's state it was counted at.
     pub catalog_held: HashMap<String, (Counted, HeldByBucket)>,
+    /// (S3 tier, bucket) → the `expire` tombstones queued there (see `s3expire.rs`).
+    pub s3_expiring: HashMap<(String, String), QueuedByObject>,
 }
 
 /// The state of an index something was counted at: its cursor and length. Counting again only
@@ -51,7 +56,7 @@ pub(super) struct BucketState {
     /// Its objects' current metas.
     pub index: MetaIndex,
     /// (policy position, object) → the version last queued for it, and when.
-    pub queued: HashMap<(usize, Arc<str>), Queued>,
+    pub queued: QueuedByObject,
     /// Its live objects and their bytes, and the index's state they were counted at.
     held: Option<(Counted, (u64, u64))>,
 }

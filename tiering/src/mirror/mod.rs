@@ -336,13 +336,14 @@ impl Handler for MirrorHandler {
                     .instrument(span)
                     .await
             }
-            WorkItem::Upload(_) | WorkItem::Delete(_) | WorkItem::DropTemporary(_) => {
-                Err(Error::Config(
-                    "upload, delete and cluster drop-temporary items belong to cim-gateway \
-                     upload, not the mirror role"
-                        .into(),
-                ))
-            }
+            WorkItem::Upload(_)
+            | WorkItem::Delete(_)
+            | WorkItem::DropTemporary(_)
+            | WorkItem::S3Expire(_) => Err(Error::Config(
+                "upload, delete, s3 expire and cluster drop-temporary items belong to \
+                     cim-gateway upload, not the mirror role"
+                    .into(),
+            )),
         }
     }
 }

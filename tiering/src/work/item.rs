@@ -125,6 +125,33 @@ pub struct ObjectExpire {
 /// Subject token in the `to` place of an [`WorkItem::Expire`]: `~` is in no tier name.
 const EXPIRE_TOKEN: &str = "~expire";
 
+/// An `expire` policy's deletion of one version of one object from one S3 tier: a tombstone
+/// there, written by the upload role (see `docs/architecture.md`, "Expire").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct S3Expire {
+    /// The `expire` policy that decided it.
+    pub policy: String,
+    /// The S3 tier the object goes from.
+    pub tier: String,
+    /// `true` for `from = "*"` (an object only S3 holds: a tombstone on every S3 tier holding
+    /// it, one item per tier); `false`: `from` is this tier.
+    pub all: bool,
+    /// The JetStream tier whose bucket stream orders the object's versions (the catalog's
+    /// `seq`): the tombstone is ordered after everything it holds, so a version written there
+    /// later wins over it.
+    pub source: String,
+    /// Object-store bucket.
+    pub bucket: String,
+    /// Object name.
+    pub name: String,
+    /// Size of the version, for `plan`.
+    pub size: u64,
+    /// The catalog's sequence of the version decided on: a newer one is never expired.
+    pub seq: u64,
+    /// Digest of the version decided on.
+    pub digest: Sha256Digest,
+}
+
 /// An expired temporary copy (`cim-gateway restore --for`, see [`crate::temporary`]) to remove
 /// from the JetStream tier `tier`, while the S3 tier `kept_on` keeps a verified copy of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,6 +196,9 @@ pub enum WorkItem {
     Delete(ObjectDelete),
     /// Delete an expired object from one JetStream tier, or from all (`expire`).
     Expire(ObjectExpire),
+    /// Tombstone an expired object on one S3 tier (`expire` from that tier, or from every
+    /// tier for an object only S3 holds).
+    S3Expire(S3Expire),
     /// Remove an expired temporary copy from a leaf tier (the mirror role evicts there).
     LeafDropTemporary(TemporaryCopy),
     /// Remove an expired temporary copy from a cluster tier (the upload role evicts there).
@@ -183,7 +213,10 @@ impl WorkItem {
             | WorkItem::LeafEvict(_)
             | WorkItem::Expire(_)
             | WorkItem::LeafDropTemporary(_) => Role::Mirror,
-            WorkItem::Upload(_) | WorkItem::Delete(_) | WorkItem::DropTemporary(_) => Role::Upload,
+            WorkItem::Upload(_)
+            | WorkItem::Delete(_)
+            | WorkItem::DropTemporary(_)
+            | WorkItem::S3Expire(_) => Role::Upload,
         }
     }
 
@@ -194,6 +227,7 @@ impl WorkItem {
             WorkItem::LeafEvict(m) | WorkItem::Upload(m) => &m.bucket,
             WorkItem::Delete(d) => &d.bucket,
             WorkItem::Expire(e) => &e.bucket,
+            WorkItem::S3Expire(e) => &e.bucket,
             WorkItem::LeafDropTemporary(t) | WorkItem::DropTemporary(t) => &t.bucket,
         }
     }
@@ -205,6 +239,7 @@ impl WorkItem {
             WorkItem::LeafEvict(m) | WorkItem::Upload(m) => (&m.from, &m.to),
             WorkItem::Delete(d) => (&d.from, &d.to),
             WorkItem::Expire(e) => (&e.tier, if e.all { cim_policies::ALL_TIERS } else { "" }),
+            WorkItem::S3Expire(e) => (&e.tier, if e.all { cim_policies::ALL_TIERS } else { "" }),
             // The copy's tier, and the S3 tier whose verified copy lets it go.
             WorkItem::LeafDropTemporary(t) | WorkItem::DropTemporary(t) => (&t.tier, &t.kept_on),
         }
@@ -217,6 +252,7 @@ impl WorkItem {
             WorkItem::LeafEvict(m) | WorkItem::Upload(m) => Some(&m.name),
             WorkItem::Delete(d) => Some(&d.name),
             WorkItem::Expire(e) => Some(&e.name),
+            WorkItem::S3Expire(e) => Some(&e.name),
             WorkItem::LeafDropTemporary(t) | WorkItem::DropTemporary(t) => Some(&t.name),
         }
     }
@@ -236,6 +272,7 @@ impl WorkItem {
             }
             WorkItem::Delete(d) => (&d.from, &d.to, URL_SAFE_NO_PAD.encode(&d.name)),
             WorkItem::Expire(e) => (&e.tier, EXPIRE_TOKEN, URL_SAFE_NO_PAD.encode(&e.name)),
+            WorkItem::S3Expire(e) => (&e.tier, EXPIRE_TOKEN, URL_SAFE_NO_PAD.encode(&e.name)),
             // Its own step: never waits behind an upload or eviction item of the object.
             WorkItem::LeafDropTemporary(t) | WorkItem::DropTemporary(t) => {
                 (&t.tier, TEMPORARY_TOKEN, URL_SAFE_NO_PAD.encode(&t.name))
@@ -282,6 +319,14 @@ impl WorkItem {
             ),
             WorkItem::Expire(e) => format!(
                 "expire:{}:{}:{}:{}:{}",
+                e.tier,
+                if e.all { "all" } else { "one" },
+                e.bucket,
+                URL_SAFE_NO_PAD.encode(&e.name),
+                e.seq
+            ),
+            WorkItem::S3Expire(e) => format!(
+                "s3-expire:{}:{}:{}:{}:{}",
                 e.tier,
                 if e.all { "all" } else { "one" },
                 e.bucket,
@@ -445,6 +490,33 @@ mod tests {
         assert_eq!(expire(true, 9).tiers(), ("hub", "*"));
         let json = encode(&expire(false, 9)).unwrap();
         assert!(matches!(decode(&json), Decoded::Item(i) if i == expire(false, 9)));
+    }
+
+    #[test]
+    fn an_s3_expire_is_the_upload_roles_own_step_per_version() {
+        let expire = |all, seq| {
+            WorkItem::S3Expire(S3Expire {
+                policy: "retention".into(),
+                tier: "s3".into(),
+                all,
+                source: "hub".into(),
+                bucket: "sensors".into(),
+                name: "a b/c".into(),
+                size: 3,
+                seq,
+                digest: Sha256Digest::of(b"abc"),
+            })
+        };
+        assert_eq!(expire(true, 9).role(), Role::Upload);
+        assert_eq!(
+            expire(true, 9).subject(),
+            "cim.work.v2.upload.sensors.s3.~expire.YSBiL2M"
+        );
+        assert_ne!(expire(true, 9).id(), expire(false, 9).id());
+        assert_ne!(expire(true, 9).id(), expire(true, 10).id());
+        assert_eq!(expire(false, 9).tiers(), ("s3", ""));
+        let json = encode(&expire(true, 9)).unwrap();
+        assert!(matches!(decode(&json), Decoded::Item(i) if i == expire(true, 9)));
     }
 
     #[test]

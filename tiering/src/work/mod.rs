@@ -55,8 +55,8 @@ mod worker;
 
 use item::{consumer_name, encode, role_prefix};
 pub use item::{
-    ObjectDelete, ObjectExpire, ObjectMove, Role, TemporaryCopy, WorkItem, FORMAT_VERSION,
-    READ_VERSIONS,
+    ObjectDelete, ObjectExpire, ObjectMove, Role, S3Expire, TemporaryCopy, WorkItem,
+    FORMAT_VERSION, READ_VERSIONS,
 };
 use worker::Worker;
 
