@@ -205,6 +205,7 @@ pub async fn explain(system: &System, bucket: &str, name: &str) -> Result<Explan
                 age,
                 metadata: None,
                 headers: None,
+                last_read: since_read,
             };
             let outcomes = evaluate(&config.policies, tier_name, &object);
             for (i, outcome) in outcomes.iter().enumerate() {

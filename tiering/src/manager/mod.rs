@@ -82,7 +82,8 @@ struct Pending {
 /// Why this version's manager cannot carry out `config`'s policies, if it cannot. An enabled
 /// `expire` is carried out on JetStream tiers by the mirror role and on S3 tiers by the upload
 /// role (see `docs/architecture.md`, "Expire"). On an S3 tier it decides from the catalog,
-/// which keeps no metadata or headers: an `expire` from an S3 tier with such conditions, or
+/// which keeps no metadata or headers, and reads are not followed for S3 tiers: an `expire`
+/// from an S3 tier with such conditions (or `idle`), or
 /// from `"*"` while a `move` to S3 leaves objects only S3 holds, would never match there, and
 /// the manager must not look as if it kept a retention it does not keep.
 pub fn unsupported(config: &Config) -> Option<String> {
@@ -98,13 +99,14 @@ pub fn unsupported(config: &Config) -> Option<String> {
         .enumerate()
         .filter(|(_, p)| p.enabled && p.action == Action::Expire)
         .filter(|(_, p)| is_s3(&p.from) || (p.from == cim_policies::ALL_TIERS && moves_to_s3))
-        .filter(|(_, p)| p.conditions.needs_attributes())
+        .filter(|(_, p)| p.conditions.needs_attributes() || p.conditions.needs_access())
         .map(|(i, p)| format!("policy[{i}] {:?}", p.name))
         .collect();
     (!expiring.is_empty()).then(|| {
         format!(
-            "{}: an expire acting on an S3 tier cannot match metadata or header conditions \
-             there (the catalog it decides from keeps neither); drop those conditions, expire \
+            "{}: an expire acting on an S3 tier cannot match metadata, header or idle \
+             conditions there (it decides from the catalog, which keeps no metadata or headers, \
+             and does not follow reads for S3 tiers yet); drop those conditions, expire \
              from the JetStream tiers only, or set enabled = false (cim-storage plan and explain \
              show what it would do)",
             expiring.join(", ")

@@ -96,8 +96,8 @@ impl Manager {
             for copy in copies {
                 let name: Arc<str> = copy.name.as_str().into();
                 held.insert(name.clone());
-                // Metadata and headers are not in the catalog: `unsupported` refuses an S3
-                // expire with such conditions.
+                // Metadata and headers are not in the catalog, and reads are not followed for
+                // S3 tiers: `unsupported` refuses an S3 expire with such conditions.
                 let object = Object {
                     bucket: &bucket,
                     name: &copy.name,
@@ -105,6 +105,7 @@ impl Manager {
                     age: copy.age,
                     metadata: None,
                     headers: None,
+                    last_read: None,
                 };
                 evaluator.evaluate_into(&object, &mut outcomes);
                 if outcomes.get(cx.position) != Some(&Outcome::Decides) {
