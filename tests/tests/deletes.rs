@@ -14,33 +14,9 @@ use cim_gateway::upload::blob_lease_key;
 use cim_tests::{wait_until, Topology};
 use cim_tiering::digest::Sha256Digest;
 use cim_tiering::lease::Leases;
-use common::{content, describe, gateway, Roles, Tiers};
+use common::{content, current_manifest, describe, gateway, is_tombstone, s3_has, Roles, Tiers};
 
 const PREFIX: &str = "cim/";
-
-/// The JSON stored at `key` in the test's S3 bucket, `None` when there is no such key.
-async fn s3_json(topology: &Topology, key: &str) -> Option<serde_json::Value> {
-    let s3 = topology.s3.client().await;
-    let response = s3
-        .get_object()
-        .bucket(&topology.s3.bucket)
-        .key(key)
-        .send()
-        .await
-        .ok()?;
-    let bytes = response.body.collect().await.unwrap().into_bytes();
-    Some(serde_json::from_slice(&bytes).unwrap())
-}
-
-async fn s3_has(topology: &Topology, key: &str) -> bool {
-    let s3 = topology.s3.client().await;
-    s3.head_object()
-        .bucket(&topology.s3.bucket)
-        .key(key)
-        .send()
-        .await
-        .is_ok()
-}
 
 /// Keys under `prefix` in the test's S3 bucket.
 async fn s3_keys(topology: &Topology, prefix: &str) -> Vec<String> {
@@ -57,22 +33,6 @@ async fn s3_keys(topology: &Topology, prefix: &str) -> Vec<String> {
         .iter()
         .filter_map(|o| o.key().map(str::to_string))
         .collect()
-}
-
-/// The current manifest of `bucket`/`name` as raw JSON.
-async fn current_manifest(
-    topology: &Topology,
-    bucket: &str,
-    name: &str,
-) -> Option<serde_json::Value> {
-    s3_json(topology, &format::manifest_key(PREFIX, bucket, name)).await
-}
-
-/// True when the current manifest says the object was deleted (a tombstone).
-fn is_tombstone(manifest: &Option<serde_json::Value>) -> bool {
-    manifest
-        .as_ref()
-        .is_some_and(|m| m.get("deleted").is_some_and(|d| !d.is_null()))
 }
 
 /// A user delete on the leaf and one on the hub both reach S3 as tombstones and leave the

@@ -10,11 +10,10 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::Duration;
 
-use cim_gateway::format;
 use cim_tests::{cim_bin, wait_until, Topology};
 use common::{
-    content, describe, gateway, listed, put_hub, sample, scrape, spawn_role, work_messages, Roles,
-    Tiers,
+    content, current_manifest, describe, gateway, is_tombstone, listed, put_hub, sample, scrape,
+    spawn_role, work_messages, Roles, Tiers,
 };
 
 const BACKUP: &str = r#"
@@ -50,31 +49,6 @@ fn storage(args: &[&str]) -> std::process::Output {
         .args(args)
         .output()
         .unwrap()
-}
-
-/// The current manifest of `bucket`/`name` in the test's S3 bucket, as raw JSON.
-async fn current_manifest(
-    topology: &Topology,
-    bucket: &str,
-    name: &str,
-) -> Option<serde_json::Value> {
-    let s3 = topology.s3.client().await;
-    let key = format::manifest_key(common::PREFIX, bucket, name);
-    let response = s3
-        .get_object()
-        .bucket(&topology.s3.bucket)
-        .key(key)
-        .send()
-        .await
-        .ok()?;
-    let bytes = response.body.collect().await.unwrap().into_bytes();
-    Some(serde_json::from_slice(&bytes).unwrap())
-}
-
-fn is_tombstone(manifest: &Option<serde_json::Value>) -> bool {
-    manifest
-        .as_ref()
-        .is_some_and(|m| m.get("deleted").is_some_and(|d| !d.is_null()))
 }
 
 /// Objects backed up to S3 first (so the test does not race the copy), then a configuration

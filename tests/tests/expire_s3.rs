@@ -11,11 +11,10 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::Duration;
 
-use cim_gateway::format;
 use cim_tests::{cim_bin, wait_until, Topology};
 use common::{
-    content, describe, gateway, listed, put_hub, sample, scrape, spawn_role, wait_only_in_s3,
-    work_messages, Roles, Tiers, PREFIX,
+    content, current_manifest, describe, gateway, is_tombstone, listed, put_hub, s3_has, sample,
+    scrape, spawn_role, wait_only_in_s3, work_messages, Roles, Tiers,
 };
 
 const MOVE: &str = r#"
@@ -52,44 +51,6 @@ fn storage(args: &[&str]) -> std::process::Output {
         .args(args)
         .output()
         .unwrap()
-}
-
-/// The JSON stored at `key` in the test's S3 bucket, `None` when there is no such key.
-async fn s3_json(topology: &Topology, key: &str) -> Option<serde_json::Value> {
-    let s3 = topology.s3.client().await;
-    let response = s3
-        .get_object()
-        .bucket(&topology.s3.bucket)
-        .key(key)
-        .send()
-        .await
-        .ok()?;
-    let bytes = response.body.collect().await.unwrap().into_bytes();
-    Some(serde_json::from_slice(&bytes).unwrap())
-}
-
-async fn s3_has(topology: &Topology, key: &str) -> bool {
-    let s3 = topology.s3.client().await;
-    s3.head_object()
-        .bucket(&topology.s3.bucket)
-        .key(key)
-        .send()
-        .await
-        .is_ok()
-}
-
-async fn current_manifest(
-    topology: &Topology,
-    bucket: &str,
-    name: &str,
-) -> Option<serde_json::Value> {
-    s3_json(topology, &format::manifest_key(PREFIX, bucket, name)).await
-}
-
-fn is_tombstone(manifest: &Option<serde_json::Value>) -> bool {
-    manifest
-        .as_ref()
-        .is_some_and(|m| m.get("deleted").is_some_and(|d| !d.is_null()))
 }
 
 /// The `(policy, from, to, name)` of every `expire` row `plan --json` lists.

@@ -488,3 +488,48 @@ pub async fn work_messages(hub: &jetstream::Context) -> Vec<(String, serde_json:
     }
     out
 }
+
+/// The JSON stored at `key` in the test's S3 bucket, `None` when there is no such key.
+pub async fn s3_json(topology: &Topology, key: &str) -> Option<serde_json::Value> {
+    let s3 = topology.s3.client().await;
+    let response = s3
+        .get_object()
+        .bucket(&topology.s3.bucket)
+        .key(key)
+        .send()
+        .await
+        .ok()?;
+    let bytes = response.body.collect().await.unwrap().into_bytes();
+    Some(serde_json::from_slice(&bytes).unwrap())
+}
+
+/// Whether the test's S3 bucket holds `key`.
+pub async fn s3_has(topology: &Topology, key: &str) -> bool {
+    let s3 = topology.s3.client().await;
+    s3.head_object()
+        .bucket(&topology.s3.bucket)
+        .key(key)
+        .send()
+        .await
+        .is_ok()
+}
+
+/// The current manifest of `bucket`/`name` in the test's S3 bucket, as raw JSON.
+pub async fn current_manifest(
+    topology: &Topology,
+    bucket: &str,
+    name: &str,
+) -> Option<serde_json::Value> {
+    s3_json(
+        topology,
+        &cim_gateway::format::manifest_key(PREFIX, bucket, name),
+    )
+    .await
+}
+
+/// True when the current manifest says the object was deleted (a tombstone).
+pub fn is_tombstone(manifest: &Option<serde_json::Value>) -> bool {
+    manifest
+        .as_ref()
+        .is_some_and(|m| m.get("deleted").is_some_and(|d| !d.is_null()))
+}
