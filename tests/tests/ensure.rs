@@ -175,24 +175,7 @@ async fn ensure_makes_objects_ready_on_the_hub() {
     // error naming the object, and nothing on the hub.
     let data = content(4, 400_000);
     let claimed = Sha256Digest::of(b"something else");
-    let bad_blob = cim_gateway::format::blob_key(common::PREFIX, &claimed);
-    topology
-        .s3
-        .client()
-        .await
-        .put_object()
-        .bucket(&topology.s3.bucket)
-        .key(&bad_blob)
-        .body(zstd::encode_all(&data[..], 3).unwrap().into())
-        .send()
-        .await
-        .unwrap();
-    plant(&topology, "ens-bad", "bad.bin", &data, |m| {
-        m["digest"] = claimed.to_nats().into();
-        m["sha256_hex"] = claimed.to_hex().into();
-        m["blob_key"] = bad_blob.clone().into();
-    })
-    .await;
+    common::plant_lying(&topology, "ens-bad", "bad.bin", &data, &claimed).await;
     let (reply, code) = ensure(&client, "ens-bad", "bad.bin").await;
     assert_eq!(
         reply["code"],

@@ -169,24 +169,7 @@ async fn get_refuses_a_corrupt_copy_and_falls_back_to_a_good_one() {
 
     // A bad blob in S3 (its manifest claims another digest): refused the same way.
     // (The blob stored under the claimed digest's key holds `data`.)
-    let bad_blob = cim_gateway::format::blob_key(common::PREFIX, &claimed);
-    topology
-        .s3
-        .client()
-        .await
-        .put_object()
-        .bucket(&topology.s3.bucket)
-        .key(&bad_blob)
-        .body(zstd::encode_all(&data[..], 3).unwrap().into())
-        .send()
-        .await
-        .unwrap();
-    plant(&topology, "cold", "bad.bin", &data, |m| {
-        m["digest"] = claimed.to_nats().into();
-        m["sha256_hex"] = claimed.to_hex().into();
-        m["blob_key"] = bad_blob.clone().into();
-    })
-    .await;
+    common::plant_lying(&topology, "cold", "bad.bin", &data, &claimed).await;
     let file = dir.join("bad.bin");
     let out = get(&config, "cold", "bad.bin", &["-o", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));

@@ -400,6 +400,36 @@ pub fn describe(out: &std::process::Output) -> String {
 /// The tier prefix of [`Topology::config_toml`]'s S3 tier.
 pub const PREFIX: &str = "cim/";
 
+/// Plants object `name` of `bucket` in S3 with a lying copy: a manifest that claims digest
+/// `claimed`, and under `claimed`'s blob key a blob that holds `data` (which hashes otherwise).
+/// A restore or read of it must fail its digest check; returns the manifest key.
+pub async fn plant_lying(
+    topology: &Topology,
+    bucket: &str,
+    name: &str,
+    data: &[u8],
+    claimed: &cim_tiering::digest::Sha256Digest,
+) -> String {
+    let bad_blob = cim_gateway::format::blob_key(PREFIX, claimed);
+    topology
+        .s3
+        .client()
+        .await
+        .put_object()
+        .bucket(&topology.s3.bucket)
+        .key(&bad_blob)
+        .body(zstd::encode_all(data, 3).unwrap().into())
+        .send()
+        .await
+        .unwrap();
+    plant(topology, bucket, name, data, |m| {
+        m["digest"] = claimed.to_nats().into();
+        m["sha256_hex"] = claimed.to_hex().into();
+        m["blob_key"] = bad_blob.into();
+    })
+    .await
+}
+
 /// Plants object `name` of NATS bucket `bucket` directly in S3, blob and format-1 manifest as an
 /// uploader writes them, after `tweak` edited the manifest's JSON; returns the manifest key.
 pub async fn plant(
