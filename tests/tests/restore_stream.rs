@@ -373,3 +373,118 @@ async fn many_small_objects_restore_concurrently_all_verified() {
         describe(&out)
     );
 }
+
+/// A journaled write whose writer died after publishing its meta leaves a `committing` record.
+/// If the object was renamed before the next recovery (the object store's `update_metadata`
+/// keeps the nuid under the new name), its chunks belong to the renamed object: recovery must
+/// find the nuid under the new name and keep them — it used to look only at the record's name
+/// and purge them, leaving the renamed object without content. A `committing` record whose nuid
+/// no meta names is still purged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn recovery_keeps_the_chunks_of_a_committed_write_renamed_since() {
+    use async_nats::jetstream::kv;
+    use async_nats::jetstream::object_store::UpdateMetadata;
+    use cim_tiering::jetstream::write::{WriteJournal, WriteRecord, WriteState};
+    use cim_tiering::lease::Leases;
+
+    let topology = Topology::start().await.unwrap();
+    let tiers = Tiers::connect(&topology).await;
+    let bucket = "renamed-since";
+    let data = content(530, 3 << 20);
+    common::put_hub(&tiers, bucket, "before", &data).await;
+    let store = tiers.hub.get_object_store(bucket).await.unwrap();
+    let committed = store.info("before").await.unwrap();
+    store
+        .update_metadata(
+            "before",
+            UpdateMetadata {
+                name: "after".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(tiers
+        .hub_tier
+        .latest(bucket, "before")
+        .await
+        .unwrap()
+        .is_none());
+
+    // Chunks no meta names: a write that died before its meta.
+    let stray = "STRAYNUIDNEVERCOMMITTED";
+    for _ in 0..2 {
+        tiers
+            .hub
+            .publish(chunk_subject(bucket, stray), vec![7u8; 1000].into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    // Both writes journaled as `committing` by a writer whose lease is long gone.
+    let journal = match tiers.hub.get_key_value(WRITE_JOURNAL_BUCKET).await {
+        Ok(kv) => kv,
+        Err(_) => tiers
+            .hub
+            .create_key_value(kv::Config {
+                bucket: WRITE_JOURNAL_BUCKET.to_string(),
+                history: 1,
+                num_replicas: 3,
+                ..Default::default()
+            })
+            .await
+            .unwrap(),
+    };
+    for (name, nuid) in [("before", committed.nuid.as_str()), ("stray", stray)] {
+        let record = WriteRecord {
+            tier: "hub".into(),
+            bucket: bucket.into(),
+            name: name.into(),
+            nuid: nuid.into(),
+            writer: "DEADWRITERRENAMED".into(),
+            started: time::OffsetDateTime::now_utc(),
+            state: WriteState::Committing,
+        };
+        journal
+            .put(
+                format!("DEADWRITERRENAMED.{nuid}"),
+                serde_json::to_vec(&record).unwrap().into(),
+            )
+            .await
+            .unwrap();
+    }
+
+    let leases = Leases::open(&tiers.hub, 3).await.unwrap();
+    let recoverer = WriteJournal::open(&tiers.hub, 3, leases, "test")
+        .await
+        .unwrap();
+    let hub = tiers.hub_tier.clone();
+    let recovered = recoverer
+        .recover(|tier| (tier == "hub").then(|| hub.clone()))
+        .await
+        .unwrap();
+    recoverer.close().await;
+
+    let purged: Vec<&str> = recovered
+        .purged
+        .iter()
+        .filter(|r| r.bucket == bucket)
+        .map(|r| r.nuid.as_str())
+        .collect();
+    assert_eq!(purged, vec![stray], "{recovered:?}");
+    let chunks = chunk_counts(&tiers.hub, bucket).await;
+    assert_eq!(
+        chunks,
+        vec![(chunk_subject(bucket, &committed.nuid), committed.chunks)],
+        "the renamed object's chunks must stay, the stray ones go"
+    );
+    assert!(!journal_keys(&tiers.hub)
+        .await
+        .iter()
+        .any(|k| k.starts_with("DEADWRITERRENAMED.")));
+    let (read, info) = Tiers::read(&tiers.hub, bucket, "after").await;
+    assert!(read == data, "the renamed object's content changed");
+    assert_eq!(info.nuid, committed.nuid);
+}

@@ -33,6 +33,11 @@
 //! `writing → committing` before publishing its meta, a recoverer `writing → purging` before
 //! purging; only one of them can win. A `committing` record of a dead writer is finished (its
 //! meta was published) or purged (it was not); a `purging` record is purged again (idempotent).
+//! "Its meta was published" is asked of the whole bucket, not only of the record's name: the
+//! object store's rename (`update_metadata` with a new name) moves the meta to another name and
+//! keeps the nuid, so a version committed and then renamed before the recovery still owns its
+//! chunks. Recovery walks the bucket's metas for the nuid ([`super::scan::MetaIndex`], once per
+//! bucket per recovery) and purges only when no meta names it.
 //! The one case this cannot tell apart: a writer frozen for longer than the lease TTL right
 //! between its `committing` step and its meta publish, while another restore recovers — its
 //! object would then be visible with purged chunks, and fail its digest on read.
@@ -234,6 +239,7 @@ impl WriteJournal {
             .map_err(|e| journal_error("list write records", "", e))?;
         let mut recovered = Recovered::default();
         let mut alive: std::collections::HashMap<String, bool> = Default::default();
+        let mut nuids = NuidOwners::default();
         for (subject, _) in subjects {
             let Some(key) = subject.strip_prefix(&prefix) else {
                 continue;
@@ -275,7 +281,31 @@ impl WriteJournal {
             };
             if record.state == WriteState::Committing {
                 let latest = target.latest(&record.bucket, &record.name).await?;
-                if latest.is_some_and(|l| l.info.nuid == record.nuid) {
+                let holder = if latest.is_some_and(|l| l.info.nuid == record.nuid) {
+                    Holder::Named(record.name.clone())
+                } else {
+                    nuids.holder(&target, &record.bucket, &record.nuid).await?
+                };
+                if let Holder::Unsure(unreadable) = &holder {
+                    tracing::warn!(
+                        key,
+                        bucket = %record.bucket,
+                        unreadable = %unreadable,
+                        "an interrupted write may have been committed and renamed to an object \
+                         whose meta does not decode; its chunks and record are left alone"
+                    );
+                    continue;
+                }
+                if let Holder::Named(holder) = holder {
+                    if holder != record.name {
+                        tracing::info!(
+                            bucket = %record.bucket,
+                            object = %record.name,
+                            renamed = %holder,
+                            nuid = %record.nuid,
+                            "an interrupted write was committed and renamed since; its chunks stay"
+                        );
+                    }
                     self.end(&record).await?;
                     recovered.finished += 1;
                     continue;
@@ -310,6 +340,61 @@ impl WriteJournal {
     pub async fn close(self) {
         self.lease.release().await;
     }
+}
+
+/// Which object's current meta names each nuid, per (tier, bucket): walked once per recovery,
+/// only for buckets with a `committing` record whose own name no longer holds its nuid.
+#[derive(Default)]
+struct NuidOwners {
+    buckets: std::collections::HashMap<(String, String), Owners>,
+}
+
+impl NuidOwners {
+    /// Who holds `nuid` in `bucket`: the object whose current meta (live, deleted or other)
+    /// names it, nobody, or unsure when some meta does not decode. A walk that fails is an
+    /// error: recovery then purges nothing and the next run asks again.
+    async fn holder(
+        &mut self,
+        tier: &JetStreamTier,
+        bucket: &str,
+        nuid: &str,
+    ) -> Result<Holder, Error> {
+        let key = (tier.name().to_string(), bucket.to_string());
+        if !self.buckets.contains_key(&key) {
+            let mut index = super::scan::MetaIndex::new();
+            index.follow(&tier.direct(bucket), bucket).await?;
+            let owners = Owners {
+                names: index
+                    .objects()
+                    .map(|(name, meta)| (meta.nuid.clone(), name.to_string()))
+                    .collect(),
+                unreadable: index.unreadable().next().map(|(name, _)| name.to_string()),
+            };
+            self.buckets.insert(key.clone(), owners);
+        }
+        let owners = &self.buckets[&key];
+        Ok(match (owners.names.get(nuid), &owners.unreadable) {
+            (Some(name), _) => Holder::Named(name.clone()),
+            (None, Some(unreadable)) => Holder::Unsure(unreadable.clone()),
+            (None, None) => Holder::Nobody,
+        })
+    }
+}
+
+/// One bucket's nuids and their objects, and one object whose meta does not decode, if any.
+struct Owners {
+    names: std::collections::HashMap<Box<str>, String>,
+    unreadable: Option<String>,
+}
+
+/// Who holds an interrupted write's nuid (see [`NuidOwners::holder`]).
+enum Holder {
+    /// The object of this name: the write was committed (and maybe renamed since).
+    Named(String),
+    /// No readable meta names it, but this object's meta does not decode.
+    Unsure(String),
+    /// No meta names it: the write never committed.
+    Nobody,
 }
 
 /// A bucket opened for writing: the stream handle and a context with write deadlines, looked up
