@@ -485,7 +485,10 @@ impl Restorer {
         let _memory = self.memory.charge(in_flight_cost(m.size)).await;
 
         // S3 → decompress → verify, piped into chunk publishes; the meta (visibility) only once
-        // the content hashed to the manifest's digest and every chunk was acknowledged.
+        // the content hashed to the manifest's digest and every chunk was acknowledged. One
+        // SHA-256 pass: the S3 reader hashes exactly the bytes it writes into the pipe and checks
+        // them against the manifest, so the publisher only counts them; the commit checks that
+        // digest and the size published.
         let writer = target.writer().await?;
         let mut write = writer
             .begin(journal, name, latest.as_ref().map_or(0, |l| l.seq))
@@ -502,7 +505,7 @@ impl Restorer {
         };
         let publishing = &mut write;
         let publish = async move {
-            let written = publishing.write_from(&mut pipe_out, m.size).await;
+            let written = publishing.write_unhashed(&mut pipe_out, m.size).await;
             drop(pipe_out); // a failed publisher stops the reader (broken pipe)
             written
         };
@@ -511,6 +514,8 @@ impl Restorer {
             write.abort(journal).await;
             return Err(e);
         }
+        // `read_verified` returned `Ok`: what it wrote hashed to the manifest's digest.
+        write.hashed_by_reader(m.digest);
         let meta = ObjectMetadata {
             name: name.to_string(),
             description: m.description.clone(),

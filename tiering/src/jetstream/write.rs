@@ -6,7 +6,9 @@
 //! whatever the content turned out to be. Here:
 //!
 //! * Chunks go to `$O.<bucket>.C.<nuid>` (128 KiB, as async-nats writes them) with up to
-//!   [`ACK_WINDOW`] acks in flight per object, hashed on the way.
+//!   [`ACK_WINDOW`] acks in flight per object, counted on the way. The content is hashed once,
+//!   by the caller's reader, which checks it against the digest before it reports success
+//!   (restore's S3 reader); the commit checks that digest and the size published.
 //! * The meta message — exactly the JSON async-nats writes (its own [`ObjectInfo`] type), with
 //!   `Nats-Rollup: sub`, so any object-store client reads the object — goes out only after every
 //!   chunk was acknowledged **and** the content hashed to the digest the caller expects. So the
@@ -55,7 +57,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::{check_content, chunk_subject, meta_subject, JetStreamTier, StoredObject};
-use crate::digest::{Hasher, Sha256Digest};
+use crate::digest::Sha256Digest;
 use crate::error::Error;
 use crate::lease::{Lease, Leases};
 
@@ -483,6 +485,7 @@ impl BucketWriter {
             revision,
             expected_meta_seq,
             written: None,
+            published: None,
             chunks: 0,
         })
     }
@@ -498,6 +501,8 @@ pub struct ObjectWrite {
     revision: u64,
     expected_meta_seq: u64,
     written: Option<(Sha256Digest, u64)>,
+    /// Bytes published by [`ObjectWrite::write_unhashed`], awaiting the reader's digest.
+    published: Option<u64>,
     chunks: usize,
 }
 
@@ -526,19 +531,44 @@ impl ObjectWrite {
         )
     }
 
-    /// Publishes everything `reader` yields as chunks, up to [`ACK_WINDOW`] acks in flight,
-    /// hashing it; returns once every chunk is acknowledged, with the content's digest and size.
-    /// `size_hint` (the expected size) keeps a small object from allocating a whole chunk.
-    pub async fn write_from<R: AsyncRead + Unpin>(
+    /// Publishes everything `reader` yields as chunks, up to [`ACK_WINDOW`] acks in flight;
+    /// returns the bytes published once every chunk is acknowledged. `size_hint` (the expected
+    /// size) keeps a small object from allocating a whole chunk.
+    ///
+    /// Not hashed here: the reader hashes exactly the bytes it yields and checks them against
+    /// the version's digest itself (restore's S3 reader decompresses, hashes, and only then
+    /// writes into the pipe this reads), so the same bytes are not hashed twice in one process.
+    /// Before [`ObjectWrite::commit`], the caller hands over the reader's digest with
+    /// [`ObjectWrite::hashed_by_reader`]; the commit checks it and the size *published* here
+    /// against the expected ones.
+    pub async fn write_unhashed<R: AsyncRead + Unpin>(
         &mut self,
         reader: &mut R,
         size_hint: u64,
-    ) -> Result<(Sha256Digest, u64), Error> {
-        let mut hasher = Hasher::new();
+    ) -> Result<u64, Error> {
+        let size = self.publish(reader, size_hint).await?;
+        self.published = Some(size);
+        Ok(size)
+    }
+
+    /// The reader's SHA-256 of the bytes [`ObjectWrite::write_unhashed`] published (see
+    /// there). Without a preceding `write_unhashed`, the commit refuses as for an unwritten
+    /// version.
+    pub fn hashed_by_reader(&mut self, digest: Sha256Digest) {
+        if let Some(size) = self.published {
+            self.written = Some((digest, size));
+        }
+    }
+
+    /// Publishes everything `reader` yields; returns the bytes published once every chunk is
+    /// acknowledged.
+    async fn publish<R: AsyncRead + Unpin>(
+        &mut self,
+        reader: &mut R,
+        size_hint: u64,
+    ) -> Result<u64, Error> {
         let mut acks = VecDeque::with_capacity(ACK_WINDOW);
-        let result = self
-            .publish_all(reader, size_hint, &mut hasher, &mut acks)
-            .await;
+        let result = self.publish_all(reader, size_hint, &mut acks).await;
         if result.is_err() {
             // Let every chunk already sent land (or time out) before the caller purges: a chunk
             // stored after the purge would be a stray no record names.
@@ -546,19 +576,16 @@ impl ObjectWrite {
                 let _ = ack.await;
             }
         }
-        result?;
-        let written = hasher.finish();
-        self.written = Some(written);
-        Ok(written)
+        result
     }
 
     async fn publish_all<R: AsyncRead + Unpin>(
         &mut self,
         reader: &mut R,
         size_hint: u64,
-        hasher: &mut Hasher,
         acks: &mut VecDeque<jetstream::context::PublishAckFuture>,
-    ) -> Result<(), Error> {
+    ) -> Result<u64, Error> {
+        let mut published = 0u64;
         let chunk_capacity =
             usize::try_from(size_hint.clamp(1, CHUNK_SIZE as u64)).unwrap_or(CHUNK_SIZE);
         loop {
@@ -568,7 +595,7 @@ impl ObjectWrite {
             if chunk.is_empty() {
                 break;
             }
-            hasher.update(&chunk);
+            published += chunk.len() as u64;
             self.chunks += 1;
             if acks.len() == ACK_WINDOW {
                 if let Some(ack) = acks.pop_front() {
@@ -586,11 +613,11 @@ impl ObjectWrite {
         while let Some(ack) = acks.pop_front() {
             ack.await.map_err(|e| self.op_error("publish chunk", e))?;
         }
-        Ok(())
+        Ok(published)
     }
 
     /// Makes the version visible under `meta`'s name, description, metadata and headers — only
-    /// if what [`ObjectWrite::write_from`] published is `expected_size` bytes hashing to
+    /// if what [`ObjectWrite::write_unhashed`] published is `expected_size` bytes hashing to
     /// `expected` (else an [`Error::Integrity`], counted and logged, and the chunks are purged)
     /// and the object's meta is still the one the write began on (else [`Error::NotReady`]).
     /// After the meta, the chunks of the version it replaced (`replaces`) are purged, as
