@@ -36,8 +36,8 @@ const UNIT: u64 = 1024;
 
 /// Uploads that may hold a zstd codec and a hub reader at once (see the module docs). Four keep
 /// both cores busy compressing and hashing while others wait on the network, and fill the
-/// default budget (four 16 MiB parts); with a larger budget one upload sends up to four parts
-/// at once, so four still fill it.
+/// default budget (four 16 MiB parts, and room for small ones); with a larger budget one upload
+/// sends up to four parts at once, so four still fill it.
 pub const CODEC_SLOTS: usize = 4;
 
 /// A process-wide byte budget for buffers. Cheap to clone; clones share the budget.

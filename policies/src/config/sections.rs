@@ -95,7 +95,7 @@ pub struct UploadConfig {
     /// zstd compression level, 1..=19. Default 3.
     pub zstd_level: i32,
     /// Bytes all upload buffers of the role may hold together (from `memory_budget_mib`,
-    /// 16..=1048576 MiB). Default 64 MiB. Part size and threshold are capped at half of it.
+    /// 16..=1048576 MiB). Default 68 MiB. Part size and threshold are capped at half of it.
     pub memory_budget: u64,
 }
 
@@ -183,7 +183,7 @@ mod tests {
 
     #[test]
     fn the_memory_budget_defaults_and_is_checked() {
-        assert_eq!(upload("").unwrap().memory_budget, 64 * MIB);
+        assert_eq!(upload("").unwrap().memory_budget, 68 * MIB);
         assert_eq!(
             upload("memory_budget_mib = 256\n").unwrap().memory_budget,
             256 * MIB
