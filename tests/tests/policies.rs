@@ -181,3 +181,103 @@ after = "6s"
         panic!("{e:#}\ncatalog: {catalog:?}\n{}", roles.logs());
     }
 }
+
+/// A `copy` to one tier and a `move` to another from the same source both decide (transfers
+/// to different destinations are independent), so both are queued. The move must not evict
+/// the source before the copy is verified: that would leave the copy nothing to read and the
+/// object with one copy where the policies declare two. Here the copy's tier is unreachable
+/// at first: the move's upload completes, the hub copy stays (several retries of the move
+/// later); once the copy's tier is reachable, the copy lands and only then the hub copy goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_move_waits_for_a_copy_to_another_tier_before_evicting() {
+    let topology = Topology::start().await.unwrap();
+    let policies = |backup_endpoint: &str| {
+        format!(
+            r#"
+[tiers.backup]
+kind = "s3"
+endpoint = "{backup_endpoint}"
+region = "{region}"
+bucket = "{s3_bucket}"
+prefix = "backup/"
+flavor = "garage"
+credentials_file = "{credentials}"
+
+[[policy]]
+name = "backup"
+buckets = ["both"]
+from = "hub"
+to = "backup"
+action = "copy"
+after = "0s"
+
+[[policy]]
+name = "archive"
+buckets = ["both"]
+from = "hub"
+to = "s3"
+action = "move"
+after = "0s"
+"#,
+            region = topology.s3.region,
+            s3_bucket = topology.s3.bucket,
+            credentials = topology.s3.credentials_file().display(),
+        )
+    };
+    // Nothing listens there: every attempt of the backup copy fails (and is retried).
+    let closed = format!("http://127.0.0.1:{}", cim_tests::free_port());
+    let config = topology.write_config(&policies(&closed));
+    let tiers = Tiers::connect(&topology).await;
+    let bucket = "both";
+    let data = content(40, 5000);
+    put_hub(&tiers, bucket, "o", &data).await;
+    let mut roles = Roles::start(&topology, &config);
+
+    let archived = wait_until("archived on s3", Duration::from_secs(60), || async {
+        tiers
+            .catalog_locations(bucket)
+            .await
+            .get("o")
+            .is_some_and(|l| l.contains(&"s3".to_string()))
+    })
+    .await;
+    archived.unwrap_or_else(|e| panic!("{e:#}\n{}", roles.logs()));
+    // The move's item is retried with a growing pause; give it several attempts.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(
+        Tiers::names(&tiers.hub_tier, bucket).await,
+        vec!["o".to_string()],
+        "the move evicted the hub copy before the backup copy existed\n{}",
+        roles.logs()
+    );
+    assert!(
+        roles.logs().contains("kept until policy"),
+        "no log line says why the hub copy stays\n{}",
+        roles.logs()
+    );
+
+    // The backup tier becomes reachable (the real endpoint): the copy lands, then the move
+    // evicts.
+    std::fs::write(
+        &config,
+        topology.config_toml(&policies(&topology.s3.endpoint)),
+    )
+    .unwrap();
+    roles.restart_upload();
+    let done = wait_until(
+        "backed up and archived, gone from the hub",
+        Duration::from_secs(90),
+        || async {
+            let catalog = tiers.catalog_locations(bucket).await;
+            catalog
+                .get("o")
+                .is_some_and(|l| l == &vec!["backup".to_string(), "s3".to_string()])
+                && Tiers::names(&tiers.hub_tier, bucket).await.is_empty()
+        },
+    )
+    .await;
+    if let Err(e) = done {
+        let catalog = tiers.catalog_locations(bucket).await;
+        panic!("{e:#}\ncatalog: {catalog:?}\n{}", roles.logs());
+    }
+}

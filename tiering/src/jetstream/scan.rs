@@ -75,6 +75,28 @@ pub struct Attributes {
     pub headers: std::collections::BTreeMap<String, String>,
 }
 
+impl Attributes {
+    /// The metadata and headers (each header's first value) of the version `info` describes.
+    pub fn of(info: &ObjectInfo) -> Attributes {
+        let headers = info.headers.as_ref().map(|h| {
+            h.iter()
+                .filter_map(|(name, values)| {
+                    let name: &str = name.as_ref();
+                    Some((name.to_owned(), values.first()?.as_str().to_owned()))
+                })
+                .collect()
+        });
+        Attributes {
+            metadata: info
+                .metadata
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            headers: headers.unwrap_or_default(),
+        }
+    }
+}
+
 /// What an object's current meta message says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -286,24 +308,7 @@ impl MetaIndex {
         } else {
             Kind::Other
         };
-        let attributes = self.attributes.then(|| {
-            let headers = info.headers.as_ref().map(|h| {
-                h.iter()
-                    .filter_map(|(name, values)| {
-                        let name: &str = name.as_ref();
-                        Some((name.to_owned(), values.first()?.as_str().to_owned()))
-                    })
-                    .collect()
-            });
-            Box::new(Attributes {
-                metadata: info
-                    .metadata
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-                headers: headers.unwrap_or_default(),
-            })
-        });
+        let attributes = self.attributes.then(|| Box::new(Attributes::of(&info)));
         let temporary_secs = crate::temporary::declared(&info).map(|d| {
             std::num::NonZeroU32::new(u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
                 .unwrap_or(std::num::NonZeroU32::MIN)
