@@ -635,6 +635,10 @@ impl Prepared {
         let (status, usage) = self.restore_process(&log).await?;
         let elapsed = start.elapsed();
         let output = cim_tests::tail_file(&log, 40);
+        // Untimed: every replica up to date before reading back. async-nats' `get` may be
+        // served by the one replica the restore's acknowledgements did not wait for, and ends
+        // early there ("wrong digest": once in a default run, Nov 2026).
+        super::raw_nats::settle(env, hub.context(), &self.bucket).await?;
         let verified = self.verify_hub(&hub).await;
         match (verified, status.success()) {
             (Ok(()), true) => {}

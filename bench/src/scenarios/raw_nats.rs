@@ -418,7 +418,7 @@ async fn stored_chunks(js: &jetstream::Context, bucket: &str, nuid: &str) -> any
 /// sequence. A put is acknowledged once two of three replicas have it, and direct gets (and,
 /// as seen here, async-nats' own reads) may be answered by the third: read right after the
 /// puts on a loaded machine, objects were "not found" or ended early ("wrong digest").
-async fn settle(env: &Env, js: &jetstream::Context, bucket: &str) -> anyhow::Result<()> {
+pub(crate) async fn settle(env: &Env, js: &jetstream::Context, bucket: &str) -> anyhow::Result<()> {
     let name = stream_name(bucket);
     let last = js
         .get_stream(&name)
