@@ -192,17 +192,8 @@ after = "6s"
 async fn a_move_waits_for_a_copy_to_another_tier_before_evicting() {
     let topology = Topology::start().await.unwrap();
     let policies = |backup_endpoint: &str| {
-        format!(
-            r#"
-[tiers.backup]
-kind = "s3"
-endpoint = "{backup_endpoint}"
-region = "{region}"
-bucket = "{s3_bucket}"
-prefix = "backup/"
-flavor = "garage"
-credentials_file = "{credentials}"
-
+        common::s3_tier_toml(&topology, "backup", backup_endpoint, "backup/")
+            + r#"
 [[policy]]
 name = "backup"
 buckets = ["both"]
@@ -218,11 +209,7 @@ from = "hub"
 to = "s3"
 action = "move"
 after = "0s"
-"#,
-            region = topology.s3.region,
-            s3_bucket = topology.s3.bucket,
-            credentials = topology.s3.credentials_file().display(),
-        )
+"#
     };
     // Nothing listens there: every attempt of the backup copy fails (and is retried).
     let closed = format!("http://127.0.0.1:{}", cim_tests::free_port());

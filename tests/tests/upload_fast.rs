@@ -113,17 +113,14 @@ async fn a_move_evicts_only_a_verified_copy_and_the_manifest_says_how() {
     ];
     let mut extra = String::new();
     for (mode, short) in modes {
+        extra += &common::s3_tier_toml(
+            &topology,
+            &format!("s3-{short}"),
+            &topology.s3.endpoint,
+            &format!("{short}/"),
+        );
         extra += &format!(
-            r#"
-[tiers.s3-{short}]
-kind = "s3"
-endpoint = "{endpoint}"
-region = "{region}"
-bucket = "{bucket}"
-prefix = "{short}/"
-flavor = "garage"
-credentials_file = "{credentials}"
-verify = "{mode}"
+            r#"verify = "{mode}"
 
 [[policy]]
 name = "to-{short}"
@@ -132,11 +129,7 @@ from = "hub"
 to = "s3-{short}"
 action = "move"
 after = "0s"
-"#,
-            endpoint = topology.s3.endpoint,
-            region = topology.s3.region,
-            bucket = topology.s3.bucket,
-            credentials = topology.s3.credentials_file().display(),
+"#
         );
     }
     let config = topology.write_config(&extra);

@@ -327,6 +327,26 @@ impl Tiers {
     }
 }
 
+/// The TOML of one more S3 tier `name` on the topology's Garage bucket, under `prefix`, at
+/// `endpoint` (the topology's own, or one that fails on purpose).
+pub fn s3_tier_toml(topology: &Topology, name: &str, endpoint: &str, prefix: &str) -> String {
+    format!(
+        r#"
+[tiers.{name}]
+kind = "s3"
+endpoint = "{endpoint}"
+region = "{region}"
+bucket = "{bucket}"
+prefix = "{prefix}"
+flavor = "garage"
+credentials_file = "{credentials}"
+"#,
+        region = topology.s3.region,
+        bucket = topology.s3.bucket,
+        credentials = topology.s3.credentials_file().display(),
+    )
+}
+
 /// Puts `data` as `bucket`/`name` straight into the hub tier (creating the bucket).
 pub async fn put_hub(tiers: &Tiers, bucket: &str, name: &str, data: &[u8]) {
     let store = tiers.hub_tier.ensure_bucket(bucket).await.unwrap();
