@@ -410,7 +410,24 @@ impl UploadHandler {
         }
 
         if job.action == Action::Move {
-            let others = transfers_elsewhere(&self.system.config.policies, job, info);
+            // Not before every other transfer of this object has its copy (the manager waits
+            // for them too, once this upload is recorded; this is the check at the last step).
+            let attributes = cim_tiering::jetstream::scan::Attributes::of(info);
+            let object = cim_policies::Object {
+                bucket,
+                name,
+                size,
+                age: Duration::ZERO, // not looked at
+                metadata: Some(&attributes.metadata),
+                headers: Some(&attributes.headers),
+                last_read: None,
+            };
+            let others = cim_policies::evaluate::transfers_elsewhere(
+                &self.system.config.policies,
+                &job.from,
+                &object,
+                &job.to,
+            );
             if !others.is_empty() {
                 // Read again: the other copies may have landed while this one uploaded.
                 let entry = catalog.get(bucket, name).await?;
@@ -544,45 +561,4 @@ impl Handler for UploadHandler {
             }),
         }
     }
-}
-
-/// The other transfers that evicting the source for `job` (a `move`) must wait for: every
-/// `copy` or `move` from the same tier to another destination that applies to this version —
-/// bucket and conditions hold; its age aside, as it may not be due yet. Transfers to different
-/// destinations decide independently (see `cim_policies::evaluate`), so they are queued side by
-/// side; evicting before the others' copies are verified would leave them nothing to read, and
-/// the object with fewer copies than the policies declare. `expire` policies are left out (they
-/// copy nothing, and would overrule the others here). Reads are not looked up: an `idle`
-/// condition counts the object as never read, so a transfer is never missed. Empty in the
-/// common case of one destination, so the eviction then costs no catalog read more.
-fn transfers_elsewhere<'p>(
-    policies: &'p [cim_policies::Policy],
-    job: &ObjectMove,
-    info: &async_nats::jetstream::object_store::ObjectInfo,
-) -> Vec<&'p cim_policies::Policy> {
-    let transfers: Vec<&cim_policies::Policy> = policies
-        .iter()
-        .filter(|p| p.action != Action::Expire && p.to != job.to && p.acts_on(&job.from))
-        .collect();
-    if transfers.is_empty() {
-        return transfers;
-    }
-    let owned: Vec<cim_policies::Policy> = transfers.iter().map(|p| (*p).clone()).collect();
-    let attributes = cim_tiering::jetstream::scan::Attributes::of(info);
-    let object = cim_policies::Object {
-        bucket: &job.bucket,
-        name: &job.name,
-        size: info.size as u64,
-        age: Duration::MAX,
-        metadata: Some(&attributes.metadata),
-        headers: Some(&attributes.headers),
-        last_read: None,
-    };
-    let outcomes = cim_policies::evaluate::evaluate(&owned, &job.from, &object);
-    transfers
-        .into_iter()
-        .zip(&outcomes)
-        .filter(|(_, outcome)| outcome.decides())
-        .map(|(policy, _)| policy)
-        .collect()
 }

@@ -214,6 +214,58 @@ pub fn evaluate(policies: &[Policy], tier: &str, object: &Object<'_>) -> Vec<Out
     out
 }
 
+/// Whether any enabled `copy` or `move` from `tier` to a destination other than `to` covers
+/// `bucket`: the cheap per-bucket question before [`transfers_elsewhere`] per object.
+pub fn any_transfer_elsewhere(policies: &[Policy], tier: &str, bucket: &str, to: &str) -> bool {
+    policies
+        .iter()
+        .any(|p| is_transfer_elsewhere(p, tier, bucket, to))
+}
+
+fn is_transfer_elsewhere(policy: &Policy, tier: &str, bucket: &str, to: &str) -> bool {
+    policy.enabled
+        && policy.action != Action::Expire
+        && policy.to != to
+        && policy.applies_to(tier, bucket)
+}
+
+/// The transfers a `move` from `tier` to `to` waits for before it evicts its source: every
+/// `copy` or `move` from `tier` to another destination that applies to `object`, one per
+/// destination (as [`evaluate_into`] decides them). Transfers to different destinations decide
+/// independently (see the module docs), so they are queued side by side; evicting before their
+/// copies are verified would leave them nothing to read, and the object with fewer copies than
+/// the policies declare. "Applies" is bucket and conditions, not age (a transfer not due yet
+/// still gets its copy), and an `idle` condition counts the object as never read, so that the
+/// manager and the upload role, which do not see the same reads, agree and none is missed.
+/// `expire` policies are left out: they copy nothing.
+pub fn transfers_elsewhere<'p>(
+    policies: &'p [Policy],
+    tier: &str,
+    object: &Object<'_>,
+    to: &str,
+) -> Vec<&'p Policy> {
+    let transfers: Vec<&Policy> = policies
+        .iter()
+        .filter(|p| is_transfer_elsewhere(p, tier, object.bucket, to))
+        .collect();
+    if transfers.is_empty() {
+        return transfers;
+    }
+    let owned: Vec<Policy> = transfers.iter().map(|p| (*p).clone()).collect();
+    let unaged = Object {
+        age: Duration::MAX,
+        last_read: None,
+        ..*object
+    };
+    let outcomes = evaluate(&owned, tier, &unaged);
+    transfers
+        .into_iter()
+        .zip(outcomes)
+        .filter(|(_, outcome)| outcome.decides())
+        .map(|(policy, _)| policy)
+        .collect()
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -241,6 +293,33 @@ mod tests {
             headers: None,
             last_read: None,
         }
+    }
+
+    #[test]
+    fn a_move_waits_for_the_transfers_to_other_tiers_that_apply_due_or_not() {
+        let mut cold_only = transfer("cold-backup", "cold", Action::Copy, 0);
+        cold_only.conditions.min_size = Some(1_000);
+        let mut disabled = transfer("off", "elsewhere", Action::Copy, 0);
+        disabled.enabled = false;
+        let policies = [
+            transfer("backup", "backup", Action::Copy, 30 * 86_400), // not due for a month
+            transfer("backup-move", "backup", Action::Move, 0),      // same destination: one
+            transfer("tier", "s3", Action::Move, 0),                 // the move asking
+            transfer("tier-copy", "s3", Action::Copy, 0),            // its own destination
+            cold_only,                                               // a condition that misses
+            disabled,
+            transfer("gone", "*", Action::Expire, 0),
+        ];
+        let names = |found: Vec<&Policy>| found.iter().map(|p| p.name.clone()).collect::<Vec<_>>();
+        assert_eq!(
+            names(transfers_elsewhere(&policies, "hub", &at_age(0), "s3")),
+            ["backup-move"]
+        );
+        assert!(any_transfer_elsewhere(&policies, "hub", "b", "s3"));
+        assert!(!any_transfer_elsewhere(&policies, "leaf", "b", "s3"));
+        // Only the move's own destination: nothing to wait for.
+        assert!(transfers_elsewhere(&policies[2..4], "hub", &at_age(0), "s3").is_empty());
+        assert!(!any_transfer_elsewhere(&policies[2..4], "hub", "b", "s3"));
     }
 
     #[test]

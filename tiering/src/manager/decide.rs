@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use cim_policies::evaluate::{describe, BucketEvaluator, Outcome};
+use cim_policies::evaluate::{
+    any_transfer_elsewhere, describe, transfers_elsewhere, BucketEvaluator, Outcome,
+};
 use cim_policies::{Action, Object, Route, ALL_TIERS};
 
 use super::skip::{skipped, Skip};
@@ -38,6 +40,15 @@ impl Manager {
         let mut pending = Vec::new();
         let mut outcomes = Vec::with_capacity(self.system.config.policies.len());
         let evaluator = BucketEvaluator::new(&self.system.config.policies, tier.name(), bucket);
+        // Whether a move here may have to wait for transfers to other tiers (rare: asked per
+        // object only then).
+        let others = policy.action == Action::Move
+            && any_transfer_elsewhere(
+                &self.system.config.policies,
+                tier.name(),
+                bucket,
+                &policy.to,
+            );
         for (name, reason) in source.index.unreadable() {
             let e = Error::BadMeta {
                 tier: tier.name().to_string(),
@@ -173,8 +184,22 @@ impl Manager {
                             continue;
                         }
                         // A copy that is already in S3 needs nothing more; a move still needs eviction.
-                        if policy.action == Action::Copy
-                            && catalog.has(bucket, name, &policy.to, &digest)
+                        let uploaded = catalog.has(bucket, name, &policy.to, &digest);
+                        if policy.action == Action::Copy && uploaded {
+                            continue;
+                        }
+                        // ... but not before the transfers to other tiers have their copies:
+                        // nothing to queue until then (the upload role checks again).
+                        if others
+                            && uploaded
+                            && transfers_elsewhere(
+                                &self.system.config.policies,
+                                tier.name(),
+                                &object,
+                                &policy.to,
+                            )
+                            .iter()
+                            .any(|other| !catalog.has(bucket, name, &other.to, &digest))
                         {
                             continue;
                         }
