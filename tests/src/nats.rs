@@ -407,7 +407,31 @@ impl Hub {
                 Err(e) => Ok(Some(e.to_string())),
             }
         })
-        .await
+        .await?;
+        // The meta leader may see every node as current and still place nothing on them for a
+        // moment: right after start, creating an R3 bucket failed with "no suitable peers for
+        // placement" (err 10005; two tests at once in CI). With every node running, wait
+        // until a replicated stream can be placed (a probe, deleted again).
+        if self.nodes.iter().all(|n| n.wanted()) {
+            let probe = format!("CIM_READY_{}", free_port());
+            let replicas = self.nodes.len();
+            wait_for("hub places a replicated stream", READY_TIMEOUT, || async {
+                let config = async_nats::jetstream::stream::Config {
+                    name: probe.clone(),
+                    subjects: vec![format!("cim.ready.{probe}")],
+                    num_replicas: replicas,
+                    storage: async_nats::jetstream::stream::StorageType::Memory,
+                    ..Default::default()
+                };
+                match js.create_stream(config).await {
+                    Ok(_) => Ok(None),
+                    Err(e) => Ok(Some(e.to_string())),
+                }
+            })
+            .await?;
+            let _ = js.delete_stream(&probe).await;
+        }
+        Ok(())
     }
 
     /// Stops every node (SIGTERM, then SIGKILL after a few seconds).
