@@ -58,12 +58,8 @@ impl Manager {
             };
             skipped(policy, Skip::UndecodableMeta, &e, report);
         }
-        let recently = |name: &Arc<str>, seq: u64| {
-            source
-                .queued
-                .get(&(cx.position, name.clone()))
-                .is_some_and(|q| q.covers(seq, now))
-        };
+        let recently =
+            |name: &Arc<str>, seq: u64| source.queued_recently(cx.position, name, seq, now);
         for (name, meta) in source.index.objects() {
             match meta.kind {
                 // User deletes go on to S3 at once, whatever the policy's age: a deleted object
@@ -254,10 +250,7 @@ impl Manager {
             other.action == Action::Copy
                 && other.from == cx.policy.from
                 && other.to == cx.policy.to
-                && bucket
-                    .queued
-                    .get(&(position, p.name.clone()))
-                    .is_some_and(|q| q.covers(p.queued.seq, now))
+                && bucket.queued_recently(position, &p.name, p.queued.seq, now)
         })
     }
 }

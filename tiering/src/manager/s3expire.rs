@@ -120,11 +120,7 @@ impl Manager {
                     continue;
                 }
                 due.add(copy.size, copy.age.saturating_sub(policy.after));
-                if queued
-                    .queued
-                    .get(&(cx.position, name.clone()))
-                    .is_some_and(|q| q.covers(copy.seq, now))
-                {
+                if queued.queued_recently(cx.position, &name, copy.seq, now) {
                     continue;
                 }
                 let why = self.dry.then(|| {

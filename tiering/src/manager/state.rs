@@ -103,6 +103,20 @@ impl State {
 }
 
 impl BucketState {
+    /// Whether policy `position` queued version `seq` of `name` recently enough not to queue it
+    /// again (see [`Queued::covers`]).
+    pub fn queued_recently(
+        &self,
+        position: usize,
+        name: &Arc<str>,
+        seq: u64,
+        now: Instant,
+    ) -> bool {
+        self.queued
+            .get(&(position, name.clone()))
+            .is_some_and(|q| q.covers(seq, now))
+    }
+
     /// Brings the index up to date (see [`crate::jetstream::scan`]): what was written since the
     /// last pass; when the bucket holds fewer metas than indexed, re-reads the objects queued
     /// for eviction and, if that does not account for all of them, the whole bucket.
