@@ -412,23 +412,23 @@ impl UploadHandler {
         if job.action == Action::Move {
             // Not before every other transfer of this object has its copy (the manager waits
             // for them too, once this upload is recorded; this is the check at the last step).
-            let attributes = cim_tiering::jetstream::scan::Attributes::of(info);
-            let object = cim_policies::Object {
-                bucket,
-                name,
-                size,
-                age: Duration::ZERO, // not looked at
-                metadata: Some(&attributes.metadata),
-                headers: Some(&attributes.headers),
-                last_read: None,
-            };
-            let others = cim_policies::evaluate::transfers_elsewhere(
-                &self.system.config.policies,
-                &job.from,
-                &object,
-                &job.to,
-            );
-            if !others.is_empty() {
+            // Asked per object only when another destination covers the bucket at all.
+            let policies = &self.system.config.policies;
+            if cim_policies::evaluate::any_transfer_elsewhere(policies, &job.from, bucket, &job.to)
+            {
+                let attributes = cim_tiering::jetstream::scan::Attributes::of(info);
+                let object = cim_policies::Object {
+                    bucket,
+                    name,
+                    size,
+                    age: Duration::ZERO, // not looked at
+                    metadata: Some(&attributes.metadata),
+                    headers: Some(&attributes.headers),
+                    last_read: None,
+                };
+                let others = cim_policies::evaluate::transfers_elsewhere(
+                    policies, &job.from, &object, &job.to,
+                );
                 // Read again: the other copies may have landed while this one uploaded.
                 let entry = catalog.get(bucket, name).await?;
                 let missing = others
