@@ -217,6 +217,18 @@ impl NatsServer {
         }
     }
 
+    /// The last sequence of stream `name` in this node's own store (its `/jsz`); `None` if
+    /// the node does not answer or holds no such stream.
+    pub async fn last_sequence(&self, name: &str) -> Option<u64> {
+        let jsz = self.monitor_json("/jsz?streams=true").await.ok()?;
+        jsz["account_details"]
+            .as_array()?
+            .iter()
+            .flat_map(|account| account["stream_detail"].as_array().into_iter().flatten())
+            .find(|stream| stream["name"] == name)?["state"]["last_seq"]
+            .as_u64()
+    }
+
     /// Connects an async-nats client to this server only.
     pub async fn connect(&self) -> anyhow::Result<async_nats::Client> {
         async_nats::ConnectOptions::new()
@@ -295,6 +307,39 @@ impl Hub {
             .connect(self.client_urls())
             .await
             .context("connect to the hub")
+    }
+
+    /// Waits until every running hub node holds stream `stream` up to the last sequence its
+    /// leader reports now. A write is acknowledged once two of three replicas have it, and
+    /// direct gets (the object store's reads and listings) may be answered by the third: read
+    /// right after writes on a loaded machine, objects are "not found", missing from a listing,
+    /// or end early.
+    pub async fn settle(
+        &self,
+        js: &async_nats::jetstream::Context,
+        stream: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let last = js
+            .get_stream(stream)
+            .await?
+            .info()
+            .await?
+            .state
+            .last_sequence;
+        crate::wait_until(
+            &format!("every hub replica of stream {stream} at sequence {last}"),
+            timeout,
+            || async {
+                for node in self.nodes.iter().filter(|n| n.wanted()) {
+                    if node.last_sequence(stream).await.unwrap_or(0) < last {
+                        return false;
+                    }
+                }
+                true
+            },
+        )
+        .await
     }
 
     /// The index in [`Hub::nodes`] of the node with `server_name` `name`.

@@ -414,43 +414,15 @@ async fn stored_chunks(js: &jetstream::Context, bucket: &str, nuid: &str) -> any
     Ok(subjects.iter().map(|(_, n)| *n as u64).sum())
 }
 
-/// Waits (untimed) until every hub node holds the bucket's stream up to the leader's last
-/// sequence. A put is acknowledged once two of three replicas have it, and direct gets (and,
-/// as seen here, async-nats' own reads) may be answered by the third: read right after the
-/// puts on a loaded machine, objects were "not found" or ended early ("wrong digest").
+/// Waits until every hub node holds the bucket's stream up to the leader's last sequence
+/// (see [`cim_tests::Hub::settle`]: reads right after the puts may be answered by the third
+/// replica, which the acknowledgements did not wait for).
 pub(crate) async fn settle(env: &Env, js: &jetstream::Context, bucket: &str) -> anyhow::Result<()> {
-    let name = stream_name(bucket);
-    let last = js
-        .get_stream(&name)
-        .await?
-        .info()
-        .await?
-        .state
-        .last_sequence;
-    cim_tests::wait_until(
-        "raw-nats: bucket replicas in sync",
-        REPLY_TIMEOUT,
-        || async {
-            for node in &env.topology.hub.nodes {
-                if node_last_sequence(node, &name).await.unwrap_or(0) < last {
-                    return false;
-                }
-            }
-            true
-        },
-    )
-    .await
-}
-
-/// The last sequence of stream `name` in `node`'s own store, from its `/jsz`.
-async fn node_last_sequence(node: &cim_tests::NatsServer, name: &str) -> Option<u64> {
-    let jsz = node.monitor_json("/jsz?streams=true").await.ok()?;
-    jsz["account_details"]
-        .as_array()?
-        .iter()
-        .flat_map(|account| account["stream_detail"].as_array().into_iter().flatten())
-        .find(|stream| stream["name"] == name)?["state"]["last_seq"]
-        .as_u64()
+    env.topology
+        .hub
+        .settle(js, &stream_name(bucket), REPLY_TIMEOUT)
+        .await
+        .context("raw-nats: bucket replicas in sync")
 }
 
 /// Reads one object: its meta, then its chunks, counting bytes; the count must equal the size

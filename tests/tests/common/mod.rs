@@ -171,8 +171,13 @@ impl Roles {
         }
     }
 
-    /// Starts the upload role again (after a kill), on the same metrics port.
+    /// Starts the upload role again on the same metrics port (and so with the same config
+    /// file, read anew). A role still running is stopped first (SIGTERM): two would contend
+    /// for the port, and the new one would exit.
     pub fn restart_upload(&mut self) {
+        if self.upload.is_running() {
+            let _ = self.upload.sigterm_and_wait(Duration::from_secs(10));
+        }
         self.upload = spawn_role(
             "cim-gateway",
             "upload",
