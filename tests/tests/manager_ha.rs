@@ -155,3 +155,40 @@ async fn the_standby_takes_over_when_the_leader_is_killed_and_nothing_moves_twic
     .await;
     result.unwrap_or_else(|e| panic!("{e:#}\n{}", b.log()));
 }
+
+/// A role started while the hub has no JetStream quorum yet — two of three nodes down, as
+/// during a site's restart, so every bucket lookup is refused ("temporarily unavailable") or
+/// unanswered — asks again (the start-up retry) instead of exiting; once the nodes are back it
+/// opens its buckets and leads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_role_started_before_the_hub_has_a_quorum_waits_for_it() {
+    let mut topology = Topology::start().await.unwrap();
+    let config = topology.write_config(common::HUB_TO_S3);
+    topology.hub.nodes[1].stop();
+    topology.hub.nodes[2].stop();
+    let port = free_port();
+    let manager = spawn_role(
+        "cim-storage",
+        "run",
+        &config,
+        port,
+        &topology.dir().join("manager-forming.log"),
+    );
+    let waiting = wait_until(
+        "the manager retries its start-up",
+        Duration::from_secs(20),
+        || async { manager.log().contains("transient failure; retrying") },
+    )
+    .await;
+    waiting.unwrap_or_else(|e| panic!("{e:#}\n{}", manager.log()));
+    assert!(manager.is_running(), "{}", manager.log());
+
+    topology.hub.nodes[2].start().unwrap();
+    wait_gauge(
+        port,
+        1.0,
+        "the manager leads once the node is back",
+        &[&manager],
+    )
+    .await;
+}

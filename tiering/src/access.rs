@@ -76,19 +76,20 @@ impl AccessLog {
     async fn opened(&self) -> Result<&Opened, Error> {
         self.opened
             .get_or_try_init(|| async {
-                let kv = match deadline(self.js.get_key_value(&self.bucket)).await {
-                    Some(Ok(kv)) => kv,
-                    _ => deadline(self.js.create_key_value(kv::Config {
+                // Lookup and create bounded together: a read waits no longer for its record.
+                let kv = deadline(crate::jetstream::kv::open_or_create(
+                    &self.js,
+                    kv::Config {
                         bucket: self.bucket.clone(),
                         description: "cim access records: when each object was last read".into(),
                         history: 1,
                         num_replicas: self.replicas,
                         ..Default::default()
-                    }))
-                    .await
-                    .ok_or_else(|| self.error("open", "", "no answer within the deadline"))?
-                    .map_err(|e| self.error("open", "", e))?,
-                };
+                    },
+                ))
+                .await
+                .ok_or_else(|| self.error("open", "", "no answer within the deadline"))?
+                .map_err(|e| self.error("open", "", e))?;
                 let direct = (!kv.use_jetstream_prefix).then(|| {
                     DirectGet::with_api_prefix(
                         self.js.client(),

@@ -184,19 +184,18 @@ impl Catalog {
             key: bucket.to_string(),
             source,
         };
-        let kv = match js.get_key_value(bucket).await {
-            Ok(kv) => kv,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: bucket.to_string(),
-                    description: "cim catalog: verified copies per object".into(),
-                    history: 5,
-                    num_replicas: replicas,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| err(Box::new(e)))?,
-        };
+        let kv = crate::jetstream::kv::open_or_create(
+            js,
+            kv::Config {
+                bucket: bucket.to_string(),
+                description: "cim catalog: verified copies per object".into(),
+                history: 5,
+                num_replicas: replicas,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(err)?;
         let direct = (!kv.use_jetstream_prefix).then(|| {
             DirectGet::with_api_prefix(js.client(), "$JS.API", &kv.stream_name, "catalog", bucket)
         });

@@ -91,20 +91,19 @@ impl Leases {
         ttl: Duration,
         replicas: usize,
     ) -> Result<Leases, Error> {
-        let kv = match js.get_key_value(bucket).await {
-            Ok(kv) => return Ok(Leases { kv, ttl }),
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: bucket.to_string(),
-                    description: description.to_string(),
-                    history: 1,
-                    max_age: ttl,
-                    num_replicas: replicas,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| lease_error("open", bucket, e))?,
-        };
+        let kv = crate::jetstream::kv::open_or_create(
+            js,
+            kv::Config {
+                bucket: bucket.to_string(),
+                description: description.to_string(),
+                history: 1,
+                max_age: ttl,
+                num_replicas: replicas,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| lease_error("open", bucket, e))?;
         let deadline = tokio::time::Instant::now() + READY_WAIT;
         loop {
             match kv.entry("ready-probe").await {

@@ -241,27 +241,21 @@ impl StatusBucket {
     /// Opens the status bucket on the control plane `js`, creating it (with `replicas`, and
     /// per-message TTLs allowed) if needed.
     pub async fn open(js: &jetstream::Context, replicas: usize) -> Result<StatusBucket, Error> {
-        let kv = match deadline("open", STATUS_BUCKET, js.get_key_value(STATUS_BUCKET)).await {
-            Ok(kv) => kv,
-            Err(_) => {
-                deadline(
-                    "create",
-                    STATUS_BUCKET,
-                    js.create_key_value(kv::Config {
-                        bucket: STATUS_BUCKET.to_string(),
-                        description: "cim status: role heartbeats, one-shot commands' counters"
-                            .into(),
-                        history: 1,
-                        num_replicas: replicas,
-                        // Allows per-message TTLs (heartbeats); an expired heartbeat leaves a
-                        // delete marker for this long, so watchers see it go.
-                        limit_markers: Some(HEARTBEAT_TTL),
-                        ..Default::default()
-                    }),
-                )
-                .await?
-            }
-        };
+        let kv = crate::jetstream::kv::open_or_create(
+            js,
+            kv::Config {
+                bucket: STATUS_BUCKET.to_string(),
+                description: "cim status: role heartbeats, one-shot commands' counters".into(),
+                history: 1,
+                num_replicas: replicas,
+                // Allows per-message TTLs (heartbeats); an expired heartbeat leaves a delete
+                // marker for this long, so watchers see it go.
+                limit_markers: Some(HEARTBEAT_TTL),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| status_error("open", STATUS_BUCKET, e))?;
         Ok(StatusBucket { kv, js: js.clone() })
     }
 

@@ -31,6 +31,7 @@ use crate::digest::{Hasher, Sha256Digest};
 use crate::error::{Error, IntegrityFailure};
 
 pub mod direct;
+pub mod kv;
 pub mod read;
 pub mod scan;
 pub mod write;

@@ -145,19 +145,18 @@ impl WriteJournal {
         leases: Leases,
         holder: &str,
     ) -> Result<WriteJournal, Error> {
-        let kv = match control.get_key_value(WRITE_JOURNAL_BUCKET).await {
-            Ok(kv) => kv,
-            Err(_) => control
-                .create_key_value(kv::Config {
-                    bucket: WRITE_JOURNAL_BUCKET.to_string(),
-                    description: "cim write journal: object writes in progress".into(),
-                    history: 1,
-                    num_replicas: replicas,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| journal_error("open", "", e))?,
-        };
+        let kv = super::kv::open_or_create(
+            control,
+            kv::Config {
+                bucket: WRITE_JOURNAL_BUCKET.to_string(),
+                description: "cim write journal: object writes in progress".into(),
+                history: 1,
+                num_replicas: replicas,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| journal_error("open", "", e))?;
         let writer = nuid::next().to_string();
         let lease = leases
             .try_acquire(&writer_lease_key(&writer), holder)
