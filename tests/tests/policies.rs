@@ -242,6 +242,28 @@ after = "0s"
         "no log line says why the hub copy stays\n{}",
         roles.logs()
     );
+    // `explain` says so too: the move is waiting, for the backup copy.
+    let explained = Command::new(cim_bin("cim-storage"))
+        .args(["explain", "--json", "--config", config.to_str().unwrap()])
+        .args(["--bucket", bucket, "--name", "o"])
+        .output()
+        .unwrap();
+    assert!(explained.status.success(), "{}", describe(&explained));
+    let explained: serde_json::Value = serde_json::from_slice(&explained.stdout).unwrap();
+    let archive = explained["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["tier"] == "hub" && p["policy"] == "archive")
+        .unwrap_or_else(|| panic!("{explained:#}"));
+    assert_eq!(archive["outcome"], "waiting", "{explained:#}");
+    assert!(
+        archive["reason"]
+            .as_str()
+            .unwrap()
+            .contains("waits for a verified copy from policy \"backup\" (copy to tier backup)"),
+        "{explained:#}"
+    );
 
     // The backup tier becomes reachable (the real endpoint): the copy lands, then the move
     // evicts.

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use cim_policies::evaluate::{describe, evaluate, format_duration};
+use cim_policies::evaluate::{describe, evaluate, format_duration, transfers_elsewhere};
 use cim_policies::{Object, Tier};
 use serde::Serialize;
 
@@ -61,8 +61,9 @@ pub struct Considered {
     pub policy: String,
     /// `copy`, `move` or `expire`.
     pub action: String,
-    /// `decides`, `overruled`, `not-yet`, `no-match`, `other-tier`, `disabled`, or
-    /// `temporary` (a temporary copy, which no policy acts on).
+    /// `decides`, `overruled`, `not-yet`, `no-match`, `other-tier`, `disabled`,
+    /// `temporary` (a temporary copy, which no policy acts on), or `waiting` (a `move` whose
+    /// copy is verified and whose eviction waits for a transfer to another tier).
     pub outcome: &'static str,
     /// Why, for people.
     pub reason: String,
@@ -84,6 +85,7 @@ pub async fn explain(system: &System, bucket: &str, name: &str) -> Result<Explan
         Ok(None) => "never".to_owned(),
         Err(e) => format!("unknown: {e}"),
     };
+    let entry = system.catalog.get(bucket, name).await?;
     let mut copies = Vec::new();
     let mut policies = Vec::new();
     for (tier_name, tier) in &config.tiers {
@@ -171,10 +173,27 @@ pub async fn explain(system: &System, bucket: &str, name: &str) -> Result<Explan
                         describe(&config.policies, i, outcome, age)
                     ),
                 ),
-                None => (
-                    outcome.as_str(),
-                    describe(&config.policies, i, outcome, age),
-                ),
+                None => {
+                    let reason = describe(&config.policies, i, outcome, age);
+                    let wait = outcome
+                        .decides()
+                        .then(|| waits_for(config, tier_name, &object, i, entry.as_ref(), &stored))
+                        .flatten();
+                    match wait {
+                        Some(wait) if wait.own_copy => (
+                            "waiting",
+                            format!(
+                                "{reason}; its copy on {} is verified, {}",
+                                policy.to, wait.what
+                            ),
+                        ),
+                        Some(wait) => (
+                            outcome.as_str(),
+                            format!("{reason}; once uploaded, {}", wait.what),
+                        ),
+                        None => (outcome.as_str(), reason),
+                    }
+                }
             };
             policies.push(Considered {
                 tier: tier_name.clone(),
@@ -185,7 +204,6 @@ pub async fn explain(system: &System, bucket: &str, name: &str) -> Result<Explan
             });
         }
     }
-    let entry = system.catalog.get(bucket, name).await?;
     // S3 tiers: the copies the catalog records, aged as the manager ages them there.
     let on_jetstream = copies.iter().any(|c| c.state == "live");
     for e in entry
@@ -241,6 +259,56 @@ pub async fn explain(system: &System, bucket: &str, name: &str) -> Result<Explan
         last_read,
         last_read_secs: since_read.map(|d| d.as_secs()),
         policies,
+    })
+}
+
+/// Why a deciding `move` (policy `position`) keeps its source: the transfers to other tiers
+/// that have no verified copy yet, as the manager and the upload role see it
+/// ([`cim_policies::evaluate::transfers_elsewhere`]).
+struct Wait {
+    /// The move's own copy is recorded: nothing is queued until the others land.
+    own_copy: bool,
+    /// "the eviction waits for policy … (copy to tier …)".
+    what: String,
+}
+
+fn waits_for(
+    config: &cim_policies::Config,
+    tier: &str,
+    object: &Object<'_>,
+    position: usize,
+    entry: Option<&crate::catalog::Entry>,
+    stored: &crate::jetstream::StoredObject,
+) -> Option<Wait> {
+    let policy = &config.policies[position];
+    if policy.action != cim_policies::Action::Move {
+        return None;
+    }
+    let digest = stored
+        .info
+        .digest
+        .as_deref()
+        .and_then(|d| crate::digest::Sha256Digest::from_nats(d).ok())?;
+    let has = |to: &str| entry.is_some_and(|e| e.has(to, &digest));
+    let missing: Vec<String> = transfers_elsewhere(&config.policies, tier, object, &policy.to)
+        .into_iter()
+        .filter(|other| !has(&other.to))
+        .map(|other| {
+            format!(
+                "policy {:?} ({} to tier {})",
+                other.name, other.action, other.to
+            )
+        })
+        .collect();
+    if missing.is_empty() {
+        return None;
+    }
+    Some(Wait {
+        own_copy: has(&policy.to),
+        what: format!(
+            "the eviction waits for a verified copy from {}",
+            missing.join(", ")
+        ),
     })
 }
 
