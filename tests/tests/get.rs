@@ -83,7 +83,19 @@ async fn get_streams_verified_copies_from_the_nearest_tier() {
 
     let on_hub = content(2, 700_000);
     put_hub(&tiers, "archive", "hub.bin", &on_hub).await;
+    // The temporary files of two earlier gets of the same FILE: one killed outright (its pid
+    // can no longer exist: Linux pids stay below 2^22), one still running (this process).
+    let stale = dir.join(".archive-hub.bin.cim-get-4194305");
+    let running = dir.join(format!(".archive-hub.bin.cim-get-{}", std::process::id()));
+    std::fs::write(&stale, b"partial").unwrap();
+    std::fs::write(&running, b"partial").unwrap();
     assert_gets(&config, &dir, "archive", "hub.bin", &on_hub, "hub");
+    assert!(!stale.exists(), "the killed get's temporary file is left");
+    assert!(
+        running.exists(),
+        "a running get's temporary file was removed"
+    );
+    std::fs::remove_file(&running).unwrap();
 
     let in_s3 = content(3, 500_000);
     plant(&topology, "cold", "s3.bin", &in_s3, |_| {}).await;

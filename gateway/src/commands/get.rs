@@ -13,7 +13,9 @@
 //! # Never a bad byte where the user cannot tell
 //! With `-o FILE` the bytes go to a temporary file beside FILE, which is fsynced and renamed over
 //! FILE only once size and digest matched; any failure removes it and leaves FILE untouched, so
-//! a failed copy costs nothing and the next tier starts afresh. To stdout the bytes stream out
+//! a failed copy costs nothing and the next tier starts afresh. A `get` killed outright
+//! (SIGKILL, power loss) leaves its hidden temporary file; the next `get -o` of the same FILE
+//! removes those of processes that no longer run. To stdout the bytes stream out
 //! before the check at the end can pass: a failure then exits 1 with a message, and once bytes
 //! have gone out nothing falls back (it would append a second copy to the first).
 //!
@@ -126,7 +128,11 @@ pub(crate) async fn run(args: GetArgs) -> anyhow::Result<ExitCode> {
         None
     };
     let mut sink = match output {
-        Some(path) => Sink::File(FileSink::new(path)?),
+        Some(path) => {
+            let file = FileSink::new(path)?;
+            file.remove_stale().await;
+            Sink::File(file)
+        }
         None => Sink::Stdout(Counted::new(tokio::io::stdout())),
     };
     let object = format!("{bucket}/{name}");
@@ -385,13 +391,58 @@ impl FileSink {
             bail!("-o {}: not a file name", target.display());
         };
         // Hidden, and named after this process: a SIGKILLed get leaves it beside FILE, never
-        // in FILE's place.
+        // in FILE's place (and the next get of FILE removes it, see `remove_stale`).
         let temp = target.with_file_name(format!(
-            ".{}.cim-get-{}",
-            file_name.to_string_lossy(),
+            "{}{}",
+            Self::temp_prefix(file_name),
             std::process::id()
         ));
         Ok(FileSink { target, temp })
+    }
+
+    /// The temporary files of FILE are named this, then the writing process's id.
+    fn temp_prefix(file_name: &std::ffi::OsStr) -> String {
+        format!(".{}.cim-get-", file_name.to_string_lossy())
+    }
+
+    /// Removes the temporary files of FILE that `get`s killed outright left, those of processes
+    /// that no longer run (`/proc/<pid>`); a running `get` of the same FILE keeps its own. A
+    /// file that cannot be removed is reported and left: FILE itself is not at stake.
+    async fn remove_stale(&self) {
+        let (Some(dir), Some(file_name)) = (self.temp.parent(), self.target.file_name()) else {
+            return;
+        };
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        let prefix = Self::temp_prefix(file_name);
+        let Ok(mut entries) = tokio::fs::read_dir(dir).await else {
+            return;
+        };
+        while let Ok(Some(entry)) = entries.next_entry().await {
+            let name = entry.file_name();
+            let Some(pid) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix(prefix.as_str()))
+                .and_then(|pid| pid.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+                continue;
+            }
+            let path = entry.path();
+            match tokio::fs::remove_file(&path).await {
+                Ok(()) => eprintln!(
+                    "removed {}, left by a get (pid {pid}) that did not finish",
+                    path.display()
+                ),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => eprintln!("warning: could not remove {}: {e}", path.display()),
+            }
+        }
     }
 
     /// A fresh, empty temporary file.
