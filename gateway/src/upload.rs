@@ -448,7 +448,10 @@ impl UploadHandler {
                     .into());
                 }
             }
-            hub.evict(bucket, info).await?;
+            if !hub.evict(bucket, info).await? {
+                // Changed since read (its metadata): the next pass copies it again as it is.
+                return Ok(());
+            }
             catalog
                 .record_eviction(bucket, name, &digest, hub.name())
                 .await?;

@@ -227,6 +227,53 @@ after = "0s"
     roles.stop();
 }
 
+/// An object whose metadata was updated after its copy was verified is not evicted: the copies
+/// hold the old metadata, and only the hub the new. Nothing is removed (the caller records no
+/// eviction, and the next pass copies the updated object); the object as it is now evicts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eviction_keeps_an_object_whose_metadata_changed_since_it_was_read() {
+    use async_nats::jetstream::object_store::UpdateMetadata;
+
+    let topology = Topology::start().await.unwrap();
+    let client = topology.hub.connect().await.unwrap();
+    let hub = JetStreamTier::new("hub", "hub", 3, client.clone());
+    let bucket = "meta-changed";
+    let store = hub.ensure_bucket(bucket).await.unwrap();
+    let data = content(802, 300 * 1024);
+    store.put("obj", &mut data.as_slice()).await.unwrap();
+    let verified = hub.version(bucket, "obj").await.unwrap().unwrap();
+    store
+        .update_metadata(
+            "obj",
+            UpdateMetadata {
+                name: "obj".into(),
+                description: Some("updated after the copy".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+
+    assert!(!hub.evict(bucket, &verified.info).await.unwrap());
+    let now = hub.latest(bucket, "obj").await.unwrap().unwrap();
+    assert_eq!(
+        now.info.description.as_deref(),
+        Some("updated after the copy")
+    );
+    let mut read = Vec::new();
+    store
+        .get("obj")
+        .await
+        .unwrap()
+        .read_to_end(&mut read)
+        .await
+        .unwrap();
+    assert!(read == data, "the kept object's content differs");
+
+    assert!(hub.evict(bucket, &now.info).await.unwrap());
+    assert!(hub.latest(bucket, "obj").await.unwrap().is_none());
+}
+
 /// The per-object steps of an upload — read the version from the stream leader, evict it, purge
 /// its chunks — each cost the one request they need, never a stream lookup (a full stream-info
 /// request) before it; and a bucket whose stream does not exist still reads as holding nothing.

@@ -139,7 +139,10 @@ pub async fn remove_expired(system: &System, copy: &TemporaryCopy) -> Result<(),
         );
         return Ok(());
     }
-    tier.evict(bucket, &version.info).await?;
+    if !tier.evict(bucket, &version.info).await? {
+        // Changed since read (its metadata): looked at again next pass.
+        return Ok(());
+    }
     catalog
         .record_eviction(bucket, name, &digest, tier.name())
         .await?;

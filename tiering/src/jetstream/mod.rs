@@ -532,15 +532,25 @@ impl JetStreamTier {
     }
 
     /// Removes the version `info` describes from this tier *without* writing a delete marker
-    /// (see the module docs). Succeeds without doing anything when the object has meanwhile
-    /// been overwritten or deleted by a user: that newer state is theirs and stays.
-    pub async fn evict(&self, bucket: &str, info: &ObjectInfo) -> Result<(), Error> {
+    /// (see the module docs). True when that version is gone from the tier: evicted now, or
+    /// overwritten or deleted by a user meanwhile (that newer state is theirs and stays; the
+    /// old version's chunks are purged). False when nothing was removed because the object is
+    /// still this content in a changed form: its metadata, description or headers were updated
+    /// since `info` was read (same nuid, same chunks). Evicting then would leave only copies
+    /// with the old metadata; the caller records no eviction and the next pass copies the
+    /// updated object again. The chunks are purged only after the meta purge removed the
+    /// verified meta, so a metadata update or rename landing between the read and that purge
+    /// keeps its chunks. (One that read the meta before the purge and publishes after it is not
+    /// seen: async-nats' `update_metadata` publishes without an expected sequence.)
+    pub async fn evict(&self, bucket: &str, info: &ObjectInfo) -> Result<bool, Error> {
         // A bucket whose stream is gone fails the meta read below, as its lookup used to.
         let stream = self.stream_handle(bucket).await?;
         let meta = meta_subject(bucket, &info.name);
         let last = match stream.get_last_raw_message_by_subject(&meta).await {
             Ok(message) => message,
-            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => return Ok(()),
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {
+                return Ok(true)
+            }
             Err(e) => {
                 return Err(Error::object_op(
                     "read meta",
@@ -553,19 +563,32 @@ impl JetStreamTier {
         };
         let current: ObjectInfo = serde_json::from_slice(&last.payload)
             .map_err(|e| Error::object_op("decode meta", &self.name, bucket, &info.name, e))?;
+        if current.nuid == info.nuid && !current.deleted && !same_user_state(&current, info) {
+            tracing::info!(bucket, object = %info.name, tier = %self.name, "metadata changed since the copy was verified; keeping the object");
+            return Ok(false);
+        }
         if current.nuid == info.nuid && !current.deleted {
             // Only meta messages up to the one we verified; a newer put survives.
-            stream
+            let purged = stream
                 .purge()
                 .filter(meta.clone())
                 .sequence(last.sequence + 1)
                 .await
-                .map_err(|e| Error::object_op("purge meta", &self.name, bucket, &info.name, e))?;
+                .map_err(|e| Error::object_op("purge meta", &self.name, bucket, &info.name, e))?
+                .purged;
+            if purged == 0 {
+                // Gone since we read it: rolled up by a metadata update or a rename, which keep
+                // the nuid (so the chunks are someone's again), or by a delete, which purges
+                // the chunks itself. The chunks stay; the next pass sees what is there now.
+                tracing::info!(bucket, object = %info.name, tier = %self.name, "meta changed while evicting; the chunks stay");
+                return Ok(false);
+            }
         } else {
             tracing::info!(bucket, object = %info.name, tier = %self.name, "object changed since it was verified; keeping the new version");
         }
         // The chunks of the verified version are ours to drop either way (a newer version has a new nuid).
-        self.purge_chunks(bucket, &info.name, &info.nuid).await
+        self.purge_chunks(bucket, &info.name, &info.nuid).await?;
+        Ok(true)
     }
 
     /// Deletes the version `current` (the object's latest meta, at stream sequence `seq`) as a
@@ -675,6 +698,16 @@ pub fn bucket_stream_config(
 /// Whether the server answered a request naming a stream with "stream not found" (10059).
 pub(crate) fn is_stream_not_found(error: &jetstream::Error) -> bool {
     error.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+}
+
+/// Whether two metas of one version (same nuid) say the same about it beyond its content: name,
+/// description, metadata, headers and options, what `update_metadata` and renames change.
+fn same_user_state(a: &ObjectInfo, b: &ObjectInfo) -> bool {
+    a.name == b.name
+        && a.description == b.description
+        && a.metadata == b.metadata
+        && a.headers == b.headers
+        && a.options == b.options
 }
 
 /// True for objects the system moves: not deleted, not links.

@@ -190,7 +190,10 @@ impl MirrorHandler {
         metrics::transferred(leaf.name(), hub.name(), size, started.elapsed());
 
         if job.action == cim_policies::Action::Move {
-            leaf.evict(bucket, &leaf_info).await?;
+            if !leaf.evict(bucket, &leaf_info).await? {
+                // Changed since read (its metadata): the next pass verifies it again.
+                return Ok(());
+            }
             catalog
                 .record_eviction(bucket, name, &digest, leaf.name())
                 .await?;
@@ -250,7 +253,10 @@ impl MirrorHandler {
                 return Ok(());
             }
         } else {
-            tier.evict(bucket, &current.info).await?;
+            if !tier.evict(bucket, &current.info).await? {
+                // Changed since read (its metadata): the next pass decides again.
+                return Ok(());
+            }
             if let Ok(digest) = ingest_digest(tier.name(), bucket, &current.info) {
                 self.system
                     .catalog
