@@ -274,6 +274,15 @@ pub struct Deletion {
 }
 
 impl Manifest {
+    /// Whether this manifest says what `info` says of the object beyond its content: the
+    /// description, metadata and headers a user can update without writing the content again
+    /// (an object-store `update_metadata` keeps the nuid and the chunks).
+    pub fn describes(&self, info: &async_nats::jetstream::object_store::ObjectInfo) -> bool {
+        self.description == info.description
+            && self.metadata == info.metadata
+            && self.headers == info.headers
+    }
+
     /// True for a tombstone (the object was deleted).
     pub fn is_deleted(&self) -> bool {
         self.deleted.is_some()

@@ -335,11 +335,13 @@ impl UploadHandler {
             return Ok(());
         }
         let recorded = entry.is_some_and(|entry| entry.has(&job.to, &digest));
+        // The content alone is not enough: metadata updated since the last upload (a `copy`
+        // long ago, then a `move`) must reach S3 before the source goes. The blob is reused.
         let manifest_present = recorded
             && store
                 .get_manifest(bucket, name)
                 .await?
-                .is_some_and(|m| m.digest == digest);
+                .is_some_and(|m| m.digest == digest && m.describes(info));
 
         if !manifest_present {
             // Held until the blob is verified; dropped on error (released in the background).

@@ -290,3 +290,83 @@ after = "0s"
         panic!("{e:#}\ncatalog: {catalog:?}\n{}", roles.logs());
     }
 }
+
+/// Backup now, tier later, and the user annotates in between: the `copy` uploads the object,
+/// its metadata is updated on the hub (same content, same nuid), then a `move` takes it off the
+/// hub. The S3 copy left must carry the updated metadata — before, the move found the content
+/// already uploaded and evicted the hub copy, and the update was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_metadata_update_after_the_backup_reaches_s3_before_the_move_evicts() {
+    use async_nats::jetstream::object_store::UpdateMetadata;
+
+    let topology = Topology::start().await.unwrap();
+    let backup = r#"
+[[policy]]
+name = "backup"
+buckets = ["annotated"]
+from = "hub"
+to = "s3"
+action = "copy"
+after = "0s"
+"#;
+    let tiers = Tiers::connect(&topology).await;
+    let bucket = "annotated";
+    let data = content(70, 5000);
+    put_hub(&tiers, bucket, "o", &data).await;
+    let mut roles = Roles::start(&topology, &topology.write_config(backup));
+    let backed_up = wait_until("backed up", Duration::from_secs(60), || async {
+        common::current_manifest(&topology, bucket, "o")
+            .await
+            .is_some()
+    })
+    .await;
+    backed_up.unwrap_or_else(|e| panic!("{e:#}\n{}", roles.logs()));
+    roles.stop();
+
+    let store = tiers.hub.get_object_store(bucket).await.unwrap();
+    store
+        .update_metadata(
+            "o",
+            UpdateMetadata {
+                name: "o".into(),
+                // async-nats 0.51's update_metadata changes the name and the description only
+                // (its metadata and headers fields are not applied); a client that publishes
+                // the meta itself can change those too, which `Manifest::describes` compares.
+                description: Some("annotated after the backup".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+
+    let tier = format!(
+        "{backup}
+[[policy]]
+name = \"tier\"
+buckets = [\"annotated\"]
+from = \"hub\"
+to = \"s3\"
+action = \"move\"
+after = \"0s\"
+"
+    );
+    let roles = Roles::start(&topology, &topology.write_config(&tier));
+    let moved = wait_until("moved off the hub", Duration::from_secs(60), || async {
+        Tiers::names(&tiers.hub_tier, bucket).await.is_empty()
+    })
+    .await;
+    moved.unwrap_or_else(|e| panic!("{e:#}\n{}", roles.logs()));
+    let manifest = common::current_manifest(&topology, bucket, "o")
+        .await
+        .unwrap();
+    assert_eq!(
+        manifest["description"],
+        "annotated after the backup",
+        "{manifest:#}\n{}",
+        roles.logs()
+    );
+    assert_eq!(
+        tiers.catalog_locations(bucket).await.get("o"),
+        Some(&vec!["s3".to_string()])
+    );
+}
