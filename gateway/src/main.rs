@@ -14,6 +14,7 @@ use cim_gateway::versions::{delete_s3_only, Tombstoned};
 use cim_policies::{Config, Route, Tier};
 use cim_tiering::cli::LogFormat;
 use cim_tiering::lease::Leases;
+use cim_tiering::retry::{retry, Backoff};
 use cim_tiering::work::Role;
 use cim_tiering::{cli, metrics, push, status, System};
 use clap::{Args, Parser, Subcommand};
@@ -342,7 +343,11 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let system = System::connect(config, "cim-gateway gc")
                 .await
                 .context("connecting to nats")?;
-            let leases = Leases::open(system.control(), system.config.nats.replicas).await?;
+            let replicas = system.config.nats.replicas;
+            let leases = retry("open leases", Backoff::STARTUP, || {
+                Leases::open(system.control(), replicas)
+            })
+            .await?;
             let store = connect_s3(&s3_name, &s3_config).await?;
             let report = gc::collect(&store, &leases, s3_config.retention, dry_run).await?;
             let verb = if dry_run { "would remove" } else { "removed" };

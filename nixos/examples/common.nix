@@ -14,6 +14,8 @@ _:
         kind = "jetstream";
         url = "nats://leaf1:4222";
         domain = "leaf";
+        # An edge leaf node: a policy that sends data into it is rejected.
+        role = "leaf";
       };
       hub = {
         kind = "jetstream";

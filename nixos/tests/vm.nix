@@ -46,6 +46,7 @@ let
           url = "nats://leaf:4222";
           domain = "leaf";
           replicas = 1;
+          role = "leaf";
         };
         hub = {
           kind = "jetstream";

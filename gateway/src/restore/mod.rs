@@ -77,6 +77,7 @@ use cim_tiering::jetstream::{ingest_digest, is_live, JetStreamTier, StoredObject
 use cim_tiering::lease::Leases;
 use cim_tiering::metrics::{self, RestoreOutcome};
 use cim_tiering::progress::Progress;
+use cim_tiering::retry::{retry, Backoff};
 use cim_tiering::System;
 use futures::StreamExt;
 use tracing::Instrument;
@@ -213,13 +214,16 @@ impl Restorer {
                  nats without staging on disk"
             );
         }
-        let leases = Leases::open(system.control(), system.config.nats.replicas).await?;
-        let journal = WriteJournal::open(
-            system.control(),
-            system.config.nats.replicas,
-            leases,
-            &format!("cim-gateway restore (pid {})", std::process::id()),
-        )
+        // Retried like a role's start: a cluster still forming (or slow to answer) is waited for.
+        let replicas = system.config.nats.replicas;
+        let leases = retry("open leases", Backoff::STARTUP, || {
+            Leases::open(system.control(), replicas)
+        })
+        .await?;
+        let holder = format!("cim-gateway restore (pid {})", std::process::id());
+        let journal = retry("open write journal", Backoff::STARTUP, || {
+            WriteJournal::open(system.control(), replicas, leases.clone(), &holder)
+        })
         .await?;
         restorer.journal = Some(journal);
         Ok(restorer)

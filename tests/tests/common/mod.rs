@@ -9,6 +9,7 @@ use async_nats::jetstream::{self, object_store};
 use cim_tests::{cim_bin, free_port, wait_until, RoleProcess, Topology};
 use cim_tiering::catalog::{Catalog, Entry};
 use cim_tiering::jetstream::JetStreamTier;
+use cim_tiering::retry::{retry, Backoff};
 use tokio::io::AsyncReadExt;
 
 /// Deterministic, poorly compressible content (xorshift), so compression cannot hide bugs.
@@ -257,7 +258,13 @@ impl Tiers {
         let hub_client = topology.hub.connect().await.unwrap();
         let leaf = jetstream::new(leaf_client.clone());
         let hub = jetstream::new(hub_client.clone());
-        let catalog = Catalog::open(&hub, "cim_catalog", 3).await.unwrap();
+        // As the roles do: on a loaded machine the meta leader can count a peer offline for a
+        // moment right after the topology came up, and refuse an R3 bucket (err 10005).
+        let catalog = retry("open catalog", Backoff::STARTUP, || {
+            Catalog::open(&hub, "cim_catalog", 3)
+        })
+        .await
+        .unwrap();
         Tiers {
             leaf,
             hub,
@@ -354,7 +361,12 @@ credentials_file = "{credentials}"
 
 /// Puts `data` as `bucket`/`name` straight into the hub tier (creating the bucket).
 pub async fn put_hub(tiers: &Tiers, bucket: &str, name: &str, data: &[u8]) {
-    let store = tiers.hub_tier.ensure_bucket(bucket).await.unwrap();
+    // Retried as a role's work item would be (see `Tiers::connect`).
+    let store = retry("create bucket", Backoff::STARTUP, || {
+        tiers.hub_tier.ensure_bucket(bucket)
+    })
+    .await
+    .unwrap();
     let mut reader = data;
     store.put(name, &mut reader).await.unwrap();
 }
