@@ -40,7 +40,7 @@ async fn upload_killed_between_meta_and_chunk_purge_leaves_no_orphans() {
     let topology = Topology::start().await.unwrap();
     let system = system(&topology).await;
     let hub = system.jetstream_tier("hub").unwrap().clone();
-    let store = hub.ensure_bucket("crash").await.unwrap();
+    let store = common::ensure_bucket(&hub, "crash").await;
     let data = content(40, 3 * 1024 * 1024);
     let info = store.put("obj", &mut &data[..]).await.unwrap();
 
@@ -139,7 +139,7 @@ async fn a_read_whose_chunks_vanish_fails_transiently_instead_of_hanging() {
     let topology = Topology::start().await.unwrap();
     let system = system(&topology).await;
     let hub = system.jetstream_tier("hub").unwrap().clone();
-    let store = hub.ensure_bucket("vanish").await.unwrap();
+    let store = common::ensure_bucket(&hub, "vanish").await;
     let data = content(41, 1024 * 1024);
     let info = store.put("obj", &mut &data[..]).await.unwrap();
     let stream = hub

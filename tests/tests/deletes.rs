@@ -202,7 +202,7 @@ after = "0s"
         content(12, 32_000),
         content(13, 33_000),
     );
-    let store = tiers.hub_tier.ensure_bucket("arch").await.unwrap();
+    let store = common::ensure_bucket(&tiers.hub_tier, "arch").await;
     for (name, data) in [("x", &x), ("twin", &x), ("y", &y), ("w", &w), ("z", &z)] {
         store.put(name, &mut &data[..]).await.unwrap();
     }

@@ -14,7 +14,7 @@ async fn batches_of_chunks_and_of_last_metas() {
     let topology = Topology::start().await.unwrap();
     let client = topology.hub.connect().await.unwrap();
     let hub = JetStreamTier::new("hub", "hub", 3, client);
-    let store = hub.ensure_bucket("direct").await.unwrap();
+    let store = common::ensure_bucket(&hub, "direct").await;
 
     // One object of 10 chunks (async-nats writes 128 KiB chunks).
     let data = common::content(1, 10 * 128 * 1024 + 5);

@@ -52,7 +52,7 @@ async fn one_bad_object_or_bucket_never_stops_the_rest() {
 
     // "b-bad-meta": one good object, one whose meta is not JSON, one without a digest.
     let bad = "b-bad-meta";
-    let store = tiers.hub_tier.ensure_bucket(bad).await.unwrap();
+    let store = common::ensure_bucket(&tiers.hub_tier, bad).await;
     store.put("good", &mut &content(82, 100)[..]).await.unwrap();
     store
         .put("no-digest", &mut &content(83, 100)[..])
@@ -72,7 +72,7 @@ async fn one_bad_object_or_bucket_never_stops_the_rest() {
 
     // "c-fine": ordinary objects.
     let fine = "c-fine";
-    let store = tiers.hub_tier.ensure_bucket(fine).await.unwrap();
+    let store = common::ensure_bucket(&tiers.hub_tier, fine).await;
     for i in 0..3 {
         store
             .put(format!("f{i}").as_str(), &mut &content(90 + i, 1000)[..])

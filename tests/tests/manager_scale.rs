@@ -92,7 +92,7 @@ async fn the_index_follows_new_objects_overwrites_deletes_and_evictions() {
     let topology = Topology::start().await.unwrap();
     let tiers = common::Tiers::connect(&topology).await;
     let bucket = "scale-follow";
-    let store = tiers.hub_tier.ensure_bucket(bucket).await.unwrap();
+    let store = common::ensure_bucket(&tiers.hub_tier, bucket).await;
     for (i, name) in ["a", "b", "c"].iter().enumerate() {
         store
             .put(*name, &mut &content(i as u64, 100)[..])
@@ -184,7 +184,7 @@ async fn a_pass_over_thousands_of_objects_queues_each_due_object_once() {
     let topology = Topology::start().await.unwrap();
     let tiers = common::Tiers::connect(&topology).await;
     let bucket = "scale-many";
-    tiers.hub_tier.ensure_bucket(bucket).await.unwrap();
+    common::ensure_bucket(&tiers.hub_tier, bucket).await;
     let digest = Sha256Digest::of(b"").to_nats();
     let mut acks = Vec::new();
     for i in 0..OBJECTS {

@@ -46,7 +46,7 @@ enabled = false
 "#;
 
 async fn put_with_metadata(tiers: &Tiers, bucket: &str, name: &str, class: &str, data: &[u8]) {
-    let store = tiers.hub_tier.ensure_bucket(bucket).await.unwrap();
+    let store = common::ensure_bucket(&tiers.hub_tier, bucket).await;
     let meta = ObjectMetadata {
         name: name.to_string(),
         metadata: HashMap::from([("class".to_string(), class.to_string())]),

@@ -214,7 +214,7 @@ async fn a_blob_that_does_not_match_its_digest_is_refused_and_its_chunks_purged(
     // The hub holds v1; the catalog records a verified copy of it elsewhere, so --overwrite may
     // replace it with the S3 copy, v2.
     let v1 = content(600, 700_000);
-    let store = tiers.hub_tier.ensure_bucket(bucket).await.unwrap();
+    let store = common::ensure_bucket(&tiers.hub_tier, bucket).await;
     let held = store.put(name, &mut v1.as_slice()).await.unwrap();
     let v1_seq = tiers
         .hub_tier

@@ -20,7 +20,7 @@ use tokio::io::AsyncReadExt;
 async fn the_hub_copy_is_read_whole_and_in_order_by_batched_direct_gets() {
     let topology = Topology::start().await.unwrap();
     let hub = JetStreamTier::new("hub", "hub", 3, topology.hub.connect().await.unwrap());
-    let store = hub.ensure_bucket("fast-read").await.unwrap();
+    let store = common::ensure_bucket(&hub, "fast-read").await;
     // 41 chunks of 128 KiB and a bit: three batches of 16.
     let data = content(800, 5 * 1024 * 1024 + 5);
     let info = store.put("big", &mut data.as_slice()).await.unwrap();
@@ -61,7 +61,7 @@ async fn the_hub_copy_is_read_whole_and_in_order_by_batched_direct_gets() {
 async fn chunks_ending_short_are_not_ready_rather_than_corrupt() {
     let topology = Topology::start().await.unwrap();
     let hub = JetStreamTier::new("hub", "hub", 3, topology.hub.connect().await.unwrap());
-    let store = hub.ensure_bucket("fast-short").await.unwrap();
+    let store = common::ensure_bucket(&hub, "fast-short").await;
     let data = content(801, 1024 * 1024);
     let info = store.put("obj", &mut data.as_slice()).await.unwrap();
     let stream = hub
@@ -238,7 +238,7 @@ async fn eviction_keeps_an_object_whose_metadata_changed_since_it_was_read() {
     let client = topology.hub.connect().await.unwrap();
     let hub = JetStreamTier::new("hub", "hub", 3, client.clone());
     let bucket = "meta-changed";
-    let store = hub.ensure_bucket(bucket).await.unwrap();
+    let store = common::ensure_bucket(&hub, bucket).await;
     let data = content(802, 300 * 1024);
     store.put("obj", &mut data.as_slice()).await.unwrap();
     let verified = hub.version(bucket, "obj").await.unwrap().unwrap();
@@ -284,7 +284,7 @@ async fn per_object_steps_make_no_stream_lookup() {
     let topology = Topology::start().await.unwrap();
     let client = topology.hub.connect().await.unwrap();
     let hub = JetStreamTier::new("hub", "hub", 3, client.clone());
-    let store = hub.ensure_bucket("lookups").await.unwrap();
+    let store = common::ensure_bucket(&hub, "lookups").await;
     let data = content(801, 300 * 1024);
     let info = store.put("obj", &mut data.as_slice()).await.unwrap();
 

@@ -429,7 +429,7 @@ async fn an_upload_never_overwrites_a_manifest_of_a_newer_format() {
         .await
         .unwrap();
 
-    let store = hub.ensure_bucket(bucket).await.unwrap();
+    let store = common::ensure_bucket(&hub, bucket).await;
     store.put(name, &mut &content(50, 5000)[..]).await.unwrap();
     let stores = cim_gateway::upload::connect_s3_tiers(&system)
         .await

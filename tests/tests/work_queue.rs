@@ -198,7 +198,7 @@ async fn a_newer_work_item_is_left_for_a_newer_role() {
     // Then an ordinary item, queued after the future ones on the same (oldest) layout, for an
     // object on the hub.
     let data = content(12, 5000);
-    let store = tiers.hub_tier.ensure_bucket(BUCKET).await.unwrap();
+    let store = common::ensure_bucket(&tiers.hub_tier, BUCKET).await;
     let info = store.put("later", &mut &data[..]).await.unwrap();
     let item = WorkItem::Upload(ObjectMove {
         policy: "today".into(),
@@ -343,7 +343,7 @@ async fn an_item_stuck_on_a_paused_hub_server_is_abandoned_and_retried() {
     const OBJECTS: usize = 40;
     let topology = Topology::start().await.unwrap();
     let tiers = Tiers::connect(&topology).await;
-    let store = tiers.hub_tier.ensure_bucket(BUCKET).await.unwrap();
+    let store = common::ensure_bucket(&tiers.hub_tier, BUCKET).await;
     for i in 0..OBJECTS {
         let data = content(1100 + i as u64, 2 * 1024 * 1024);
         store
@@ -493,7 +493,7 @@ async fn ten_thousand_small_objects_all_arrive() {
     const OBJECTS: usize = 10_000;
     let topology = Topology::start().await.unwrap();
     let tiers = Tiers::connect(&topology).await;
-    let store = tiers.hub_tier.ensure_bucket(BUCKET).await.unwrap();
+    let store = common::ensure_bucket(&tiers.hub_tier, BUCKET).await;
     let started = std::time::Instant::now();
     let mut writers = Vec::new();
     for w in 0..8 {

@@ -359,14 +359,20 @@ credentials_file = "{credentials}"
     )
 }
 
-/// Puts `data` as `bucket`/`name` straight into the hub tier (creating the bucket).
-pub async fn put_hub(tiers: &Tiers, bucket: &str, name: &str, data: &[u8]) {
-    // Retried as a role's work item would be (see `Tiers::connect`).
-    let store = retry("create bucket", Backoff::STARTUP, || {
-        tiers.hub_tier.ensure_bucket(bucket)
+/// `tier.ensure_bucket(bucket)`, retried as a role's work item would be: on a loaded machine the
+/// meta leader can count a peer offline for a moment and refuse an R3 bucket (err 10005), or
+/// answer late (see `Tiers::connect`).
+pub async fn ensure_bucket(tier: &JetStreamTier, bucket: &str) -> object_store::ObjectStore {
+    retry("create bucket", Backoff::STARTUP, || {
+        tier.ensure_bucket(bucket)
     })
     .await
-    .unwrap();
+    .unwrap_or_else(|e| panic!("create bucket {bucket} on {}: {e}", tier.name()))
+}
+
+/// Puts `data` as `bucket`/`name` straight into the hub tier (creating the bucket).
+pub async fn put_hub(tiers: &Tiers, bucket: &str, name: &str, data: &[u8]) {
+    let store = ensure_bucket(&tiers.hub_tier, bucket).await;
     let mut reader = data;
     store.put(name, &mut reader).await.unwrap();
 }
