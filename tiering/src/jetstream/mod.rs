@@ -563,11 +563,11 @@ impl JetStreamTier {
         };
         let current: ObjectInfo = serde_json::from_slice(&last.payload)
             .map_err(|e| Error::object_op("decode meta", &self.name, bucket, &info.name, e))?;
-        if current.nuid == info.nuid && !current.deleted && !same_user_state(&current, info) {
-            tracing::info!(bucket, object = %info.name, tier = %self.name, "metadata changed since the copy was verified; keeping the object");
-            return Ok(false);
-        }
         if current.nuid == info.nuid && !current.deleted {
+            if !same_user_state(&current, info) {
+                tracing::info!(bucket, object = %info.name, tier = %self.name, "metadata changed since the copy was verified; keeping the object");
+                return Ok(false);
+            }
             // Only meta messages up to the one we verified; a newer put survives.
             let purged = stream
                 .purge()

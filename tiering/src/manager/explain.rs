@@ -284,11 +284,7 @@ fn waits_for(
     if policy.action != cim_policies::Action::Move {
         return None;
     }
-    let digest = stored
-        .info
-        .digest
-        .as_deref()
-        .and_then(|d| crate::digest::Sha256Digest::from_nats(d).ok())?;
+    let digest = crate::jetstream::ingest_digest(tier, object.bucket, &stored.info).ok()?;
     let has = |to: &str| entry.is_some_and(|e| e.has(to, &digest));
     let missing: Vec<String> = transfers_elsewhere(&config.policies, tier, object, &policy.to)
         .into_iter()
