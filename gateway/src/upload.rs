@@ -334,16 +334,33 @@ impl UploadHandler {
             tracing::debug!("version marked damaged; nothing to do until it is written again");
             return Ok(());
         }
-        let recorded = entry.is_some_and(|entry| entry.has(&job.to, &digest));
-        // The content alone is not enough: metadata updated since the last upload (a `copy`
-        // long ago, then a `move`) must reach S3 before the source goes. The blob is reused.
-        let manifest_present = recorded
+        let this = Version {
+            size,
+            digest,
+            seq: version.seq,
+        };
+        let recorded = entry.as_ref().filter(|e| e.has(&job.to, &digest));
+        // The content alone is not enough: metadata updated since the last upload (a `copy`,
+        // then an update) must reach S3 too, and before a `move` lets the source go. The blob
+        // is reused.
+        let manifest_present = recorded.is_some()
             && store
                 .get_manifest(bucket, name)
                 .await?
                 .is_some_and(|m| m.digest == digest && m.describes(info));
 
-        if !manifest_present {
+        if let (true, Some(e)) = (manifest_present, recorded) {
+            // The S3 copy already says what this version says (a restore or a repair wrote a
+            // newer meta with the same description): recorded as this version's copy, so the
+            // manager stops asking for it.
+            if !e.has_version(&job.to, &digest, version.seq) {
+                let locator = e.locations.get(&job.to).and_then(|l| l.locator.clone());
+                catalog
+                    .record_copy(bucket, name, &this, &job.to, locator)
+                    .await?;
+                tracing::debug!("s3 copy already describes this version; recorded as its copy");
+            }
+        } else {
             // Held until the blob is verified; dropped on error (released in the background).
             let lease = self.blob_lease(&job.to, &digest, job, progress).await?;
             let origin = Origin {
@@ -374,17 +391,7 @@ impl UploadHandler {
             // The catalog's compare-and-set decides which version is current: an older version
             // finishing after a newer one was recorded stays history and changes nothing.
             let committed = catalog
-                .record_copy(
-                    bucket,
-                    name,
-                    &Version {
-                        size,
-                        digest,
-                        seq: version.seq,
-                    },
-                    &job.to,
-                    Some(version_key),
-                )
+                .record_copy(bucket, name, &this, &job.to, Some(version_key))
                 .await?;
             if committed.is_none() {
                 tracing::info!(
@@ -433,9 +440,11 @@ impl UploadHandler {
                 );
                 // Read again: the other copies may have landed while this one uploaded.
                 let entry = catalog.get(bucket, name).await?;
-                let missing = others
-                    .iter()
-                    .find(|other| !entry.as_ref().is_some_and(|e| e.has(&other.to, &digest)));
+                let missing = others.iter().find(|other| {
+                    !entry
+                        .as_ref()
+                        .is_some_and(|e| e.has_version(&other.to, &digest, version.seq))
+                });
                 if let Some(other) = missing {
                     return Err(cim_tiering::Error::NotReady {
                         bucket: bucket.to_string(),

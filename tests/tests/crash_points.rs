@@ -58,6 +58,7 @@ async fn upload_killed_between_meta_and_chunk_purge_leaves_no_orphans() {
         size: data.len() as u64,
         digest: cim_tiering::digest::Sha256Digest::of(&data),
         nuid: info.nuid.clone(),
+        seq: 0,
     };
     // A copy first: S3 holds a verified copy, recorded in the catalog; the hub keeps its own.
     handler

@@ -291,6 +291,127 @@ after = "0s"
     }
 }
 
+/// A `copy` keeps its S3 copy up to date with the object's metadata: a description updated on
+/// the hub after the backup reaches the manifest (the blob is reused, the hub keeps the
+/// object), and the catalog records the S3 copy as of the updated version. An update that
+/// changes nothing a manifest holds (the same description again) writes no manifest; the
+/// S3 copy is only recorded as that version's, so the manager stops asking for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_copy_follows_a_metadata_update_on_the_hub() {
+    use async_nats::jetstream::object_store::UpdateMetadata;
+
+    let topology = Topology::start().await.unwrap();
+    let backup = r#"
+[[policy]]
+name = "backup"
+buckets = ["described"]
+from = "hub"
+to = "s3"
+action = "copy"
+after = "0s"
+"#;
+    let tiers = Tiers::connect(&topology).await;
+    let bucket = "described";
+    put_hub(&tiers, bucket, "o", &content(71, 5000)).await;
+    let roles = Roles::start(&topology, &topology.write_config(backup));
+    let backed_up = wait_until("backed up", Duration::from_secs(60), || async {
+        common::current_manifest(&topology, bucket, "o")
+            .await
+            .is_some()
+    })
+    .await;
+    backed_up.unwrap_or_else(|e| panic!("{e:#}\n{}", roles.logs()));
+    let first = common::current_manifest(&topology, bucket, "o")
+        .await
+        .unwrap();
+
+    // Both updates as a client would make them, the roles running.
+    let store = tiers.hub.get_object_store(bucket).await.unwrap();
+    let describe_as = |text: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .update_metadata(
+                    "o",
+                    UpdateMetadata {
+                        name: "o".into(),
+                        description: Some(text.into()),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+        }
+    };
+    // The S3 copy's recorded version, and the hub's current one.
+    let versions = || async {
+        let entry = tiers.catalog.get(bucket, "o").await.unwrap();
+        let on_s3 = entry.as_ref().and_then(|e| e.location_seq("s3"));
+        let on_hub = tiers
+            .hub_tier
+            .latest(bucket, "o")
+            .await
+            .unwrap()
+            .map(|l| l.seq);
+        (on_s3, on_hub)
+    };
+
+    describe_as("annotated after the backup").await;
+    let updated = wait_until("the update on s3", Duration::from_secs(60), || async {
+        common::current_manifest(&topology, bucket, "o")
+            .await
+            .is_some_and(|m| m["description"] == "annotated after the backup")
+    })
+    .await;
+    if let Err(e) = updated {
+        panic!("{e:#} {:?}\n{}", versions().await, roles.logs());
+    }
+    let second = common::current_manifest(&topology, bucket, "o")
+        .await
+        .unwrap();
+    assert_eq!(second["blob_key"], first["blob_key"], "the blob is reused");
+    let recorded = wait_until(
+        "recorded as the update's copy",
+        Duration::from_secs(30),
+        || async {
+            let (on_s3, on_hub) = versions().await;
+            on_s3.is_some() && on_s3 == on_hub
+        },
+    )
+    .await;
+    if let Err(e) = recorded {
+        panic!("{e:#} {:?}\n{}", versions().await, roles.logs());
+    }
+
+    // The same description again: a new meta, nothing new for S3.
+    describe_as("annotated after the backup").await;
+    let (before, _) = versions().await;
+    let recorded = wait_until(
+        "recorded as the new meta's copy",
+        Duration::from_secs(60),
+        || async {
+            let (on_s3, on_hub) = versions().await;
+            on_s3 != before && on_s3 == on_hub
+        },
+    )
+    .await;
+    if let Err(e) = recorded {
+        panic!("{e:#} {:?}\n{}", versions().await, roles.logs());
+    }
+    let third = common::current_manifest(&topology, bucket, "o")
+        .await
+        .unwrap();
+    assert_eq!(
+        third, second,
+        "no manifest written for an update S3 already has"
+    );
+    assert_eq!(
+        Tiers::names(&tiers.hub_tier, bucket).await,
+        vec!["o"],
+        "a copy"
+    );
+}
+
 /// Backup now, tier later, and the user annotates in between: the `copy` uploads the object,
 /// its metadata is updated on the hub (same content, same nuid), then a `move` takes it off the
 /// hub. The S3 copy left must carry the updated metadata — before, the move found the content

@@ -316,6 +316,7 @@ async fn upload_item(
         size: info.size as u64,
         digest: cim_tiering::jetstream::ingest_digest("hub", bucket, &info).unwrap(),
         nuid: info.nuid,
+        seq: 0,
     })
 }
 

@@ -210,6 +210,7 @@ async fn a_newer_work_item_is_left_for_a_newer_role() {
         size: data.len() as u64,
         digest: Sha256Digest::of(&data),
         nuid: info.nuid.clone(),
+        seq: 0,
     });
     tiers
         .hub

@@ -35,6 +35,24 @@ pub struct Location {
     /// Tier-specific locator, e.g. the S3 manifest key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locator: Option<String>,
+    /// The version (meta sequence, see [`Entry::seq`]) this copy was verified for. The same
+    /// content may be recorded under a later version — a metadata update keeps the content —
+    /// and then this copy's description, metadata and headers may be older than the entry's:
+    /// [`Entry::has_version`] tells. `None` in entries written before copies were versioned:
+    /// taken as the entry's own `seq`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+}
+
+impl Location {
+    /// A copy of `version` verified now, found at `locator`.
+    fn verified(version: &Version, locator: Option<String>) -> Location {
+        Location {
+            verified_at: now(),
+            locator,
+            seq: Some(version.seq),
+        }
+    }
 }
 
 /// The catalog's record of one object.
@@ -106,9 +124,24 @@ impl Entry {
         }
     }
 
-    /// True when `tier` holds a verified copy of exactly this digest.
+    /// True when `tier` holds a verified copy of exactly this digest (of this version or an
+    /// earlier one with the same content: see [`Entry::has_version`]).
     pub fn has(&self, tier: &str, digest: &Sha256Digest) -> bool {
         self.deleted.is_none() && &self.digest == digest && self.locations.contains_key(tier)
+    }
+
+    /// True when `tier` holds a verified copy of exactly this digest, made for version `seq` or
+    /// a later one: its description, metadata and headers are those of `seq` or newer, not
+    /// only its content.
+    pub fn has_version(&self, tier: &str, digest: &Sha256Digest, seq: u64) -> bool {
+        self.has(tier, digest) && self.location_seq(tier).is_some_and(|s| s >= seq)
+    }
+
+    /// The version `tier`'s copy was verified for, if it holds one (see [`Location::seq`]).
+    pub fn location_seq(&self, tier: &str) -> Option<u64> {
+        self.locations
+            .get(tier)
+            .map(|l| l.seq.unwrap_or(self.seq).min(self.seq))
     }
 
     /// True when this is the tombstone of a delete with sequence `seq` or a later one, which
@@ -280,10 +313,7 @@ impl Catalog {
             entry.damaged = None;
             entry.locations.insert(
                 tier.to_string(),
-                Location {
-                    verified_at: now(),
-                    locator: locator.clone(),
-                },
+                Location::verified(version, locator.clone()),
             );
             Some(entry)
         })
@@ -475,6 +505,9 @@ struct Summary {
     size: u64,
     /// Tiers holding a verified copy (bits of [`CatalogIndex::tiers`]).
     locations: u64,
+    /// Of those, the tiers whose copy was verified for an earlier version than `seq` (same
+    /// content, older description, metadata or headers: see [`Entry::has_version`]).
+    behind: u64,
     /// For a tombstone: tiers the delete reached.
     reached: u64,
     damaged: bool,
@@ -522,6 +555,22 @@ impl CatalogIndex {
         self.summary(bucket, name).is_some_and(|s| {
             !s.deleted && &s.digest == digest && s.locations & self.bits(tier) != 0
         })
+    }
+
+    /// Like [`Entry::has_version`]: `tier` holds a verified copy of exactly `digest`, made for
+    /// version `seq` or a later one.
+    pub fn has_version(
+        &self,
+        bucket: &str,
+        name: &str,
+        tier: &str,
+        digest: &Sha256Digest,
+        seq: u64,
+    ) -> bool {
+        self.has(bucket, name, tier, digest)
+            && self
+                .summary(bucket, name)
+                .is_some_and(|s| s.seq >= seq && s.behind & self.bits(tier) == 0)
     }
 
     /// Like [`Entry::is_damaged`].
@@ -619,9 +668,13 @@ impl CatalogIndex {
                 return;
             }
         };
-        let mut locations = 0;
+        let (mut locations, mut behind) = (0, 0);
         for tier in entry.locations.keys() {
-            locations |= self.bit(tier);
+            let bit = self.bit(tier);
+            locations |= bit;
+            if entry.location_seq(tier).is_some_and(|s| s < entry.seq) {
+                behind |= bit;
+            }
         }
         let mut reached = 0;
         for tier in entry.deleted.iter().flat_map(|d| d.reached.iter()) {
@@ -632,6 +685,7 @@ impl CatalogIndex {
             digest: entry.digest,
             size: entry.size,
             locations,
+            behind,
             reached,
             damaged: entry.damaged.is_some(),
             deleted: entry.deleted.is_some(),
@@ -659,19 +713,25 @@ mod tests {
             seq,
         };
         let mut recorded = entry_for(None, "b", "n", &v(b"two", 20)).unwrap();
-        recorded.locations.insert(
-            "s3".into(),
-            Location {
-                verified_at: now(),
-                locator: None,
-            },
-        );
+        recorded
+            .locations
+            .insert("s3".into(), Location::verified(&v(b"two", 20), None));
         // Older: refused, whatever its content.
         assert!(entry_for(Some(recorded.clone()), "b", "n", &v(b"one", 10)).is_none());
         assert!(entry_for(Some(recorded.clone()), "b", "n", &v(b"two", 19)).is_none());
-        // Newer with the same content keeps the verified copies; with other content starts afresh.
+        // Newer with the same content keeps the verified copies (of the content, not of the
+        // newer version's metadata); with other content starts afresh.
+        assert!(recorded.has_version("s3", &Sha256Digest::of(b"two"), 20));
         let same = entry_for(Some(recorded.clone()), "b", "n", &v(b"two", 30)).unwrap();
         assert_eq!((same.seq, same.locations.len()), (30, 1));
+        assert!(same.has("s3", &Sha256Digest::of(b"two")));
+        assert!(!same.has_version("s3", &Sha256Digest::of(b"two"), 30));
+        assert_eq!(same.location_seq("s3"), Some(20));
+        // An entry written before copies were versioned: each copy counts as of the entry's seq.
+        let mut legacy = same.clone();
+        legacy.locations.values_mut().for_each(|l| l.seq = None);
+        assert!(legacy.has_version("s3", &Sha256Digest::of(b"two"), 30));
+        assert!(!legacy.has_version("s3", &Sha256Digest::of(b"two"), 31));
         let other = entry_for(Some(recorded.clone()), "b", "n", &v(b"three", 30)).unwrap();
         assert_eq!((other.seq, other.locations.len()), (30, 0));
         // After a delete (seq 25), only a later version is recorded, and it starts afresh even
@@ -722,16 +782,22 @@ mod tests {
                 seq: 7,
             },
         );
-        entry.locations.insert(
-            "hub".into(),
-            Location {
-                verified_at: now(),
-                locator: None,
-            },
-        );
+        let v7 = Version {
+            size: 1,
+            digest,
+            seq: 7,
+        };
+        entry
+            .locations
+            .insert("hub".into(), Location::verified(&v7, None));
         let mut index = CatalogIndex::new();
         index.take("$KV.cat.", &message(1, Some(&entry)));
         assert!(index.has("b", "n", "hub", &digest));
+        assert!(index.has_version("b", "n", "hub", &digest, 7));
+        assert!(
+            !index.has_version("b", "n", "hub", &digest, 8),
+            "a newer meta"
+        );
         assert!(!index.has("b", "n", "s3", &digest));
         assert!(!index.has("b", "n", "hub", &Sha256Digest::of(b"y")));
         assert!(index.verified_elsewhere("b", "n", &digest, &["leaf"]));
@@ -748,6 +814,18 @@ mod tests {
             !index.deletion_pending("b", "other", 9, "s3"),
             "never copied"
         );
+        // The same content after a metadata update (seq 8), verified again on s3 only: the
+        // hub's copy holds the content but is behind the version.
+        let mut updated = entry.clone();
+        updated.seq = 8;
+        updated.locations.insert(
+            "s3".into(),
+            Location::verified(&Version { seq: 8, ..v7 }, None),
+        );
+        index.take("$KV.cat.", &message(2, Some(&updated)));
+        assert!(index.has_version("b", "n", "s3", &digest, 8));
+        assert!(index.has("b", "n", "hub", &digest));
+        assert!(!index.has_version("b", "n", "hub", &digest, 8));
         entry.seq = 9;
         entry.locations.clear();
         entry.deleted = Some(Deletion {

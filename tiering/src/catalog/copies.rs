@@ -130,6 +130,7 @@ mod tests {
                 Location {
                     verified_at: at.into(),
                     locator: None,
+                    seq: None,
                 },
             );
         }

@@ -2,7 +2,7 @@
 //! with the repair's own rules (see `docs/architecture.md`, "Catalog repair"). A child module
 //! of the catalog, so that it reuses its compare-and-set loop and its version rules.
 
-use super::{entry_for, now, Catalog, Entry, Location, Version};
+use super::{entry_for, Catalog, Entry, Location, Version};
 use crate::digest::Sha256Digest;
 use crate::error::Error;
 
@@ -30,13 +30,9 @@ pub fn found_copy(
         }
     }
     let mut entry = entry_for(current, bucket, name, version)?;
-    entry.locations.insert(
-        tier.to_string(),
-        Location {
-            verified_at: now(),
-            locator,
-        },
-    );
+    entry
+        .locations
+        .insert(tier.to_string(), Location::verified(version, locator));
     Some(entry)
 }
 
@@ -85,7 +81,7 @@ impl Catalog {
 
 #[cfg(test)]
 mod tests {
-    use super::super::Damage;
+    use super::super::{now, Damage};
     use super::*;
 
     #[test]

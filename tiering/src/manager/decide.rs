@@ -148,6 +148,7 @@ impl Manager {
                     size: meta.size,
                     digest,
                     nuid: meta.nuid.to_string(),
+                    seq: meta.seq,
                 };
                 match cx.route {
                     Route::LeafToCluster => {
@@ -179,8 +180,11 @@ impl Manager {
                         if catalog.deleted_after(bucket, name, meta.seq) {
                             continue;
                         }
-                        // A copy that is already in S3 needs nothing more; a move still needs eviction.
-                        let uploaded = catalog.has(bucket, name, &policy.to, &digest);
+                        // A copy already in S3 — of this version, not only of its content: a
+                        // metadata update since must reach S3 too — needs nothing more; a move
+                        // still needs eviction.
+                        let uploaded =
+                            catalog.has_version(bucket, name, &policy.to, &digest, meta.seq);
                         if policy.action == Action::Copy && uploaded {
                             continue;
                         }
@@ -195,7 +199,9 @@ impl Manager {
                                 &policy.to,
                             )
                             .iter()
-                            .any(|other| !catalog.has(bucket, name, &other.to, &digest))
+                            .any(|other| {
+                                !catalog.has_version(bucket, name, &other.to, &digest, meta.seq)
+                            })
                         {
                             continue;
                         }

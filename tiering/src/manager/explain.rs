@@ -285,7 +285,7 @@ fn waits_for(
         return None;
     }
     let digest = crate::jetstream::ingest_digest(tier, object.bucket, &stored.info).ok()?;
-    let has = |to: &str| entry.is_some_and(|e| e.has(to, &digest));
+    let has = |to: &str| entry.is_some_and(|e| e.has_version(to, &digest, stored.seq));
     let missing: Vec<String> = transfers_elsewhere(&config.policies, tier, object, &policy.to)
         .into_iter()
         .filter(|other| !has(&other.to))

@@ -244,6 +244,7 @@ mod tests {
                 size: 4096,
                 digest: Sha256Digest::of(b"x"),
                 nuid: "n".into(),
+                seq: 1,
             }),
             why: "age 2h >= after 1h".into(),
         };

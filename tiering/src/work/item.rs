@@ -74,6 +74,12 @@ pub struct ObjectMove {
     /// The version (object-store nuid) the manager saw; a different current nuid means the
     /// object changed and the manager will re-evaluate it.
     pub nuid: String,
+    /// Sequence of the meta message the manager saw (0 from managers before it was sent). A
+    /// metadata update keeps the nuid but writes a new meta: with the sequence in the item's
+    /// [`WorkItem::id`], the item for the updated object is queued at once instead of being
+    /// dropped as a duplicate of the last one for the next duplicate window.
+    #[serde(default)]
+    pub seq: u64,
 }
 
 /// A user delete of one object, to carry from tier `from` (where the delete marker is) to the
@@ -296,13 +302,14 @@ impl WorkItem {
             // A move is other work than a copy of the same version (it also evicts): with
             // one id, the move that follows a copy within the duplicate window was dropped.
             WorkItem::LeafEvict(m) | WorkItem::Upload(m) => format!(
-                "{}:{}:{}:{}:{}:{}{}",
+                "{}:{}:{}:{}:{}:{}:{}{}",
                 self.role(),
                 m.from,
                 m.to,
                 m.bucket,
                 URL_SAFE_NO_PAD.encode(&m.name),
                 m.nuid,
+                m.seq,
                 if m.action == Action::Move {
                     ":move"
                 } else {
@@ -414,6 +421,7 @@ mod tests {
             size: 3,
             digest: Sha256Digest::of(b"abc"),
             nuid: nuid.into(),
+            seq: 7,
         }
     }
 
@@ -529,6 +537,13 @@ mod tests {
             "a new version is new work"
         );
         assert_ne!(a1, WorkItem::Upload(job("b", "N1")).id());
+        let mut updated = job("a", "N1");
+        updated.seq += 1;
+        assert_ne!(
+            a1,
+            WorkItem::Upload(updated).id(),
+            "a metadata update (same nuid, new meta) is new work"
+        );
         assert_ne!(a1, WorkItem::LeafEvict(job("a", "N1")).id());
         let mut copy = job("a", "N1");
         copy.action = Action::Copy;
