@@ -13,7 +13,7 @@ use clap::Parser;
 /// Every stage's throughput beside the S3 server's own ceiling, NATS's and rclone's, in one run.
 ///
 /// Without `--full` or `--tiny` it runs the default subset (16 and 256 MiB random at
-/// concurrency 4, 1 GiB per cell, 3 repeats; small 1,000 objects and policy-eval 1,000,000
+/// concurrency 4, 1 GiB per cell, 3 repeats; small 5,000 objects and policy-eval 1,000,000
 /// objects once): about 20 minutes on 2 cores against the local servers. The role binaries
 /// are the ones next to this executable (a release build runs release roles).
 #[derive(Debug, Parser)]

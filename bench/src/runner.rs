@@ -128,11 +128,11 @@ pub struct Plan {
 
 impl Plan {
     /// The default run: 16 MiB and 256 MiB random at concurrency 4, 1 GiB per cell, 3 repeats;
-    /// `small` 1,000 objects once; `policy-eval` 1,000,000 objects once (issue 8's target 6 is
+    /// `small` 5,000 objects once; `policy-eval` 1,000,000 objects once (issue 8's target 6 is
     /// at a million: writing the metas, the manager's first scan of about 90 s and three short
-    /// passes take about 2.5 minutes). One deliberate cut to stay under 15 minutes on 2 cores:
-    /// `small` moves 1,000 objects, not 5,000 (at today's ~35 objects/s up and ~19 down, 5,000
-    /// would take 7 minutes alone). `--full` has it at full size.
+    /// passes take about 2.5 minutes). `small` moves 5,000 objects, as `--full` does (at ~100
+    /// objects/s up and ~500 down, about a minute in all; it was cut to 1,000 while the rates were
+    /// ~35 and ~19).
     ///
     /// Budget, from the first default run (256 MiB per cell, 463 s in all): per size and 1 GiB,
     /// upload 3 × 15 s, restore 3 × 19 s, replicate 3 × 18 s, the baselines ≈ 100 s, set-up puts
@@ -147,7 +147,7 @@ impl Plan {
             repeat: 3,
             min_bytes: GIB,
             min_secs: 30,
-            small_objects: 1_000,
+            small_objects: 5_000,
             policy_objects: 1_000_000,
             small_repeat: 1,
             policy_repeat: 1,
