@@ -313,7 +313,8 @@ after = "0s"
     let tiers = Tiers::connect(&topology).await;
     let bucket = "described";
     put_hub(&tiers, bucket, "o", &content(71, 5000)).await;
-    let roles = Roles::start(&topology, &topology.write_config(backup));
+    let config = topology.write_config(backup);
+    let roles = Roles::start(&topology, &config);
     let backed_up = wait_until("backed up", Duration::from_secs(60), || async {
         common::current_manifest(&topology, bucket, "o")
             .await
@@ -382,6 +383,22 @@ after = "0s"
     if let Err(e) = recorded {
         panic!("{e:#} {:?}\n{}", versions().await, roles.logs());
     }
+
+    // `explain` names the version each copy was verified for, as its copy lines do.
+    let explained = Command::new(cim_bin("cim-storage"))
+        .args(["explain", "--json", "--config", config.to_str().unwrap()])
+        .args(["--bucket", bucket, "--name", "o"])
+        .output()
+        .unwrap();
+    assert!(explained.status.success(), "{}", describe(&explained));
+    let explained: serde_json::Value = serde_json::from_slice(&explained.stdout).unwrap();
+    let hub = explained["copies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["tier"] == "hub")
+        .unwrap_or_else(|| panic!("{explained:#}"));
+    assert_eq!(explained["catalog_seq"]["s3"], hub["seq"], "{explained:#}");
 
     // The same description again: a new meta, nothing new for S3.
     describe_as("annotated after the backup").await;

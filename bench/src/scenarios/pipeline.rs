@@ -28,7 +28,6 @@ use cim_tiering::catalog::Entry;
 use cim_tiering::jetstream::JetStreamTier;
 use futures::{StreamExt as _, TryStreamExt as _};
 use sha2::{Digest as _, Sha256};
-use tokio::io::AsyncReadExt as _;
 
 use crate::data::DataSet;
 use crate::env::Env;
@@ -88,6 +87,8 @@ pub struct Prepared {
     pub config: PathBuf,
     /// SHA-256 (hex) of each object of the data set, by index.
     digests: Vec<String>,
+    /// Size of each object in bytes.
+    size: u64,
     concurrency: usize,
     /// Distinguishes the log files of successive runs on the same preparation.
     runs: usize,
@@ -129,6 +130,7 @@ pub async fn prepare(
         prefix,
         config,
         digests,
+        size: set.size,
         concurrency: concurrency.max(1),
         runs: 0,
         extra_rows: Vec::new(),
@@ -681,53 +683,45 @@ impl Prepared {
     }
 
     /// Reads every object back from the hub and compares its SHA-256 with the data set's.
+    ///
+    /// With the product's reader (batched direct gets), not async-nats' `get`: that one opens an
+    /// ordered consumer per object, and nats-server 2.15 allows a stream 1,000 consumers by
+    /// default — reading back 5,000 small objects hit it before the first consumers expired.
     async fn verify_hub(&self, hub: &JetStreamTier) -> anyhow::Result<()> {
-        let store = hub
-            .bucket(&self.bucket)
-            .await?
-            .with_context(|| format!("bucket {} does not exist on the hub", self.bucket))?;
         let names = self.names();
         futures::stream::iter(names.iter().zip(&self.digests))
-            .map(|(name, want)| {
-                let store = &store;
-                async move {
-                    // async-nats reads the object's info with a direct get, which any replica
-                    // may answer: one that lags the quorum that acknowledged the restore says
-                    // "not found" for a moment. Asked again for a few seconds before it counts.
-                    let mut tries = 0;
-                    let mut object = loop {
-                        match store.get(name.as_str()).await {
-                            Ok(object) => break object,
-                            Err(_) if tries < 50 => {
-                                tries += 1;
-                                tokio::time::sleep(Duration::from_millis(100)).await;
-                            }
-                            Err(e) => {
-                                return Err(anyhow::Error::new(e).context(format!(
-                                    "object {name} is not on the hub 5 s after restore"
-                                )))
-                            }
+            .map(|(name, want)| async move {
+                let want = cim_tiering::digest::Sha256Digest::from_hex(want)
+                    .with_context(|| format!("the data set's digest of {name}"))?;
+                // The meta is read with a direct get, which any replica may answer: one that
+                // lags the quorum that acknowledged the restore says "not found" for a moment.
+                // Asked again for a few seconds before it counts.
+                let mut tries = 0;
+                let info = loop {
+                    match hub.info(&self.bucket, name).await {
+                        Ok(Some(info)) => break info,
+                        Ok(None) | Err(_) if tries < 50 => {
+                            tries += 1;
+                            tokio::time::sleep(Duration::from_millis(100)).await;
                         }
-                    };
-                    let mut hasher = Sha256::new();
-                    let mut buf = vec![0u8; 256 * 1024];
-                    loop {
-                        let n = object
-                            .read(&mut buf)
-                            .await
-                            .with_context(|| format!("read {name}"))?;
-                        if n == 0 {
-                            break;
+                        Ok(None) => {
+                            anyhow::bail!("object {name} is not on the hub 5 s after restore")
                         }
-                        hasher.update(&buf[..n]);
+                        Err(e) => return Err(anyhow::Error::new(e).context(format!("read {name}"))),
                     }
-                    let got = hex(&hasher.finalize());
-                    anyhow::ensure!(
-                        &got == want,
-                        "object {name}: restored content differs (sha256 {got}, want {want})"
-                    );
-                    Ok(())
-                }
+                };
+                hub.read_verified(
+                    &self.bucket,
+                    &info,
+                    self.size,
+                    &want,
+                    &mut tokio::io::sink(),
+                )
+                .await
+                .with_context(|| {
+                    format!("object {name}: restored content differs or unreadable")
+                })?;
+                Ok(())
             })
             .buffer_unordered(self.concurrency)
             .try_collect::<Vec<()>>()

@@ -24,6 +24,12 @@ pub struct Explanation {
     pub copies: Vec<Copy>,
     /// The catalog's entry: tiers holding a verified copy, and when each was verified.
     pub catalog: Option<BTreeMap<String, String>>,
+    /// For each of those, the version (meta sequence, as in `copies`) the copy was verified
+    /// for: a copy verified for an earlier sequence than the cluster's live copy holds the same
+    /// content with an older description, metadata or headers, until a `copy` or `move` that
+    /// decides updates it.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub catalog_seq: BTreeMap<String, u64>,
     /// The object's last read (`get`, the ensure service; RFC 3339, the server's time of its
     /// access record), `never` if it was never read, or `unknown: <why>` if the access records
     /// could not be read.
@@ -244,6 +250,14 @@ pub async fn explain(system: &System, bucket: &str, name: &str) -> Result<Explan
             }
         }
     }
+    let catalog_seq = entry
+        .iter()
+        .flat_map(|e| {
+            e.locations
+                .keys()
+                .filter_map(|tier| Some((tier.clone(), e.location_seq(tier)?)))
+        })
+        .collect();
     let catalog = entry.map(|entry| {
         entry
             .locations
@@ -256,6 +270,7 @@ pub async fn explain(system: &System, bucket: &str, name: &str) -> Result<Explan
         name: name.to_string(),
         copies,
         catalog,
+        catalog_seq,
         last_read,
         last_read_secs: since_read.map(|d| d.as_secs()),
         policies,
@@ -329,7 +344,11 @@ impl Explanation {
             None => out.push_str("  catalog    no entry\n"),
             Some(locations) => {
                 for (tier, verified) in locations {
-                    out.push_str(&format!("  catalog    {tier}: verified {verified}\n"));
+                    out.push_str(&format!("  catalog    {tier}: verified {verified}"));
+                    if let Some(seq) = self.catalog_seq.get(tier) {
+                        out.push_str(&format!(" (for seq {seq})"));
+                    }
+                    out.push('\n');
                 }
             }
         }
