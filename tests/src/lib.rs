@@ -235,6 +235,29 @@ where
     }
 }
 
+/// Reads `reader` to its end, like tokio's `read_to_end`, for async-nats' object reader.
+///
+/// async-nats 0.51's `Object` writes a chunk into the caller's buffer and then may return an
+/// error for the same call ("wrong digest" when the chunks came from a replica that had not
+/// stored them all yet, right after a write). tokio's `read_to_end` debug-asserts that an
+/// error read nothing, so in a test build that turns a retryable error into a panic; a plain
+/// `read` loop returns the error.
+pub async fn read_object_to_end<R>(reader: &mut R) -> std::io::Result<Vec<u8>>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt as _;
+    let mut data = Vec::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = reader.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(data);
+        }
+        data.extend_from_slice(&buf[..n]);
+    }
+}
+
 /// The last `n` lines of a text file (lossy UTF-8), or a note if it cannot be read.
 pub fn tail_file(path: &Path, n: usize) -> String {
     match std::fs::read(path) {

@@ -291,6 +291,60 @@ after = "0s"
     }
 }
 
+/// A `copy` policy "backup" of `bucket` (hub → s3, at once), its object "o" (5,000 bytes of
+/// `seed`) put on the hub, the roles started and "o" backed up: the policy's TOML, the
+/// configuration file and the running roles.
+async fn backed_up(
+    topology: &Topology,
+    tiers: &Tiers,
+    bucket: &str,
+    seed: u64,
+) -> (String, std::path::PathBuf, Roles) {
+    let backup = format!(
+        r#"
+[[policy]]
+name = "backup"
+buckets = ["{bucket}"]
+from = "hub"
+to = "s3"
+action = "copy"
+after = "0s"
+"#
+    );
+    put_hub(tiers, bucket, "o", &content(seed, 5000)).await;
+    let config = topology.write_config(&backup);
+    let roles = Roles::start(topology, &config);
+    let done = wait_until("backed up", Duration::from_secs(60), || async {
+        common::current_manifest(topology, bucket, "o")
+            .await
+            .is_some()
+    })
+    .await;
+    done.unwrap_or_else(|e| panic!("{e:#}\n{}", roles.logs()));
+    (backup, config, roles)
+}
+
+/// Sets the description of the hub's object "o" of `bucket`, as a client would: the same
+/// content and nuid under a new meta. (async-nats 0.51's `update_metadata` changes the name
+/// and the description only — its metadata and headers fields are not applied; a client that
+/// publishes the meta itself can change those too, which `Manifest::describes` compares.)
+async fn describe_hub_object(tiers: &Tiers, bucket: &str, description: &str) {
+    use async_nats::jetstream::object_store::UpdateMetadata;
+
+    let store = tiers.hub.get_object_store(bucket).await.unwrap();
+    store
+        .update_metadata(
+            "o",
+            UpdateMetadata {
+                name: "o".into(),
+                description: Some(description.into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+}
+
 /// A `copy` keeps its S3 copy up to date with the object's metadata: a description updated on
 /// the hub after the backup reaches the manifest (the blob is reused, the hub keeps the
 /// object), and the catalog records the S3 copy as of the updated version. An update that
@@ -298,52 +352,16 @@ after = "0s"
 /// S3 copy is only recorded as that version's, so the manager stops asking for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_copy_follows_a_metadata_update_on_the_hub() {
-    use async_nats::jetstream::object_store::UpdateMetadata;
-
     let topology = Topology::start().await.unwrap();
-    let backup = r#"
-[[policy]]
-name = "backup"
-buckets = ["described"]
-from = "hub"
-to = "s3"
-action = "copy"
-after = "0s"
-"#;
     let tiers = Tiers::connect(&topology).await;
     let bucket = "described";
-    put_hub(&tiers, bucket, "o", &content(71, 5000)).await;
-    let config = topology.write_config(backup);
-    let roles = Roles::start(&topology, &config);
-    let backed_up = wait_until("backed up", Duration::from_secs(60), || async {
-        common::current_manifest(&topology, bucket, "o")
-            .await
-            .is_some()
-    })
-    .await;
-    backed_up.unwrap_or_else(|e| panic!("{e:#}\n{}", roles.logs()));
+    let (_, config, roles) = backed_up(&topology, &tiers, bucket, 71).await;
     let first = common::current_manifest(&topology, bucket, "o")
         .await
         .unwrap();
 
     // Both updates as a client would make them, the roles running.
-    let store = tiers.hub.get_object_store(bucket).await.unwrap();
-    let describe_as = |text: &'static str| {
-        let store = store.clone();
-        async move {
-            store
-                .update_metadata(
-                    "o",
-                    UpdateMetadata {
-                        name: "o".into(),
-                        description: Some(text.into()),
-                        ..Default::default()
-                    },
-                )
-                .await
-                .unwrap();
-        }
-    };
+    let describe_as = |text: &'static str| describe_hub_object(&tiers, bucket, text);
     // The S3 copy's recorded version, and the hub's current one.
     let versions = || async {
         let entry = tiers.catalog.get(bucket, "o").await.unwrap();
@@ -435,47 +453,12 @@ after = "0s"
 /// already uploaded and evicted the hub copy, and the update was lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_metadata_update_after_the_backup_reaches_s3_before_the_move_evicts() {
-    use async_nats::jetstream::object_store::UpdateMetadata;
-
     let topology = Topology::start().await.unwrap();
-    let backup = r#"
-[[policy]]
-name = "backup"
-buckets = ["annotated"]
-from = "hub"
-to = "s3"
-action = "copy"
-after = "0s"
-"#;
     let tiers = Tiers::connect(&topology).await;
     let bucket = "annotated";
-    let data = content(70, 5000);
-    put_hub(&tiers, bucket, "o", &data).await;
-    let mut roles = Roles::start(&topology, &topology.write_config(backup));
-    let backed_up = wait_until("backed up", Duration::from_secs(60), || async {
-        common::current_manifest(&topology, bucket, "o")
-            .await
-            .is_some()
-    })
-    .await;
-    backed_up.unwrap_or_else(|e| panic!("{e:#}\n{}", roles.logs()));
+    let (backup, _, mut roles) = backed_up(&topology, &tiers, bucket, 70).await;
     roles.stop();
-
-    let store = tiers.hub.get_object_store(bucket).await.unwrap();
-    store
-        .update_metadata(
-            "o",
-            UpdateMetadata {
-                name: "o".into(),
-                // async-nats 0.51's update_metadata changes the name and the description only
-                // (its metadata and headers fields are not applied); a client that publishes
-                // the meta itself can change those too, which `Manifest::describes` compares.
-                description: Some("annotated after the backup".into()),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    describe_hub_object(&tiers, bucket, "annotated after the backup").await;
 
     let tier = format!(
         "{backup}

@@ -12,7 +12,6 @@ use aws_sdk_s3::primitives::ByteStream;
 use base64::Engine as _;
 use cim_tests::{wait_for, Topology};
 use sha2::{Digest as _, Sha256};
-use tokio::io::AsyncReadExt as _;
 
 const OBJECT_SIZE: usize = 1024 * 1024;
 
@@ -28,8 +27,7 @@ fn digest_of(data: &[u8]) -> String {
 async fn read_object(store: &ObjectStore, name: &str) -> anyhow::Result<(Vec<u8>, String)> {
     let info = store.info(name).await?;
     let mut object = store.get(name).await?;
-    let mut data = Vec::new();
-    object.read_to_end(&mut data).await?;
+    let data = cim_tests::read_object_to_end(&mut object).await?;
     Ok((data, info.digest.unwrap_or_default()))
 }
 

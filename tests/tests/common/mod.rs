@@ -10,7 +10,6 @@ use cim_tests::{cim_bin, free_port, wait_until, RoleProcess, Topology};
 use cim_tiering::catalog::{Catalog, Entry};
 use cim_tiering::jetstream::JetStreamTier;
 use cim_tiering::retry::{retry, Backoff};
-use tokio::io::AsyncReadExt;
 
 /// Deterministic, poorly compressible content (xorshift), so compression cannot hide bugs.
 pub fn content(seed: u64, len: usize) -> Vec<u8> {
@@ -324,8 +323,9 @@ impl Tiers {
                 Err(e) => panic!("read {bucket}/{name}: {e}"),
             }
         };
-        let mut data = Vec::new();
-        object.read_to_end(&mut data).await.unwrap();
+        let data = cim_tests::read_object_to_end(&mut object)
+            .await
+            .unwrap_or_else(|e| panic!("read {bucket}/{name}: {e}"));
         (data, object.info().clone())
     }
 
