@@ -339,17 +339,19 @@ impl UploadHandler {
             digest,
             seq: version.seq,
         };
-        let recorded = entry.as_ref().filter(|e| e.has(&job.to, &digest));
         // The content alone is not enough: metadata updated since the last upload (a `copy`,
         // then an update) must reach S3 too, and before a `move` lets the source go. The blob
         // is reused.
-        let manifest_present = recorded.is_some()
-            && store
+        let present = match entry.as_ref().filter(|e| e.has(&job.to, &digest)) {
+            Some(e) => store
                 .get_manifest(bucket, name)
                 .await?
-                .is_some_and(|m| m.digest == digest && m.describes(info));
+                .is_some_and(|m| m.digest == digest && m.describes(info))
+                .then_some(e),
+            None => None,
+        };
 
-        if let (true, Some(e)) = (manifest_present, recorded) {
+        if let Some(e) = present {
             // The S3 copy already says what this version says (a restore or a repair wrote a
             // newer meta with the same description): recorded as this version's copy, so the
             // manager stops asking for it.

@@ -100,11 +100,7 @@ interval = "1h"
     );
 
     // `explain` names the last read (and says when nothing was read).
-    let explained = storage(&[
-        "explain", "--json", "--config", config, "--bucket", BUCKET, "--name", "read",
-    ]);
-    assert!(explained.status.success(), "{}", describe(&explained));
-    let explained: serde_json::Value = serde_json::from_slice(&explained.stdout).unwrap();
+    let explained = common::explain_json(std::path::Path::new(config), BUCKET, "read");
     let last_read = explained["last_read"].as_str().unwrap();
     assert!(last_read.starts_with("20"), "{explained:#}");
     assert!(explained["last_read_secs"].as_u64().unwrap() < IDLE_SECS);

@@ -243,13 +243,7 @@ after = "0s"
         roles.logs()
     );
     // `explain` says so too: the move is waiting, for the backup copy.
-    let explained = Command::new(cim_bin("cim-storage"))
-        .args(["explain", "--json", "--config", config.to_str().unwrap()])
-        .args(["--bucket", bucket, "--name", "o"])
-        .output()
-        .unwrap();
-    assert!(explained.status.success(), "{}", describe(&explained));
-    let explained: serde_json::Value = serde_json::from_slice(&explained.stdout).unwrap();
+    let explained = common::explain_json(&config, bucket, "o");
     let archive = explained["policies"]
         .as_array()
         .unwrap()
@@ -403,13 +397,7 @@ async fn a_copy_follows_a_metadata_update_on_the_hub() {
     }
 
     // `explain` names the version each copy was verified for, as its copy lines do.
-    let explained = Command::new(cim_bin("cim-storage"))
-        .args(["explain", "--json", "--config", config.to_str().unwrap()])
-        .args(["--bucket", bucket, "--name", "o"])
-        .output()
-        .unwrap();
-    assert!(explained.status.success(), "{}", describe(&explained));
-    let explained: serde_json::Value = serde_json::from_slice(&explained.stdout).unwrap();
+    let explained = common::explain_json(&config, bucket, "o");
     let hub = explained["copies"]
         .as_array()
         .unwrap()

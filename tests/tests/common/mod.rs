@@ -440,6 +440,18 @@ pub fn describe(out: &std::process::Output) -> String {
     )
 }
 
+/// `cim-storage explain --json` of `bucket`/`name` under `config`, parsed; panics with the
+/// command's output when it fails.
+pub fn explain_json(config: &Path, bucket: &str, name: &str) -> serde_json::Value {
+    let out = std::process::Command::new(cim_tests::cim_bin("cim-storage"))
+        .args(["explain", "--json", "--config", config.to_str().unwrap()])
+        .args(["--bucket", bucket, "--name", name])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// The tier prefix of [`Topology::config_toml`]'s S3 tier.
 pub const PREFIX: &str = "cim/";
 
