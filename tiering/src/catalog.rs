@@ -567,10 +567,10 @@ impl CatalogIndex {
         digest: &Sha256Digest,
         seq: u64,
     ) -> bool {
-        self.has(bucket, name, tier, digest)
-            && self
-                .summary(bucket, name)
-                .is_some_and(|s| s.seq >= seq && s.behind & self.bits(tier) == 0)
+        let bit = self.bits(tier);
+        self.summary(bucket, name).is_some_and(|s| {
+            !s.deleted && &s.digest == digest && s.seq >= seq && s.locations & !s.behind & bit != 0
+        })
     }
 
     /// Like [`Entry::is_damaged`].
